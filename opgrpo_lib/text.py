@@ -1,0 +1,123 @@
+"""Text rules shared by the reward, the evaluators and triplet mining (authors' parsing, exactly).
+
+Everything here is pure string processing: no model, no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+# Whole response = core block, only whitespace, summary block (authors' STRICT_FORMAT_RE, anchored).
+LAYOUT_RE = re.compile(
+    r"^\s*<core\s+perspectives>\s*(?P<core>.+?)\s*</core\s+perspectives>\s*<summary>\s*(?P<sum>.+?)\s*</summary>\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+# Non-strict block search used by the rule-based format score (falls back to the whole text).
+CORE_RE = re.compile(r"<core\s+perspectives>\s*(.*?)\s*</core\s+perspectives>", re.IGNORECASE | re.DOTALL)
+SUMMARY_RE = re.compile(r"<summary>\s*(.*?)\s*</summary>", re.IGNORECASE | re.DOTALL)
+# A segment starts at the start of the text or right after a newline followed by the perspective prefix.
+SEGMENT_SPLIT_RE = re.compile(r"(?:^|\n)(?=(?:From|In) the perspective of )", re.IGNORECASE)
+PERSPECTIVE_NAME_RE = re.compile(r"(?:^|\s)(?:From|In) the perspective of ([^,.\n]+)", re.IGNORECASE)
+WORD_RE = re.compile(r"\b\w+\b")
+# Reference line: "In the perspective of <name>, <explanation>" (name = text up to the first ", ").
+REFERENCE_LINE_RE = re.compile(r"^(?:In|From) the perspective of (.*?), (.*)$", re.IGNORECASE | re.DOTALL)
+PREFIX_RE = re.compile(r"^(?:In|From) the perspective of [^,]+,\s*", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    """NLTK's English stopword list, vendored (no download at run time)."""
+    text = resources.files("opgrpo_lib.resources").joinpath("nltk_english_stopwords.txt").read_text()
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Result of the strict layout check on one response."""
+
+    valid: bool
+    core: str  # core block if valid, else the whole (stripped) response
+    summary: str  # summary block if valid, else ""
+
+
+def check_layout(text: str) -> Layout:
+    """Strict ``<core perspectives>…</core perspectives> <summary>…</summary>`` check (both blocks non-empty)."""
+    m = LAYOUT_RE.match(text)
+    if m and m.group("core").strip() and m.group("sum").strip():
+        return Layout(True, m.group("core"), m.group("sum"))
+    return Layout(False, text.strip(), "")
+
+
+def split_segments(text: str) -> list[str]:
+    """Split on line-initial "In/From the perspective of "; strip; drop empties (reward + reference splitter)."""
+    return [s.strip() for s in SEGMENT_SPLIT_RE.split(text + "\n") if s.strip()]
+
+
+def keywords(text: str) -> frozenset[str]:
+    """Lower-cased alphanumeric ``\\w+`` tokens that are not NLTK English stopwords."""
+    stop = stopwords()
+    return frozenset(t for t in WORD_RE.findall(text.lower()) if t not in stop and t.isalnum())
+
+
+def mask_sentence(sentence: str, kws: frozenset[str]) -> str:
+    """Re-tokenise into ``\\w+`` tokens, replace keywords by ``[KW]``, join with single spaces."""
+    return " ".join("[KW]" if tok.lower() in kws else tok for tok in WORD_RE.findall(sentence))
+
+
+def core_and_summary(text: str) -> tuple[str, str]:
+    """Non-strict block extraction for the format score; each falls back to the whole text."""
+    core = CORE_RE.search(text)
+    summary = SUMMARY_RE.search(text)
+    return (core.group(1) if core else text), (summary.group(1) if summary else text)
+
+
+def perspective_name(sentence: str) -> str | None:
+    m = PERSPECTIVE_NAME_RE.search(sentence)
+    return m.group(1).strip().lower() if m else None
+
+
+def strip_prefix(sentence: str) -> str:
+    """Drop a leading "In the perspective of X," (triplet mining trains on explanations only)."""
+    return PREFIX_RE.sub("", sentence, count=1)
+
+
+class MalformedReference(ValueError):
+    """A reference answer cannot be parsed into perspectives."""
+
+
+def parse_perspectives(answer: str) -> list[tuple[str, str]]:
+    """Parse an OP-V2 ``answer`` into ordered (name, explanation) pairs.
+
+    One perspective per line-initial "In (or From) the perspective of <name>, <explanation>"; the name is the
+    text up to the first ", " and newlines inside an explanation become spaces (authors' NLI evaluation).
+    Raises ``MalformedReference`` when any text is not covered (no silent loss).
+    """
+    if not isinstance(answer, str) or not answer.strip():
+        raise MalformedReference("empty answer")
+    out = []
+    for seg in split_segments(answer):
+        m = REFERENCE_LINE_RE.match(seg)
+        if not m or not m.group(1).strip() or not m.group(2).strip():
+            raise MalformedReference(f"segment is not 'In the perspective of <name>, <explanation>': {seg[:80]!r}")
+        out.append((m.group(1).strip(), m.group(2).replace("\n", " ").strip()))
+    return out
+
+
+_EVAL_MARKER_RE = re.compile(r"\s*\[\d+\]")
+_EVAL_REF_SPLIT_RE = re.compile(r"(?=\b(?:In|From) the perspective of\b)", re.IGNORECASE)
+_EVAL_CAND_SPLIT_RE = re.compile(r"[。！？.!?]\s*")
+
+
+def eval_reference_sentences(answer: str) -> list[str]:
+    """SBERT-eval reference split: "[n]" markers to newlines, then split before each perspective prefix."""
+    text = _EVAL_MARKER_RE.sub("\n", answer)
+    return [s.strip() for s in _EVAL_REF_SPLIT_RE.split(text) if s.strip()]
+
+
+def eval_candidate_sentences(text: str) -> list[str]:
+    """SBERT-eval candidate split: "[n]" markers to newlines, then split on sentence punctuation."""
+    text = _EVAL_MARKER_RE.sub("\n", text)
+    return [s.strip() for s in _EVAL_CAND_SPLIT_RE.split(text) if s.strip()]
