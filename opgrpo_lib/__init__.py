@@ -1,2 +1,3 @@
 """OP-GRPO reproduction library."""
+
 __version__ = "0.1.0"

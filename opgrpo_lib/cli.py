@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _overrides(pairs: Sequence[str]) -> dict:
@@ -72,6 +73,74 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _read_csv(path: str, what: str, need: Sequence[str]):
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} {path}: cannot read CSV ({exc})") from exc
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} {path}: missing column(s) {missing}; columns are {list(df.columns)}")
+    return df
+
+
+def join_on_prompt(refs, cands, what: str = "candidates") -> list:
+    """Reference answer for each candidate row (first duplicate reference kept); unknown prompts are an error."""
+    lookup = dict(zip(refs["prompt"][::-1], refs["answer"][::-1]))
+    missing = [(i, p) for i, p in enumerate(cands["prompt"]) if p not in lookup]
+    if missing:
+        i, p = missing[0]
+        raise ValueError(f"{len(missing)} {what} rows have no reference with the same prompt (first: row {i}, {p!r})")
+    return [lookup[p] for p in cands["prompt"]]
+
+
+def cmd_reward(args) -> int:
+    import pandas as pd
+
+    from .config import load_profile, weight_pair
+    from .reward import build_reward, keyword_text_for
+    from .runs import atomic_write_text
+
+    overrides = {"reward.weights": args.weights} if args.weights else {}
+    cfg = load_profile(args.profile, overrides)
+    w_f, w_u = weight_pair(cfg.reward)
+    estimator = args.estimator or cfg.reward.estimator or cfg.models.encoder
+    refs = _read_csv(args.references, "references", ["prompt", "answer"])
+    cols = ["prompt", args.completion_column] + ([args.summary_column] if args.summary_column else [])
+    comps = _read_csv(args.completions, "completions", cols)
+    references = join_on_prompt(refs, comps, "completion")
+    texts = comps[args.completion_column].astype(str).tolist()
+    if args.summary_column:  # rebuild the two-block response from stored core + summary columns
+        texts = [
+            f"<core perspectives>\n{c}\n</core perspectives>\n\n<summary>\n{s}\n</summary>"
+            for c, s in zip(texts, comps[args.summary_column].astype(str))
+        ]
+    reward = build_reward(cfg.reward, estimator, device=args.device)
+    kw_texts = [keyword_text_for(p, args.prompt_style) for p in comps["prompt"]]
+    parts = reward.scorer.score(kw_texts, texts, references, list(comps["prompt"]))
+    out = pd.DataFrame([p.as_dict() for p in parts])
+    out.insert(0, "prompt", comps["prompt"].values)
+    out.insert(0, "row", range(len(out)))
+    out["w_format"], out["w_uniqueness"], out["estimator"], out["prompt_style"] = (
+        w_f,
+        w_u,
+        estimator,
+        args.prompt_style,
+    )
+    atomic_write_text(Path(args.out), out.to_csv(index=False))
+    summary = {
+        "rows": len(out),
+        "mean_total": round(float(out["total"].mean()), 4) if len(out) else None,
+        "weights": [w_f, w_u],
+        "estimator": estimator,
+        "out": args.out,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(p)
     p.set_defaults(func=cmd_data)
 
-    models = sub.add_parser("models", help="offline model folders").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="offline model folders").add_subparsers(
+        dest="models_command", required=True
+    )
     p = models.add_parser("path", help="print where a hub id resolves to (a local folder or the id itself)")
     p.add_argument("hub_id")
     p.set_defaults(func=cmd_models_path)
@@ -88,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hub_ids", nargs="*")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_models_build)
+
+    p = sub.add_parser("reward", help="score stored completions with the OP reward (every component per row)")
+    p.add_argument("--references", required=True, help="CSV with prompt, answer (OP-V2 test file)")
+    p.add_argument("--completions", required=True, help="CSV with prompt and a completion column")
+    p.add_argument("--completion-column", default="completion")
+    p.add_argument("--summary-column", default=None, help="with a core column: rebuild <core perspectives>+<summary>")
+    p.add_argument("--estimator", default=None, help="path or hub id (default: the profile's estimator)")
+    p.add_argument("--weights", default=None, help="final (0.1,0.3) | early (0.125,0.25) | 'w_f,w_u'")
+    p.add_argument(
+        "--prompt-style",
+        default="qwen2.5",
+        choices=["qwen2.5", "implicit", "situation"],
+        help="text whose keywords mask candidates (authors: the Qwen2.5 chat prompt, decoded)",
+    )
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_reward)
 
     p = sub.add_parser("reproduce", help="run the numbered notebooks with papermill (skips up-to-date steps)")
     p.add_argument("--profile", default="auto", help="tiny | cpu | paper | auto (paper if CUDA + unsloth, else cpu)")

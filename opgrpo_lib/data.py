@@ -262,7 +262,9 @@ def prepare(cfg: RunConfig) -> PreparedData:
         raise ConfigError(f"data.train_source: expected 'final_train' or 'carve', got {cfg.data.train_source!r}")
     overlap = set(train["prompt"]) & set(ev["prompt"])
     if overlap:
-        raise AssertionError(f"{len(overlap)} evaluation situations also occur in training, e.g. {sorted(overlap)[0]!r}")
+        raise AssertionError(
+            f"{len(overlap)} evaluation situations also occur in training, e.g. {sorted(overlap)[0]!r}"
+        )
     return PreparedData(train, ev, reports, data_card(train, ev, reports, cfg))
 
 
@@ -288,7 +290,13 @@ def data_card(train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport],
         "train": stats(train),
         "eval": stats(ev),
         "parse": [
-            {"source": r.source, "rows": r.rows, "kept": r.kept, "dropped": r.dropped, "count_mismatch": r.count_mismatch}
+            {
+                "source": r.source,
+                "rows": r.rows,
+                "kept": r.kept,
+                "dropped": r.dropped,
+                "count_mismatch": r.count_mismatch,
+            }
             for r in reports
         ],
     }
@@ -313,12 +321,25 @@ def save(prepared: PreparedData, out_dir: Path) -> dict[str, Path]:
 
 
 def card_markdown(card: dict[str, Any]) -> str:
-    lines = [f"# OP-V2 data card ({card['profile']})", "", card["label"], "", "| split | train rows | eval rows |", "|---|---|---|"]
+    lines = [
+        f"# OP-V2 data card ({card['profile']})",
+        "",
+        card["label"],
+        "",
+        "| split | train rows | eval rows |",
+        "|---|---|---|",
+    ]
     for s in SPLITS:
         lines.append(f"| {s} | {card['train']['rows_per_split'][s]} | {card['eval']['rows_per_split'][s]} |")
     lines.append(f"| all | {card['train']['rows']} | {card['eval']['rows']} |")
-    lines += ["", f"Mean perspectives per row: train {card['train']['perspectives_mean']}, eval {card['eval']['perspectives_mean']}."]
-    lines += [f"Mean words per answer: train {card['train']['words_per_answer_mean']}, eval {card['eval']['words_per_answer_mean']}.", ""]
+    lines += [
+        "",
+        f"Mean perspectives per row: train {card['train']['perspectives_mean']}, eval {card['eval']['perspectives_mean']}.",
+    ]
+    lines += [
+        f"Mean words per answer: train {card['train']['words_per_answer_mean']}, eval {card['eval']['words_per_answer_mean']}.",
+        "",
+    ]
     for rep in card["parse"]:
         lines.append(f"- `{rep['source']}`: {rep['rows']} rows, {rep['kept']} parsed, {len(rep['dropped'])} dropped")
         for m in rep.get("count_mismatch", []):
@@ -351,7 +372,9 @@ def load_prepared(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read back (train, eval) written by :func:`save`."""
     missing = [p for p in ("train.parquet", "eval.parquet") if not (data_dir / p).exists()]
     if missing:
-        raise FileNotFoundError(f"{data_dir}: {missing} missing; run step 01 (notebooks/01_data_prep.ipynb or `opgrpo data`)")
+        raise FileNotFoundError(
+            f"{data_dir}: {missing} missing; run step 01 (notebooks/01_data_prep.ipynb or `opgrpo data`)"
+        )
     return pd.read_parquet(data_dir / "train.parquet"), pd.read_parquet(data_dir / "eval.parquet")
 
 

@@ -38,7 +38,9 @@ class StepFailed(RuntimeError):
     pass
 
 
-def reproduce(profile: str, run_dir: str | None = None, only: list[str] | None = None, force: bool = False) -> list[dict]:
+def reproduce(
+    profile: str, run_dir: str | None = None, only: list[str] | None = None, force: bool = False
+) -> list[dict]:
     """Execute each notebook into ``<run_dir>/executed/``; a step whose key (config hash, notebook source and
     upstream keys) matches its record is skipped. A failure names the notebook and cell; earlier outputs stay."""
     import papermill as pm

@@ -10,12 +10,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-# Whole response = core block, only whitespace, summary block (authors' STRICT_FORMAT_RE, anchored).
+# Whole response = core block, only whitespace, summary block (the authors' anchored STRICT_FORMAT_RE). Kept as
+# the specification; check_layout computes the same result without its quadratic backtracking on long inputs.
 LAYOUT_RE = re.compile(
     r"^\s*<core\s+perspectives>\s*(?P<core>.+?)\s*</core\s+perspectives>\s*<summary>\s*(?P<sum>.+?)\s*</summary>\s*$",
     re.IGNORECASE | re.DOTALL,
 )
-# Non-strict block search used by the rule-based format score (falls back to the whole text).
+_OPEN_CORE_RE = re.compile(r"<core\s+perspectives>", re.IGNORECASE)
+_LEADING_OPEN_CORE_RE = re.compile(r"\s*<core\s+perspectives>", re.IGNORECASE)
+_CLOSE_CORE_RE = re.compile(r"</core\s+perspectives>", re.IGNORECASE)
+_OPEN_SUMMARY_RE = re.compile(r"<summary>", re.IGNORECASE)
+_LEADING_OPEN_SUMMARY_RE = re.compile(r"\s*<summary>", re.IGNORECASE)
+_CLOSE_SUMMARY_RE = re.compile(r"</summary>", re.IGNORECASE)
+_FINAL_CLOSE_SUMMARY_RE = re.compile(r"</summary>\s*\Z", re.IGNORECASE)
+# Non-strict block search of the rule-based format score (the spec; computed by _first_block without backtracking).
 CORE_RE = re.compile(r"<core\s+perspectives>\s*(.*?)\s*</core\s+perspectives>", re.IGNORECASE | re.DOTALL)
 SUMMARY_RE = re.compile(r"<summary>\s*(.*?)\s*</summary>", re.IGNORECASE | re.DOTALL)
 # A segment starts at the start of the text or right after a newline followed by the perspective prefix.
@@ -44,10 +52,27 @@ class Layout:
 
 
 def check_layout(text: str) -> Layout:
-    """Strict ``<core perspectives>…</core perspectives> <summary>…</summary>`` check (both blocks non-empty)."""
-    m = LAYOUT_RE.match(text)
-    if m and m.group("core").strip() and m.group("sum").strip():
-        return Layout(True, m.group("core"), m.group("sum"))
+    """Strict ``<core perspectives>…</core perspectives> <summary>…</summary>`` check (both blocks non-empty).
+
+    Same result as ``LAYOUT_RE.match`` in linear time. The regex's lazy core group tries closing core tags left to
+    right, except that a tag right after whitespace-only content is tried last (the greedy ``\\s*`` gives that
+    whitespace back only after every later tag failed); the summary runs to the final ``</summary>``.
+    """
+    opened = _LEADING_OPEN_CORE_RE.match(text)
+    final = _FINAL_CLOSE_SUMMARY_RE.search(text) if opened else None
+    if opened and final:
+        start = opened.end()
+        ws_end = len(text) - len(text[start:].lstrip())
+        closes = list(_CLOSE_CORE_RE.finditer(text, start))
+        ordered = [c for c in closes if c.start() > ws_end] + [c for c in closes if c.start() == ws_end > start]
+        for close in ordered:
+            summary = _LEADING_OPEN_SUMMARY_RE.match(text, close.end())
+            if summary is None or final.start() - summary.end() < 1:
+                continue
+            core, summ = text[start : close.start()].strip(), text[summary.end() : final.start()].strip()
+            if core and summ:
+                return Layout(True, core, summ)
+            break
     return Layout(False, text.strip(), "")
 
 
@@ -67,11 +92,18 @@ def mask_sentence(sentence: str, kws: frozenset[str]) -> str:
     return " ".join("[KW]" if tok.lower() in kws else tok for tok in WORD_RE.findall(sentence))
 
 
+def _first_block(text: str, open_re: re.Pattern, close_re: re.Pattern) -> str | None:
+    """Stripped text between the first opening tag and the next closing tag (``<tag>\\s*(.*?)\\s*</tag>``)."""
+    opened = open_re.search(text)
+    closed = close_re.search(text, opened.end()) if opened else None
+    return text[opened.end() : closed.start()].strip() if closed else None
+
+
 def core_and_summary(text: str) -> tuple[str, str]:
     """Non-strict block extraction for the format score; each falls back to the whole text."""
-    core = CORE_RE.search(text)
-    summary = SUMMARY_RE.search(text)
-    return (core.group(1) if core else text), (summary.group(1) if summary else text)
+    core = _first_block(text, _OPEN_CORE_RE, _CLOSE_CORE_RE)
+    summary = _first_block(text, _OPEN_SUMMARY_RE, _CLOSE_SUMMARY_RE)
+    return (text if core is None else core), (text if summary is None else summary)
 
 
 def perspective_name(sentence: str) -> str | None:

@@ -25,14 +25,19 @@ _VERSION = "1"  # bump to rebuild cached tiny models after a change here
 def _corpus() -> list[str]:
     from .text import stopwords
 
-    words = sorted(stopwords()) + (
-        "perspective perspectives core summary value values right rights duty duties autonomy freedom justice care "
-        "harm fairness honesty loyalty respect tradition safety wellbeing community family responsibility compassion "
-        "provide structured comprehensive analysis opinions topic situation people someone person individual society "
-        "may might could should would important moral ethical choice decision help others life health friends"
-    ).split()
+    words = (
+        sorted(stopwords())
+        + (
+            "perspective perspectives core summary value values right rights duty duties autonomy freedom justice care "
+            "harm fairness honesty loyalty respect tradition safety wellbeing community family responsibility compassion "
+            "provide structured comprehensive analysis opinions topic situation people someone person individual society "
+            "may might could should would important moral ethical choice decision help others life health friends"
+        ).split()
+    )
     lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
-    lines += [f"In the perspective of {w.capitalize()}, people may value {w} and {v}." for w, v in zip(words, words[7:])]
+    lines += [
+        f"In the perspective of {w.capitalize()}, people may value {w} and {v}." for w, v in zip(words, words[7:])
+    ]
     lines += ["<core perspectives>", "</core perspectives>", "<summary>", "</summary>"]
     return lines * 4
 
@@ -114,7 +119,9 @@ def build_nli(out_dir: Path, seed: int = 0) -> Path:
     tok.padding_side = "right"
     tok.save_pretrained(out_dir)
     labels = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
-    cfg = _bert_config(len(tok), tok.pad_token_id, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    cfg = _bert_config(
+        len(tok), tok.pad_token_id, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()}
+    )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(cfg)
     model.config.architectures = ["BertForSequenceClassification"]

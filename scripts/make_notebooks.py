@@ -12,10 +12,10 @@ REF = "v0.1.0"  # the pinned ref Colab installs; bump on release
 BOOTSTRAP = (
     "# Colab only: clone the repo at a pinned ref and install `.[gpu]` (does nothing elsewhere).\n"
     "import sys\n"
-    "if \"google.colab\" in sys.modules:\n"
+    'if "google.colab" in sys.modules:\n'
     f"    !git clone -q https://github.com/{REPO}.git opgrpo && git -C opgrpo checkout -q {REF}\n"
-    "    !pip install -q -e \"opgrpo[gpu,notebooks,models]\"\n"
-    "    sys.path.insert(0, \"opgrpo\")"
+    '    !pip install -q -e "opgrpo[gpu,notebooks,models]"\n'
+    '    sys.path.insert(0, "opgrpo")'
 )
 SETUP = (
     "from opgrpo_lib import config, runs\n\n"
@@ -39,7 +39,7 @@ def notebook(name: str, title: str, intro: str, cells: list[tuple[str, str]], de
     params = nbf.v4.new_code_cell(
         f'profile = "{default_profile}"  # configs/<profile>.yaml: tiny | cpu | paper\n'
         "run_dir = None  # default: runs/<profile>\n"
-        "overrides = {}  # dotted keys, e.g. {\"data.eval_per_split\": 50}"
+        'overrides = {}  # dotted keys, e.g. {"data.eval_per_split": 50}'
     )
     params.metadata["tags"] = ["parameters"]
     nb.cells += [params, nbf.v4.new_code_cell(SETUP)]
@@ -61,9 +61,12 @@ notebook(
     [
         ("code", "from opgrpo_lib import data\n\nprepared = data.run(cfg, paths)"),
         ("md", "## Data card"),
-        ("code", "from IPython.display import Image, Markdown, display\n\n"
-         "display(Markdown((paths.data / \"data_card.md\").read_text()))\n"
-         "display(Image(filename=str(paths.data / \"perspectives_per_row.png\")))"),
+        (
+            "code",
+            "from IPython.display import Image, Markdown, display\n\n"
+            'display(Markdown((paths.data / "data_card.md").read_text()))\n'
+            'display(Image(filename=str(paths.data / "perspectives_per_row.png")))',
+        ),
         ("code", "prepared.eval.head()"),
     ],
 )

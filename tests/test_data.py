@@ -54,7 +54,10 @@ def test_cpu_split_sizes_disjoint_and_seeded(cfg_local):
 
 def test_malformed_rows_are_counted_not_lost():
     df = pd.DataFrame(
-        {"prompt": ["ok", "bad", ""], "answer": ["In the perspective of A, b.", "no prefix here", "In the perspective of A, b."]}
+        {
+            "prompt": ["ok", "bad", ""],
+            "answer": ["In the perspective of A, b.", "no prefix here", "In the perspective of A, b."],
+        }
     )
     out, rep = data.parse_frame(df, "x.csv")
     assert out["prompt"].tolist() == ["ok"]
@@ -134,7 +137,14 @@ def test_run_writes_parquet_card_plot_manifest(cfg_local, tmp_path):
 
     paths = run_paths(cfg_local, tmp_path / "run", tmp_path / "results")
     data.run(cfg_local, paths)
-    for name in ("train.parquet", "eval.parquet", "data_card.json", "data_card.md", "perspectives_per_row.png", "manifest.json"):
+    for name in (
+        "train.parquet",
+        "eval.parquet",
+        "data_card.json",
+        "data_card.md",
+        "perspectives_per_row.png",
+        "manifest.json",
+    ):
         assert (paths.data / name).exists(), name
     train, ev = data.load_prepared(paths.data)
     assert len(ev) == 800 and isinstance(ev["perspectives"].iloc[0][0]["name"], str)

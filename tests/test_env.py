@@ -1,9 +1,9 @@
 """environment.yml stays a thin wrapper consistent with pyproject.toml."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,13 @@ def test_environment_yml_matches_pyproject():
 
 def test_exact_pins():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for pin in ("transformers==5.17.0", "trl==1.14.2", "peft==0.21.2", "accelerate==1.15.0", "sentence-transformers==6.2.0"):
+    for pin in (
+        "transformers==5.17.0",
+        "trl==1.14.2",
+        "peft==0.21.2",
+        "accelerate==1.15.0",
+        "sentence-transformers==6.2.0",
+    ):
         assert pin in deps
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["cpu"] == ["torch==2.13.0"]
@@ -38,7 +44,9 @@ def test_no_heavy_imports_at_package_import():
     import subprocess
     import sys
 
-    code = "import sys, opgrpo_lib, opgrpo_lib.config, opgrpo_lib.text, opgrpo_lib.data, opgrpo_lib.cli; " \
-           "print(sorted(m for m in ('torch','transformers','trl','unsloth','sentence_transformers') if m in sys.modules))"
+    code = (
+        "import sys, opgrpo_lib, opgrpo_lib.config, opgrpo_lib.text, opgrpo_lib.data, opgrpo_lib.cli; "
+        "print(sorted(m for m in ('torch','transformers','trl','unsloth','sentence_transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -18,7 +18,9 @@ def test_models_path_cli_gives_a_loadable_minilm():
     from sentence_transformers import SentenceTransformer
 
     enc = SentenceTransformer(str(path), device="cpu")
-    emb = enc.encode(["A man is eating food.", "A man eats a meal.", "The stock market fell."], normalize_embeddings=True)
+    emb = enc.encode(
+        ["A man is eating food.", "A man eats a meal.", "The stock market fell."], normalize_embeddings=True
+    )
     assert emb.shape == (3, 384)
     assert emb[0] @ emb[1] > 0.7 > emb[0] @ emb[2]
 
@@ -28,9 +30,10 @@ def test_unknown_hub_id_passes_through():
 
 
 def test_minilm_weights_match_upstream_hash(minilm_path):
-    assert models.sha256_file(Path(minilm_path) / "model.safetensors") == models.OFFLINE[
-        "sentence-transformers/all-MiniLM-L6-v2"
-    ].sha256
+    assert (
+        models.sha256_file(Path(minilm_path) / "model.safetensors")
+        == models.OFFLINE["sentence-transformers/all-MiniLM-L6-v2"].sha256
+    )
 
 
 def test_tampered_weights_are_rejected(tmp_path):

@@ -28,10 +28,12 @@ def test_notebook_is_thin_and_clean(path):
         assert not re.search(r"^\s*(def|class|async def) ", cell.source, re.M), "no def/class in notebooks"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
-    names = {t.id for node in ast.walk(ast.parse(params[0].source)) if isinstance(node, ast.Assign) for t in node.targets}
+    names = {
+        t.id for node in ast.walk(ast.parse(params[0].source)) if isinstance(node, ast.Assign) for t in node.targets
+    }
     assert names == {"profile", "run_dir", "overrides"}
     md = nb.cells[0].source
-    assert f"colab.research.google.com/github/" in md and f"notebooks/{path.name}" in md, "Colab badge to itself"
+    assert "colab.research.google.com/github/" in md and f"notebooks/{path.name}" in md, "Colab badge to itself"
     assert "google.colab" in code[0].source, "first code cell is the Colab-only bootstrap"
 
 

@@ -25,7 +25,13 @@ def test_parse_perspectives_in_and_from():
 
 @pytest.mark.parametrize(
     "answer",
-    ["", "   ", "Some text without prefix", "Intro line\nIn the perspective of A, b.", "In the perspective of A without comma"],
+    [
+        "",
+        "   ",
+        "Some text without prefix",
+        "Intro line\nIn the perspective of A, b.",
+        "In the perspective of A without comma",
+    ],
 )
 def test_parse_perspectives_malformed(answer):
     with pytest.raises(MalformedReference):
@@ -34,13 +40,18 @@ def test_parse_perspectives_malformed(answer):
 
 def test_split_segments_line_initial_only():
     text = "In the perspective of A, x. In the perspective of B, y.\nfrom the perspective of C, z.\n\n"
-    assert split_segments(text) == ["In the perspective of A, x. In the perspective of B, y.", "from the perspective of C, z."]
+    assert split_segments(text) == [
+        "In the perspective of A, x. In the perspective of B, y.",
+        "from the perspective of C, z.",
+    ]
     assert split_segments("plain prose. More prose.") == ["plain prose. More prose."]
     assert split_segments("  \n ") == []
 
 
 def test_layout_strict():
-    ok = check_layout("  <Core Perspectives>\nIn the perspective of A, x.\n</core   perspectives>\n\n<summary> S </SUMMARY>\n")
+    ok = check_layout(
+        "  <Core Perspectives>\nIn the perspective of A, x.\n</core   perspectives>\n\n<summary> S </SUMMARY>\n"
+    )
     assert ok.valid and ok.core == "In the perspective of A, x." and ok.summary == "S"
     for bad in (
         "<core perspectives>a</core perspectives> junk <summary>b</summary>",
