@@ -141,6 +141,47 @@ def cmd_reward(args) -> int:
     return 0
 
 
+def _eval_inputs(args):
+    from .evaluate import join_candidates
+
+    refs = _read_csv(args.references, "references", ["prompt", "answer"])
+    cands = _read_csv(args.candidates, "candidates", ["prompt", args.candidate_column])
+    return refs, join_candidates(refs, cands, args.candidate_column)
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        print(f"{key:>22}: {value}")
+
+
+def cmd_eval_sbert(args) -> int:
+    from .evaluate import sbert_coverage
+    from .reward import SentenceEncoder
+
+    refs, cands = _eval_inputs(args)
+    per, summary = sbert_coverage(refs, cands, SentenceEncoder(args.model, device=args.device), args.threshold)
+    summary = {**summary, "model": args.model, "candidate_column": args.candidate_column}
+    if args.per_row:
+        per.to_csv(args.per_row, index=False)
+    _print_summary(summary, args.json)
+    return 0
+
+
+def cmd_eval_nli(args) -> int:
+    from .evaluate import NLIModel, nli_overton
+
+    refs, cands = _eval_inputs(args)
+    per, summary = nli_overton(refs, cands, NLIModel(args.model, device=args.device), progress=not args.json)
+    summary = {**summary, "model": args.model, "candidate_column": args.candidate_column}
+    if args.per_row:
+        per.to_csv(args.per_row, index=False)
+    _print_summary(summary, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reward)
+
+    ev = sub.add_parser("eval", help="evaluate stored outputs").add_subparsers(dest="eval_command", required=True)
+    for name, func, default_model in (
+        ("sbert", cmd_eval_sbert, "sentence-transformers/all-mpnet-base-v2"),
+        ("nli", cmd_eval_nli, "microsoft/deberta-v2-xlarge-mnli"),
+    ):
+        p = ev.add_parser(name, help=f"{name} coverage of candidates against OP-V2 references (joined on prompt)")
+        p.add_argument("--references", required=True)
+        p.add_argument("--candidates", required=True)
+        p.add_argument("--candidate-column", required=True)
+        p.add_argument("--model", default=default_model, help="hub id, local path or tiny:*")
+        if name == "sbert":
+            p.add_argument("--threshold", type=float, default=0.70)
+        p.add_argument("--device", default=None)
+        p.add_argument("--per-row", default=None, help="also write per-situation records to this CSV")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("reproduce", help="run the numbered notebooks with papermill (skips up-to-date steps)")
     p.add_argument("--profile", default="auto", help="tiny | cpu | paper | auto (paper if CUDA + unsloth, else cpu)")

@@ -1,0 +1,124 @@
+"""Evaluator speed: batched SBERT coverage and NLI (across situations, each distinct input once) vs one call per
+situation, on the same inputs (the authors' released test_5p outputs). CPU; min-of-N timings; ratios only.
+
+    python benchmarks/eval_speed.py [--rows 100] [--sbert-model sentence-transformers/all-MiniLM-L6-v2]
+                                    [--nli-model tiny:nli] [--json]
+
+No NLI weights exist offline, so the NLI part runs the protocol with the tiny in-code classifier by default; pass
+--nli-model microsoft/deberta-v2-xlarge-mnli where the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from opgrpo_lib.evaluate import (  # noqa: E402
+    NLIModel,
+    join_candidates,
+    nli_overton,
+    sbert_coverage,
+    situation_score,
+    split_output_sentences,
+)
+from opgrpo_lib.reward import SentenceEncoder, greedy_matches  # noqa: E402
+from opgrpo_lib.text import eval_candidate_sentences, eval_reference_sentences, parse_perspectives  # noqa: E402
+
+
+def timed(fn, repeats):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def sbert_per_situation(refs, cands, encoder, threshold):
+    ratios = []
+    for answer, cand in zip(refs["answer"], cands):
+        r, c = eval_reference_sentences(answer), eval_candidate_sentences(cand)
+        sim = encoder.encode(r).astype(np.float64) @ encoder.encode(c).astype(np.float64).T
+        ratios.append(greedy_matches(sim, threshold) / len(r))
+    return ratios
+
+
+def nli_per_situation(refs, cands, model):
+    scores = []
+    for answer, cand in zip(refs["answer"], cands):
+        expl = [e for _, e in parse_perspectives(answer)]
+        sents = split_output_sentences(cand)
+        prem = [e for e in expl for _ in sents]
+        hyp = [s for _ in expl for s in sents]
+        probs = model.entailment(prem, hyp).reshape(len(expl), len(sents))
+        scores.append(situation_score(probs))
+    return scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--rows", type=int, default=100)
+    p.add_argument("--sbert-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--nli-model", default="tiny:nli")
+    p.add_argument("--threshold", type=float, default=0.70)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    data = Path(args.data)
+    refs = pd.read_csv(data / "opv2" / "test_5p.csv", keep_default_na=False).iloc[: args.rows]
+    outs = pd.read_csv(data / "opv2-released-outputs" / "grpo_eval_summaries_clean.csv", keep_default_na=False)
+    core = join_candidates(refs, outs, "answer_p")
+    summary = join_candidates(refs, outs, "answers")
+
+    enc = SentenceEncoder(args.sbert_model, device="cpu")
+    enc.encode(["warm-up"])
+    t_sb, (per, _) = timed(lambda: sbert_coverage(refs, core, enc, args.threshold), args.repeats)
+    t_sb_ps, ratios = timed(lambda: sbert_per_situation(refs, core, enc, args.threshold), args.repeats)
+    sbert_identical = per["ratio"].tolist() == ratios
+
+    nli = NLIModel(args.nli_model)
+    t_nli, (nper, _) = timed(lambda: nli_overton(refs, summary, nli), args.repeats)
+    t_nli_ps, scores = timed(lambda: nli_per_situation(refs, summary, nli), args.repeats)
+    diff = float(np.max(np.abs(nper["score"].to_numpy() - np.asarray(scores))))
+    same_decisions = ((nper["score"] > 0.33).to_numpy() == (np.asarray(scores) > 0.33)).all()
+    nli_identical = bool(diff <= 1e-6 and same_decisions)
+
+    result = {
+        "rows": len(refs),
+        "sbert": {"model": args.sbert_model, "batched_s": round(t_sb, 3), "per_situation_s": round(t_sb_ps, 3),
+                  "speedup": round(t_sb_ps / t_sb, 2), "identical": sbert_identical},
+        "nli": {"model": args.nli_model, "batched_s": round(t_nli, 3), "per_situation_s": round(t_nli_ps, 3),
+                "speedup": round(t_nli_ps / t_nli, 2), "identical": nli_identical, "max_abs_diff": diff,
+                "tolerance": 1e-6},
+        "speedup_vs_per_situation": round((t_sb_ps + t_nli_ps) / (t_sb + t_nli), 2),
+        "identical": bool(sbert_identical and nli_identical),
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{len(refs)} situations of test_5p, released OP-GRPO outputs (core for SBERT, summary for NLI), CPU")
+    print(f"{'evaluator':<10}{'batched s':>11}{'per-situation s':>17}{'speedup':>9}  identical")
+    for key in ("sbert", "nli"):
+        r = result[key]
+        print(f"{key:<10}{r['batched_s']:>11.3f}{r['per_situation_s']:>17.3f}{r['speedup']:>8.2f}x  {r['identical']}")
+    print(
+        f"overall speedup vs one call per situation: {result['speedup_vs_per_situation']}x; identical: {result['identical']}"
+    )
+    print(
+        "NLI scores compared with tolerance 1e-6 (padding differs between batchings); Accuracy@0.33 decisions must match."
+    )
+
+
+if __name__ == "__main__":
+    main()
