@@ -62,6 +62,89 @@ class RewardCfg:
 
 
 @dataclass(frozen=True)
+class SystemCfg:
+    """One system to generate outputs for (and evaluate)."""
+
+    name: str
+    policy: str  # hub id, local path, tiny:*, or run:sft / run:grpo (the policy saved by step 03 / 04)
+    prompt: str = "implicit"  # implicit | explicit | summary_format | a literal template with {situation}
+    kind: str = "policy"  # policy | modplural
+    score_column: str = "core"  # text scored by SBERT coverage: core (block if the layout is valid, else all) | text
+
+
+@dataclass(frozen=True)
+class ModPluralCfg:
+    """Modular Pluralism (Feng et al. 2024): community LMs comment, an integrator LLM writes the answer."""
+
+    base: str = "mistralai/Mistral-7B-Instruct-v0.1"
+    community: list[str] = field(
+        default_factory=lambda: [f"bunsenfeng/mistral-{s}_{p}" for s in ("news", "reddit") for p in ("l", "c", "r")]
+    )
+    # Offline variant: no adapters; the base model is steered by one system prompt per community instead.
+    community_system_prompts: list[str] = field(default_factory=list)
+    community_max_new_tokens: int = 200
+    community_temperature: float = 1.0
+    integrator: str = "Qwen/Qwen3-8B"  # the authors' re-run used Qwen3-8B; the original used the main LLM
+    integrator_max_new_tokens: int = 200
+    integrator_temperature: float = 0.1
+
+
+@dataclass(frozen=True)
+class GenerateCfg:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 1200
+    batch_size: int = 8
+    retries: int = 0  # extra samples while the layout is invalid (authors: 3 for OP-GRPO only; off by default)
+    rows_per_split: int | None = None  # None = every evaluation row
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    systems: list[SystemCfg] = field(
+        default_factory=lambda: [
+            SystemCfg("op_grpo", "run:grpo"),
+            SystemCfg("sft", "run:sft"),
+            SystemCfg("base_implicit", "policy", "implicit", score_column="text"),
+            SystemCfg("base_explicit", "policy", "explicit", score_column="text"),
+            SystemCfg("modplural", "policy", kind="modplural", score_column="text"),
+        ]
+    )
+    # Prompt-style robustness: the first system re-generated under each rewording of the implicit prompt.
+    prompt_styles: dict[str, str] = field(default_factory=dict)
+    modplural: ModPluralCfg = field(default_factory=ModPluralCfg)
+
+
+@dataclass(frozen=True)
+class JudgeCfg:
+    """LLM judge (paper: GPT-4.1, first 300 rows of 5p); off unless enabled and a key is in the environment."""
+
+    enabled: bool = False
+    split: str = "5p"
+    model: str = "gpt-4.1"
+    base_url: str | None = None  # None = the client's default (api.openai.com)
+    api_key_env: str = "OPENAI_API_KEY"
+    max_rows: int = 300  # row cap (paper: first 300 rows of the 5p split)
+    max_cost_usd: float = 5.0  # stop requesting once the estimated spend passes this
+    usd_per_1k_input: float = 0.002
+    usd_per_1k_output: float = 0.008
+    max_output_tokens: int = 450
+    max_retries: int = 4
+    backoff_s: float = 2.0
+    timeout_s: float = 120.0
+    query_chars: int = 4000
+    output_chars: int = 12000
+    json_mode: bool = True  # ask for response_format={"type": "json_object"}
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    sbert_thresholds: list[float] = field(default_factory=lambda: [0.70])
+    nli_text: str = "text"  # output text the NLI benchmark scores: text | core | summary
+    nli_batch_size: int = 32
+    bootstrap_reps: int = 2000
+    reference_system: str = "op_grpo"  # paired comparisons: this system vs every other
+    judge: JudgeCfg = field(default_factory=JudgeCfg)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     profile: str
     seed: int = 42
@@ -69,6 +152,8 @@ class RunConfig:
     data: DataCfg = field(default_factory=DataCfg)
     models: ModelsCfg = field(default_factory=ModelsCfg)
     reward: RewardCfg = field(default_factory=RewardCfg)
+    generate: GenerateCfg = field(default_factory=GenerateCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
 
     @property
     def config_hash(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .config import REPO_ROOT, SPLITS, ConfigError, RunConfig
-from .runs import atomic_write_bytes, atomic_write_text
+from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
 from .text import MalformedReference, parse_perspectives
 
 ENV_DATA_DIR = "OPGRPO_DATA_DIR"
@@ -307,10 +307,7 @@ def save(prepared: PreparedData, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"train": out_dir / "train.parquet", "eval": out_dir / "eval.parquet"}
     for key, path in paths.items():
-        df = getattr(prepared, key)
-        with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:
-            df.to_parquet(tmp.name, index=False)
-        shutil.move(tmp.name, path)
+        atomic_write_parquet(getattr(prepared, key), path)
     paths["card"] = out_dir / "data_card.json"
     atomic_write_text(paths["card"], json.dumps(prepared.card, indent=2))
     paths["card_md"] = out_dir / "data_card.md"

@@ -5,6 +5,7 @@ classifies each distinct input once; per-situation records come back as a frame 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,3 +231,145 @@ def token_stats(texts: Sequence[str | None], tokenizer: Any) -> TokenStats:
     toks = [len(tokenizer.tokenize(t)) for t in present]
     words = [len(t.split()) for t in present]
     return TokenStats(len(present), float(np.mean(toks)), float(np.mean(words)))
+
+
+# ---------------------------------------------------------------- step 06
+def _metric_row(system: str, split: str, metric: str, summary: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    for key in ("relative_ci", "absolute_ci", "accuracy_ci"):
+        if key in summary:
+            flat[f"{key}_low"], flat[f"{key}_high"] = summary[key]
+    return {"system": system, "split": split, "metric": metric, **extra, **flat}
+
+
+def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
+    """Step 06 entry point: SBERT coverage (core and summary text), NLI Overton accuracy (or a plain statement that
+    it was skipped), token efficiency, paired comparisons and the optional LLM judge, for every generated system.
+    Writes per-sample parquet and aggregate tables under ``results/<profile>/eval/``."""
+    from transformers import AutoTokenizer
+
+    from .data import load_prepared
+    from .models import resolve
+    from .reward import SentenceEncoder
+    from .runs import atomic_write_parquet, atomic_write_text, timed, write_manifest
+
+    out_path = paths.root / "generate" / "outputs.parquet"
+    if not out_path.exists():
+        raise FileNotFoundError(f"{out_path} missing; run notebook 05_generate first")
+    outputs = pd.read_parquet(out_path)
+    _, ev = load_prepared(paths.data)
+    results = paths.results / "eval"
+    timings: dict[str, float] = {}
+    systems = {s.name: s for s in cfg.generate.systems}
+    estimator = cfg.reward.estimator or cfg.models.encoder
+    nli_status = "skipped: the profile names no NLI model (none can be obtained offline)"
+    nli_model = None
+    if cfg.models.nli:
+        try:
+            nli_model = NLIModel(cfg.models.nli, batch_size=cfg.eval.nli_batch_size)
+            nli_status = f"ran with {cfg.models.nli}"
+        except NLIUnavailable as exc:
+            nli_status = f"skipped: {exc}"
+    with timed(timings, "load_models"):
+        encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
+
+    metrics, sbert_rows, nli_rows = [], [], []
+    for (system, split), grp in outputs.groupby(["system", "split"], sort=False):
+        base = systems.get(system.split("@")[0])
+        column = base.score_column if base else "text"
+        refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
+        extra = {"prompt_style": grp["prompt_style"].iloc[0]}
+        with timed(timings, "sbert"):
+            for thr in cfg.eval.sbert_thresholds:
+                for kind, col in (("sbert", column), ("sbert_summary", "summary")):
+                    texts = join_candidates(refs, grp.assign(_t=grp[col].where(grp[col].str.strip() != "")), "_t")
+                    if kind == "sbert_summary" and all(t is None for t in texts):
+                        continue
+                    per, summ = sbert_coverage(refs, texts, encoder, thr)
+                    metrics.append(_metric_row(system, split, kind, summ, threshold=thr, text=col, **extra))
+                    sbert_rows.append(per.assign(system=system, split=split, threshold=thr, text=col))
+        if nli_model is not None:
+            with timed(timings, "nli"):
+                per, summ = nli_overton(refs, join_candidates(refs, grp, cfg.eval.nli_text), nli_model, progress)
+                metrics.append(_metric_row(system, split, "nli", summ, text=cfg.eval.nli_text, **extra))
+                nli_rows.append(per.assign(system=system, split=split))
+        ts = token_stats(grp["text"].tolist(), tokenizer)
+        metrics.append({"system": system, "split": split, "metric": "tokens", "n": ts.n, "mean_tokens": ts.mean_tokens,
+                        "mean_words": ts.mean_words, "valid_format_rate": float(grp["valid_format"].mean()),
+                        "mean_attempts": float(grp["attempts"].mean()), **extra})  # fmt: skip
+
+    sbert_per = pd.concat(sbert_rows, ignore_index=True) if sbert_rows else pd.DataFrame()
+    nli_per = pd.concat(nli_rows, ignore_index=True) if nli_rows else pd.DataFrame()
+    comparisons = paired_comparisons(sbert_per, nli_per, cfg.eval.reference_system, cfg.eval.bootstrap_reps, cfg.seed)
+    judge_summary = run_judge(cfg, paths, outputs, ev) if cfg.eval.judge.enabled else {"status": "disabled"}
+
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(sbert_per, results / "sbert_per_sample.parquet")
+    if len(nli_per):
+        atomic_write_parquet(nli_per, results / "nli_per_sample.parquet")
+    metrics_df = pd.DataFrame(metrics)
+    atomic_write_text(results / "metrics.csv", metrics_df.to_csv(index=False))
+    atomic_write_text(results / "comparisons.csv", comparisons.to_csv(index=False))
+    summary = {
+        "profile": cfg.profile,
+        "eval_encoder": cfg.models.eval_encoder,
+        "reward_estimator": estimator,
+        "eval_encoder_is_reward_estimator": cfg.models.eval_encoder == estimator,
+        "sbert_thresholds": cfg.eval.sbert_thresholds,
+        "nli": nli_status,
+        "nli_text": cfg.eval.nli_text,
+        "retries": cfg.generate.retries,
+        "tokenizer": cfg.models.tokenizer,
+        "judge": judge_summary,
+        "data_label": "offline carve of the test set" if cfg.data.train_source == "carve" else "published splits",
+    }
+    atomic_write_text(results / "eval_summary.json", json.dumps(summary, indent=2, default=str))
+    write_manifest(paths.step("evaluate"), "06_evaluate", cfg, timings, inputs=[out_path])
+    return {"summary": summary, "metrics": metrics_df, "comparisons": comparisons}
+
+
+def paired_comparisons(
+    sbert_per: pd.DataFrame, nli_per: pd.DataFrame, reference: str, reps: int, seed: int
+) -> pd.DataFrame:
+    """reference system − each other system on the situations both scored (paired bootstrap per split)."""
+    from .stats import paired_bootstrap
+
+    rows = []
+    for metric, per, value in (("sbert", sbert_per, "ratio"), ("nli", nli_per, "score")):
+        if per.empty or reference not in set(per["system"]):
+            continue
+        keys = ["split"] + (["threshold"] if "threshold" in per and metric == "sbert" else [])
+        per = per[per.get("text", "x") != "summary"] if metric == "sbert" else per
+        for key, part in per.groupby(keys):
+            ref = part[part["system"] == reference].set_index("prompt")[value]
+            for other in sorted(set(part["system"]) - {reference}):
+                oth = part[part["system"] == other].set_index("prompt")[value]
+                common = ref.index.intersection(oth.index)
+                if len(common) < 2:
+                    continue
+                res = paired_bootstrap(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
+                key = key if isinstance(key, tuple) else (key,)
+                rows.append({"metric": metric, **dict(zip(keys, key)), "system": reference, "baseline": other,
+                             "n": len(common), **res})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def run_judge(cfg, paths, outputs: pd.DataFrame, ev: pd.DataFrame) -> dict[str, Any]:
+    from .judge import Judge
+
+    js = cfg.eval.judge
+    judge = Judge(js, paths.root / "judge_cache")
+    per_system = {}
+    rows = []
+    for system, grp in outputs[outputs["split"] == js.split].groupby("system", sort=False):
+        order = [p for p in ev[ev["split"] == js.split]["prompt"] if p in set(grp["prompt"])]
+        texts = grp.set_index("prompt")["text"]
+        res = judge.judge(order, [texts.get(p) for p in order])
+        per_system[system] = res.summary()
+        rows += [{**r, "system": system} for r in res.scores]
+    if rows:
+        from .runs import atomic_write_parquet
+
+        atomic_write_parquet(pd.DataFrame(rows), paths.results / "eval" / "judge_per_sample.parquet")
+    return {"status": "ran", "model": js.model, "split": js.split, "systems": per_system}
