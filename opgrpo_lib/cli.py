@@ -33,13 +33,35 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set data.eval_per_split=50")
 
 
-def cmd_data(args) -> int:
-    from .data import run
+STAGES = {
+    "data": ("opgrpo_lib.data", "run", "step 01: fetch (hash-checked), parse and split OP-V2"),
+    "estimator": (
+        "opgrpo_lib.estimator",
+        "run",
+        "step 02: mine triplets, fine-tune and evaluate the similarity estimator",
+    ),
+    "sft": ("opgrpo_lib.train", "run_sft", "step 03: SFT warm start (core perspectives + summary)"),
+    "train": ("opgrpo_lib.train", "run_grpo", "step 04: OP-GRPO (resumes from the last checkpoint)"),
+    "generate": ("opgrpo_lib.generate", "run", "step 05: outputs of every configured system for the eval splits"),
+    "evaluate": ("opgrpo_lib.evaluate", "run", "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
+    "figures": ("opgrpo_lib.figures", "run", "step 07: every figure and table from results/"),
+}
+
+
+def cmd_stage(args) -> int:
+    import importlib
+
     from .runs import run_paths
 
+    module, func, _ = STAGES[args.command]
     cfg = _cfg(args)
-    prepared = run(cfg, run_paths(cfg, args.run_dir))
-    print(json.dumps({k: prepared.card[k] for k in ("profile", "label", "train", "eval")}, indent=2))
+    result = getattr(importlib.import_module(module), func)(cfg, run_paths(cfg, args.run_dir))
+    summary = result.card if hasattr(result, "card") else result
+    if isinstance(summary, dict):
+        printable = {
+            k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool, dict, list, type(None)))
+        }
+        print(json.dumps(printable, indent=2, default=str)[:4000])
     return 0
 
 
@@ -106,7 +128,7 @@ def cmd_reward(args) -> int:
     overrides = {"reward.weights": args.weights} if args.weights else {}
     cfg = load_profile(args.profile, overrides)
     w_f, w_u = weight_pair(cfg.reward)
-    estimator = args.estimator or cfg.reward.estimator or cfg.models.encoder
+    estimator = args.estimator or cfg.models.encoder
     refs = _read_csv(args.references, "references", ["prompt", "answer"])
     cols = ["prompt", args.completion_column] + ([args.summary_column] if args.summary_column else [])
     comps = _read_csv(args.completions, "completions", cols)
@@ -186,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="step 01: fetch (hash-checked), parse and split OP-V2")
-    _add_profile(p)
-    p.set_defaults(func=cmd_data)
+    for name, (_, _, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text)
+        _add_profile(p)
+        p.set_defaults(func=cmd_stage)
 
     models = sub.add_parser("models", help="offline model folders").add_subparsers(
         dest="models_command", required=True
@@ -206,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completions", required=True, help="CSV with prompt and a completion column")
     p.add_argument("--completion-column", default="completion")
     p.add_argument("--summary-column", default=None, help="with a core column: rebuild <core perspectives>+<summary>")
-    p.add_argument("--estimator", default=None, help="path or hub id (default: the profile's estimator)")
+    p.add_argument(
+        "--estimator", default=None, help="path or hub id (default: the profile's base encoder, models.encoder)"
+    )
     p.add_argument("--weights", default=None, help="final (0.1,0.3) | early (0.125,0.25) | 'w_f,w_u'")
     p.add_argument(
         "--prompt-style",

@@ -50,7 +50,7 @@ class ModelsCfg:
 
 @dataclass(frozen=True)
 class RewardCfg:
-    estimator: str | None = None  # path/id of the similarity estimator; None = the fine-tuned one from step 02
+    estimator: str = "run:estimator"  # run:estimator = the model fine-tuned by step 02; else a path or hub id
     coverage_threshold: float = 0.70
     uniqueness_threshold: float = 0.78
     weights: str = "final"  # "final" (w_f, w_u) = (0.1, 0.3) | "early" (0.125, 0.25)
@@ -59,6 +59,70 @@ class RewardCfg:
     mask: str = "prompt"  # "prompt" (authors: every non-stopword of the decoded prompt) | "situation"
     use_uniqueness: bool = True  # ablation switch; the authors' reward always has it
     batch_size: int = 32  # encoder batch size (CPU: large batches pad long sentences and run ~5x slower)
+
+
+@dataclass(frozen=True)
+class EstimatorCfg:
+    """Similarity estimator (step 02). Defaults: the authors' final training run (MNRL scale 70 = the checkpoint
+    the reward used; their script says 60)."""
+
+    judge: str = "llm"  # llm (paper: Qwen3-8B confirms pairs) | names (offline: perspective-name structure)
+    judge_model: str = "Qwen/Qwen3-8B"
+    judge_batch_size: int = 16
+    agreement_pairs: int = 0  # >0: also run the LLM judge on this many candidate pairs and report agreement
+    cross_situation: bool = True  # names judge: same-name perspective of another situation as positive
+    mining_threshold: float = 0.75
+    scale: float = 70.0
+    batch_size: int = 32
+    epochs: float = 2.0
+    max_steps: int = -1
+    learning_rate: float = 2.1456771788455288e-05
+    warmup_ratio: float = 0.03254893834779507
+    save_steps: int = 200
+    heldout_fraction: float = 0.1  # seeded share of training situations kept for evaluation
+    max_situations: int | None = None
+    thresholds: list[float] = field(default_factory=lambda: [round(0.60 + 0.05 * i, 2) for i in range(7)])
+
+
+@dataclass(frozen=True)
+class LoraCfg:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass(frozen=True)
+class SummariesCfg:
+    """SFT summaries (paper: Qwen3-14B, temperature 0.1, top-p 0.6, one-shot prompt)."""
+
+    source: str = "llm"  # llm | offline (one sentence per comment; documented fallback)
+    model: str = "Qwen/Qwen3-14B"
+    temperature: float = 0.1
+    top_p: float = 0.6
+    max_new_tokens: int = 550
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    """SFT + GRPO. ``sft`` / ``grpo`` are passed to TRL's SFTConfig / GRPOConfig (keys validated against the
+    installed TRL); the rest is ours."""
+
+    backend: str = "unsloth"  # unsloth (GPU only) | hf (transformers + PEFT; CPU or GPU)
+    init: str = "run:sft"  # GRPO starts from the SFT policy (or "policy" = the base model, or a path)
+    lora: LoraCfg = field(default_factory=LoraCfg)
+    load_in_4bit: bool = False
+    use_vllm: bool = False  # unsloth fast generation (vLLM) when installed
+    max_seq_length: int = 1400  # unsloth: prompt (<= 512) + completion (800)
+    max_prompt_length: int = 512  # checked on the data (TRL 1.x has no max_prompt_length)
+    merge_adapter: bool = False  # save merged weights instead of the LoRA adapter
+    summaries: SummariesCfg = field(default_factory=SummariesCfg)
+    sft: dict[str, Any] = field(default_factory=dict)
+    grpo: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,6 +216,8 @@ class RunConfig:
     data: DataCfg = field(default_factory=DataCfg)
     models: ModelsCfg = field(default_factory=ModelsCfg)
     reward: RewardCfg = field(default_factory=RewardCfg)
+    estimator: EstimatorCfg = field(default_factory=EstimatorCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
     generate: GenerateCfg = field(default_factory=GenerateCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
 

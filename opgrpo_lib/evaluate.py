@@ -261,7 +261,11 @@ def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
     results = paths.results / "eval"
     timings: dict[str, float] = {}
     systems = {s.name: s for s in cfg.generate.systems}
-    estimator = cfg.reward.estimator or cfg.models.encoder
+    estimator = (
+        cfg.reward.estimator
+        if cfg.reward.estimator != "run:estimator"
+        else f"{cfg.models.encoder} fine-tuned (step 02)"
+    )
     nli_status = "skipped: the profile names no NLI model (none can be obtained offline)"
     nli_model = None
     if cfg.models.nli:
@@ -315,7 +319,7 @@ def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
         "profile": cfg.profile,
         "eval_encoder": cfg.models.eval_encoder,
         "reward_estimator": estimator,
-        "eval_encoder_is_reward_estimator": cfg.models.eval_encoder == estimator,
+        "eval_encoder_is_reward_estimator": cfg.models.eval_encoder in (estimator, cfg.reward.estimator),
         "sbert_thresholds": cfg.eval.sbert_thresholds,
         "nli": nli_status,
         "nli_text": cfg.eval.nli_text,

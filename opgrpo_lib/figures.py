@@ -1,0 +1,387 @@
+"""Step 07: every figure and table as a pure function of files under ``results/<profile>/`` (no torch).
+
+Each ``fig_*`` / ``table_*`` takes frames or dicts and returns a matplotlib Figure or a DataFrame; :func:`run`
+loads the inputs, saves PNG + PDF and CSV + Markdown + LaTeX under ``figures/<profile>/`` and writes an index
+that says, for every figure whose inputs are missing, which step produces them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .config import REPO_ROOT, SPLITS  # noqa: E402
+
+PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
+ENV_LOGGED = "OPGRPO_LOGGED_RESULTS"
+COMPONENTS = ("coverage", "uniqueness", "format", "tag", "total")
+SYSTEM_ORDER = ["op_grpo", "sft", "base_implicit", "base_explicit", "modplural"]
+
+
+class MissingInputs(Exception):
+    """The inputs of a figure do not exist yet; the message says which step produces them."""
+
+
+# ---------------------------------------------------------------- tables
+def main_coverage_table(metrics: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """One row per (system, split): SBERT relative/absolute accuracy with CIs and NLI Accuracy@0.33 if present."""
+    sb = metrics[metrics["metric"] == "sbert"]
+    if "prompt_style" in sb:
+        sb = sb[sb["prompt_style"] == "default"]
+    if threshold is None and len(sb):
+        threshold = float(sb["threshold"].min())
+    sb = sb[np.isclose(sb["threshold"], threshold)] if len(sb) else sb
+    cols = ["system", "split", "n", "relative_accuracy", "relative_ci_low", "relative_ci_high", "absolute_accuracy",
+            "absolute_ci_low", "absolute_ci_high"]  # fmt: skip
+    out = sb[cols].copy()
+    nli = metrics[metrics["metric"] == "nli"]
+    if len(nli):
+        if "prompt_style" in nli:
+            nli = nli[nli["prompt_style"] == "default"]
+        out = out.merge(
+            nli[["system", "split", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_score"]].rename(
+                columns={
+                    "accuracy": "nli_accuracy",
+                    "accuracy_ci_low": "nli_ci_low",
+                    "accuracy_ci_high": "nli_ci_high",
+                    "mean_score": "nli_mean_score",
+                }
+            ),  # fmt: skip
+            on=["system", "split"],
+            how="left",
+        )
+    out["split"] = pd.Categorical(out["split"], [s for s in SPLITS if s in set(out["split"])], ordered=True)
+    order = [s for s in SYSTEM_ORDER if s in set(out["system"])] + sorted(set(out["system"]) - set(SYSTEM_ORDER))
+    out["system"] = pd.Categorical(out["system"], order, ordered=True)
+    out = out.sort_values(["system", "split"]).reset_index(drop=True)
+    out.attrs["threshold"] = threshold
+    return out
+
+
+def write_table(df: pd.DataFrame, stem: Path, caption: str, floatfmt: str = "%.3f") -> list[Path]:
+    """CSV (full precision) + Markdown + LaTeX (rounded) next to each other."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
+    df.to_csv(paths[0], index=False)
+    shown = df.copy()
+    for c in shown.columns:
+        if pd.api.types.is_float_dtype(shown[c]):
+            shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else floatfmt % v)
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    lines = [f"<!-- {caption} -->", header, "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in shown.astype(str).itertuples(index=False)]
+    paths[1].write_text("\n".join(lines) + "\n")
+    cols = "l" * len(shown.columns)
+    esc = lambda x: str(x).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
+    tex = [r"\begin{table}[t]", r"\centering", f"\\caption{{{esc(caption)}}}", f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
+           " & ".join(esc(c) for c in shown.columns) + r" \\", r"\midrule"]  # fmt: skip
+    tex += [" & ".join(esc(v) for v in r) + r" \\" for r in shown.astype(str).itertuples(index=False)]
+    tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    paths[2].write_text("\n".join(tex) + "\n")
+    return paths
+
+
+def logged_main(logged: pd.DataFrame | None) -> pd.DataFrame:
+    """The authors' main logged setting (fine-tuned scale-70 SBERT at 0.70), first content version per row."""
+    if logged is None or logged.empty:
+        return pd.DataFrame()
+    main = logged[(logged["sbert"] == "op-sbert-scale70") & np.isclose(logged["threshold"], 0.7)]
+    main = main[main["rl_step"].astype(str) == ""]
+    return main.drop_duplicates(["system", "split"], keep="first")
+
+
+# ---------------------------------------------------------------- figures
+def fig_coverage_vs_perspectives(table: pd.DataFrame, logged: pd.DataFrame | None = None) -> plt.Figure:
+    """Relative SBERT accuracy per split (5p → gt10p) for each system; the authors' logged curves beside them."""
+    panels = 2 if logged is not None and not logged.empty else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False, sharey=True)
+    ax = axes[0][0]
+    for system, part in table.groupby("system", observed=True, sort=False):
+        part = part.sort_values("split")
+        x = [list(SPLITS).index(s) for s in part["split"]]
+        ax.plot(x, part["relative_accuracy"], marker="o", label=str(system))
+        ax.fill_between(x, part["relative_ci_low"], part["relative_ci_high"], alpha=0.15)
+    ax.set_title(f"reproduced (SBERT @ {table.attrs.get('threshold', '')})")
+    ax.set_ylabel("relative accuracy (matched / #references)")
+    if panels == 2:
+        ax2 = axes[0][1]
+        keep = logged[logged["system_family"].isin(["op-grpo", "modplural", "prompting-baseline", "base"])]
+        for system, part in keep.groupby("system", sort=False):
+            if part["split"].nunique() < 3:
+                continue
+            part = part.set_index("split").reindex([s for s in SPLITS if s in set(part["split"])])
+            ax2.plot([list(SPLITS).index(s) for s in part.index], part["relative_accuracy"], marker=".", linestyle="--",
+                     label=system[:38])  # fmt: skip
+        ax2.set_title("reported (authors' logs, scale-70 SBERT @ 0.70)")
+        ax2.legend(fontsize=6)
+    for a in axes[0]:
+        a.set_xticks(range(len(SPLITS)), SPLITS)
+        a.set_xlabel("reference perspectives (split)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def fig_training_dynamics(train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None) -> plt.Figure:
+    """Total reward and each component per GRPO step; the authors' coverage of checkpoints vs RL step."""
+    comps = [c for c in COMPONENTS if f"op_reward/{c}" in train_log]
+    fig, axes = plt.subplots(1, len(comps) + 1, figsize=(3.0 * (len(comps) + 1), 3.0), squeeze=False)
+    for ax, c in zip(axes[0], comps):
+        y = train_log[f"op_reward/{c}"]
+        ax.plot(train_log["step"], y, alpha=0.35)
+        if len(y) >= 5:
+            ax.plot(train_log["step"], y.rolling(5, min_periods=1).mean(), linewidth=2)
+        ax.set_title(c)
+        ax.set_xlabel("GRPO step")
+    ax = axes[0][-1]
+    if logged_steps is not None and not logged_steps.empty:
+        for (system, split), part in logged_steps.groupby(["system", "split"]):
+            part = part.assign(step=part["rl_step"].astype(int)).sort_values("step")
+            ax.plot(part["step"], part["relative_accuracy"], marker="o", label=f"{system.split()[1]} {split}")
+        ax.set_title("authors: coverage vs RL step", fontsize=9)
+        ax.set_xlabel("RL step")
+        ax.legend(fontsize=6)
+    else:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def fig_estimator(calibration: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
+    """Base vs fine-tuned estimator: alignment precision/recall across thresholds, and triplet accuracy."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    for model, part in calibration.groupby("model", sort=False):
+        axes[0].plot(part["threshold"], part["precision"], marker="o", label=f"precision, {model}")
+        axes[0].plot(part["threshold"], part["recall"], marker="s", linestyle="--", label=f"recall, {model}")
+    axes[0].set_xlabel("cosine threshold")
+    axes[0].set_title("held-out alignment")
+    axes[0].legend(fontsize=7)
+    accs = [metrics.get("triplet_accuracy_base"), metrics.get("triplet_accuracy_finetuned")]
+    axes[1].bar(["base", "fine-tuned"], accs, color=["#999999", "#1f77b4"])
+    for i, v in enumerate(accs):
+        if v is not None:
+            axes[1].text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_title(f"triplet accuracy (n={metrics.get('heldout_triplets')})")
+    fig.tight_layout()
+    return fig
+
+
+def fig_tokens(metrics: pd.DataFrame) -> plt.Figure:
+    tok = metrics[(metrics["metric"] == "tokens")]
+    if "prompt_style" in tok:
+        tok = tok[tok["prompt_style"] == "default"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    pivot = tok.pivot_table(index="split", columns="system", values="mean_tokens", observed=True)
+    pivot = pivot.reindex([s for s in SPLITS if s in pivot.index])
+    pivot.plot(kind="bar", ax=ax)
+    ax.set_ylabel("mean tokens per output")
+    ax.set_title("token efficiency")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def core_vs_summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    sb = metrics[metrics["metric"].isin(["sbert", "sbert_summary"])]
+    if "prompt_style" in sb:
+        sb = sb[sb["prompt_style"] == "default"]
+    both = sb.pivot_table(index=["system", "split", "threshold"], columns="metric", values="relative_accuracy")
+    both = both.dropna().reset_index()
+    if both.empty:
+        raise MissingInputs("no system has both core and summary text scored (needs valid two-block outputs)")
+    return both.rename(columns={"sbert": "core (or full text)", "sbert_summary": "summary"})
+
+
+def headline_table(metrics: pd.DataFrame, ours: str = "op_grpo") -> pd.DataFrame:
+    """Relative gains (ours − baseline) / baseline, averaged over splits, NLI when measured else SBERT, next to the
+    paper's claims."""
+    from .stats import relative_gain
+
+    nli = metrics[metrics["metric"] == "nli"]
+    if len(nli):
+        col, metric, name = "accuracy", nli, "NLI Accuracy@0.33"
+    else:
+        sb = metrics[metrics["metric"] == "sbert"]
+        col, metric, name = (
+            "relative_accuracy",
+            sb[np.isclose(sb["threshold"], sb["threshold"].min())],
+            "SBERT relative accuracy",
+        )
+    if "prompt_style" in metric:
+        metric = metric[metric["prompt_style"] == "default"]
+    means = metric.groupby("system")[col].mean()
+    if ours not in means:
+        raise MissingInputs(f"no {ours} results (run notebooks 04–06)")
+    rows = []
+    for base in means.index.drop(ours):
+        claim = {"modplural": PAPER_CLAIMS["ModPlural"]}.get(base)
+        rows.append({"baseline": base, "metric": name, "ours": means[ours], "baseline_value": means[base],
+                     "relative_gain": relative_gain(means[ours], means[base]), "paper_claim": claim,
+                     "paper_claim_note": "vs ModPlural (NLI)" if claim is not None else ""})  # fmt: skip
+    rows.append({"baseline": "GPT-OSS-20B", "metric": "NLI Accuracy@0.33", "ours": None, "baseline_value": None,
+                 "relative_gain": None, "paper_claim": PAPER_CLAIMS["GPT-OSS-20B"],
+                 "paper_claim_note": "not reproduced: GPT-OSS-20B outputs/NLI are not available"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def fig_judge(judge: dict[str, Any]) -> plt.Figure:
+    systems = judge.get("systems") or {}
+    if not systems:
+        raise MissingInputs("LLM judge did not run (set eval.judge.enabled and an API key; notebook 06)")
+    aspects = ["helpfulness", "clarity", "factuality", "depth", "engagement"]
+    df = pd.DataFrame({s: [v.get(a) for a in aspects] for s, v in systems.items()}, index=aspects)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    df.plot(kind="bar", ax=ax)
+    ax.set_ylim(1, 5)
+    ax.set_title(f"LLM judge ({judge.get('model')})")
+    fig.tight_layout()
+    return fig
+
+
+def fig_reward_ablation(logs: dict[str, pd.DataFrame]) -> plt.Figure:
+    if not logs:
+        raise MissingInputs("no reward-ablation runs under results/<profile>/ablations/<name>/train_log.csv")
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for name, log in logs.items():
+        ax.plot(log["step"], log["op_reward/coverage"].rolling(5, min_periods=1).mean(), label=name)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("coverage ladder (rolling mean)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- orchestration
+@dataclass
+class FigureStatus:
+    name: str
+    status: str  # "written" | "missing inputs"
+    note: str
+    files: list[str]
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
+
+
+def logged_results() -> pd.DataFrame | None:
+    path = Path(
+        os.environ.get(
+            ENV_LOGGED, REPO_ROOT.parent / "shared" / "data" / "authors-logged-results" / "sbert_coverage.csv"
+        )
+    )
+    if not path.exists():
+        return None
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(out[0], dpi=130)
+    fig.savefig(out[1])
+    plt.close(fig)
+    return out
+
+
+def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) -> list[FigureStatus]:
+    """Every figure and table of the paper that ``results`` supports; the rest are listed with the step that
+    produces their inputs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _read_csv(results / "eval" / "metrics.csv")
+    summary = (
+        json.loads((results / "eval" / "eval_summary.json").read_text())
+        if (results / "eval" / "eval_summary.json").exists()
+        else {}
+    )
+    train_log = _read_csv(results / "train_log.csv")
+    calib = _read_csv(results / "estimator" / "calibration.csv")
+    est = (
+        json.loads((results / "estimator" / "metrics.json").read_text())
+        if (results / "estimator" / "metrics.json").exists()
+        else None
+    )
+    ablations = {p.parent.name: pd.read_csv(p) for p in sorted((results / "ablations").glob("*/train_log.csv"))}
+    steps = logged[logged["rl_step"].astype(str) != ""] if logged is not None else None
+    statuses = []
+
+    def attempt(name: str, needs: str, make) -> None:
+        try:
+            files = make()
+            statuses.append(FigureStatus(name, "written", "", [str(f.relative_to(out_dir)) for f in files]))
+        except MissingInputs as exc:
+            statuses.append(FigureStatus(name, "missing inputs", str(exc), []))
+        except (TypeError, KeyError, ValueError) as exc:  # inputs present but incomplete
+            statuses.append(FigureStatus(name, "missing inputs", f"{needs} ({type(exc).__name__}: {exc})", []))
+
+    def need(obj, what):
+        if obj is None:
+            raise MissingInputs(what)
+        return obj
+
+    def main_table():
+        table = main_coverage_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06"))
+        files = write_table(
+            table, out_dir / "tables" / "main_coverage", f"Coverage per split (SBERT @ {table.attrs['threshold']})"
+        )
+        lm = logged_main(logged)
+        if not lm.empty:
+            keep = ["system", "split", "n", "relative_accuracy", "absolute_accuracy", "candidate_file"]
+            files += write_table(lm[keep].reset_index(drop=True), out_dir / "tables" / "reported_main_sbert",
+                                 "Reported: the authors' logged SBERT coverage (scale-70 @ 0.70; reward model as evaluator)")  # fmt: skip
+        return files
+
+    attempt("main coverage table", "notebook 06", main_table)
+    attempt("coverage vs perspectives", "notebook 06", lambda: save_figure(
+        fig_coverage_vs_perspectives(main_coverage_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), logged_main(logged)),
+        out_dir / "coverage_vs_perspectives"))  # fmt: skip
+    attempt("training dynamics", "notebook 04", lambda: save_figure(
+        fig_training_dynamics(need(train_log, "results/train_log.csv: run notebook 04_op_grpo"), steps),
+        out_dir / "training_dynamics"))  # fmt: skip
+    attempt("similarity estimator", "notebook 02", lambda: save_figure(
+        fig_estimator(need(calib, "results/estimator/calibration.csv: run notebook 02"), need(est, "estimator metrics")),
+        out_dir / "similarity_estimator"))  # fmt: skip
+    attempt(
+        "reward ablation",
+        "ablation runs",
+        lambda: save_figure(fig_reward_ablation(ablations), out_dir / "reward_ablation"),
+    )
+    attempt("core vs summary", "notebook 06", lambda: write_table(
+        core_vs_summary_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), out_dir / "tables" / "core_vs_summary",
+        "SBERT coverage of the core block vs the summary text"))  # fmt: skip
+    attempt("token efficiency", "notebook 06", lambda: save_figure(
+        fig_tokens(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), out_dir / "token_efficiency"))  # fmt: skip
+    attempt(
+        "LLM judge", "notebook 06", lambda: save_figure(fig_judge(summary.get("judge", {})), out_dir / "llm_judge")
+    )
+    attempt("headline gains", "notebook 06", lambda: write_table(
+        headline_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), out_dir / "tables" / "headline",
+        "Relative gains (ours - baseline) / baseline next to the paper's claims"))  # fmt: skip
+    index = [
+        "# Figures and tables",
+        "",
+        f"Generated from `{results.relative_to(REPO_ROOT) if results.is_relative_to(REPO_ROOT) else results}`.",
+        "",
+    ]
+    index += ["| figure / table | status | files / what produces the inputs |", "|---|---|---|"]
+    index += [f"| {s.name} | {s.status} | {', '.join(s.files) if s.files else s.note} |" for s in statuses]
+    (out_dir / "INDEX.md").write_text("\n".join(index) + "\n")
+    return statuses
+
+
+def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
+    """Step 07 entry point: figures/<profile>/ from results/<profile>/ (and the authors' logged numbers)."""
+    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "figures" / cfg.profile
+    statuses = build_all(paths.results, out_dir, logged_results())
+    return {"out_dir": str(out_dir), "figures": [s.__dict__ for s in statuses]}

@@ -1,0 +1,109 @@
+"""Figure functions on small synthetic results; the table writer's numbers equal the inputs; no torch."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from opgrpo_lib import figures
+from opgrpo_lib.config import SPLITS
+
+
+def synthetic_results(root):
+    rng = np.random.default_rng(0)
+    rows = []
+    for system in ("op_grpo", "sft", "base_implicit", "modplural"):
+        for split in SPLITS:
+            rel = float(rng.uniform(0.1, 0.8))
+            rows.append({"system": system, "split": split, "metric": "sbert", "threshold": 0.7, "prompt_style": "default",
+                         "n": 100, "hit_all": 10, "absolute_accuracy": 0.1, "relative_accuracy": rel,
+                         "relative_ci_low": rel - 0.05, "relative_ci_high": rel + 0.05, "absolute_ci_low": 0.05,
+                         "absolute_ci_high": 0.15, "std": 0.2, "std_error": 0.02})  # fmt: skip
+            rows.append({"system": system, "split": split, "metric": "sbert_summary", "threshold": 0.7,
+                         "prompt_style": "default", "n": 100, "relative_accuracy": rel - 0.1})  # fmt: skip
+            rows.append({"system": system, "split": split, "metric": "nli", "prompt_style": "default", "n": 100,
+                         "accuracy": rel / 2, "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0, "mean_score": 0.3})  # fmt: skip
+            rows.append({"system": system, "split": split, "metric": "tokens", "prompt_style": "default", "n": 100,
+                         "mean_tokens": 300.0, "mean_words": 200.0})  # fmt: skip
+    (root / "eval").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "eval" / "metrics.csv", index=False)
+    judge = {"status": "ran", "model": "judge", "systems": {"op_grpo": {a: 4.0 for a in ("helpfulness", "clarity",
+             "factuality", "depth", "engagement")}}}  # fmt: skip
+    (root / "eval" / "eval_summary.json").write_text(json.dumps({"judge": judge}))
+    steps = np.arange(1, 21)
+    log = pd.DataFrame({"step": steps, **{f"op_reward/{c}": rng.uniform(0, 1, 20) for c in figures.COMPONENTS}})
+    log.to_csv(root / "train_log.csv", index=False)
+    (root / "estimator").mkdir()
+    cal = pd.DataFrame([{"threshold": t, "precision": 0.8, "recall": 0.6, "model": m} for m in ("base", "fine-tuned")
+                        for t in (0.6, 0.7, 0.8)])  # fmt: skip
+    cal.to_csv(root / "estimator" / "calibration.csv", index=False)
+    (root / "estimator" / "metrics.json").write_text(
+        json.dumps({"triplet_accuracy_base": 0.6, "triplet_accuracy_finetuned": 0.8, "heldout_triplets": 50})
+    )
+    return pd.DataFrame(rows)
+
+
+def test_main_table_numbers_equal_inputs(tmp_path):
+    metrics = synthetic_results(tmp_path / "results")
+    table = figures.main_coverage_table(metrics)
+    assert len(table) == 4 * 7 and list(table["system"].unique())[:2] == ["op_grpo", "sft"]
+    files = figures.write_table(table, tmp_path / "t" / "main", "caption")
+    back = pd.read_csv(files[0])
+    src = metrics[metrics.metric == "sbert"].set_index(["system", "split"])["relative_accuracy"]
+    for r in back.itertuples():
+        assert r.relative_accuracy == pytest.approx(src[(r.system, r.split)], abs=0)
+        nli = metrics[(metrics.metric == "nli") & (metrics.system == r.system) & (metrics.split == r.split)][
+            "accuracy"
+        ].item()
+        assert r.nli_accuracy == pytest.approx(nli, abs=0)
+    md = files[1].read_text()
+    assert "| op_grpo | 5p |" in md and f"{src[('op_grpo', '5p')]:.3f}" in md
+    assert r"\begin{tabular}" in files[2].read_text()
+
+
+def test_headline_uses_nli_and_lists_paper_claims(tmp_path):
+    metrics = synthetic_results(tmp_path / "results")
+    head = figures.headline_table(metrics)
+    nli = metrics[metrics.metric == "nli"].groupby("system")["accuracy"].mean()
+    mp = head[head.baseline == "modplural"].iloc[0]
+    assert mp["relative_gain"] == pytest.approx((nli["op_grpo"] - nli["modplural"]) / nli["modplural"])
+    assert mp["paper_claim"] == 0.191 and head[head.baseline == "GPT-OSS-20B"]["paper_claim"].item() == 0.374
+
+
+def test_every_figure_builds_and_missing_inputs_are_named(tmp_path):
+    synthetic_results(tmp_path / "results")
+    statuses = {s.name: s for s in figures.build_all(tmp_path / "results", tmp_path / "figs", None)}
+    for name in ("main coverage table", "coverage vs perspectives", "training dynamics", "similarity estimator",
+                 "core vs summary", "token efficiency", "LLM judge", "headline gains"):  # fmt: skip
+        assert statuses[name].status == "written", statuses[name]
+    assert statuses["reward ablation"].status == "missing inputs" and "ablations" in statuses["reward ablation"].note
+    assert (tmp_path / "figs" / "coverage_vs_perspectives.pdf").exists()
+    empty = {s.name: s for s in figures.build_all(tmp_path / "nothing", tmp_path / "figs2", None)}
+    assert empty["training dynamics"].status == "missing inputs" and "04_op_grpo" in empty["training dynamics"].note
+    assert "05" in empty["main coverage table"].note
+    assert "missing inputs" in (tmp_path / "figs2" / "INDEX.md").read_text()
+
+
+def test_logged_results_appear_as_reported(tmp_path):
+    logged = figures.logged_results()
+    if logged is None:
+        pytest.skip("authors' logged results not available")
+    main = figures.logged_main(logged)
+    assert set(main["sbert"]) == {"op-sbert-scale70"} and (main["threshold"] == 0.7).all()
+    synthetic_results(tmp_path / "results")
+    figures.build_all(tmp_path / "results", tmp_path / "figs", logged)
+    assert (tmp_path / "figs" / "tables" / "reported_main_sbert.csv").exists()
+
+
+def test_figures_step_imports_no_torch(tmp_path):
+    synthetic_results(tmp_path / "results")
+    code = (
+        "import sys; from opgrpo_lib import config, runs, figures; from pathlib import Path; "
+        f"figures.build_all(Path(r'{tmp_path / 'results'}'), Path(r'{tmp_path / 'f'}'), figures.logged_results()); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'sentence_transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
