@@ -14,7 +14,8 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup models test test-fast lint reproduce smoke data clean-runs
+FIG_PROFILE ?= cpu
+.PHONY: help setup models test test-fast lint reproduce smoke figures data clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +50,9 @@ reproduce: models ## run notebooks 01→07 for PROFILE (auto: paper with CUDA + 
 
 smoke: setup ## the reproduce chain on the tiny profile (minutes on 2 cores)
 	$(BIN)/opgrpo reproduce --profile tiny
+
+figures: setup ## figures and tables from the committed results/$(FIG_PROFILE) (no torch; < 1 min)
+	$(BIN)/opgrpo figures --profile $(FIG_PROFILE)
 
 data: setup ## step 01 only (PROFILE defaults to cpu here)
 	$(BIN)/opgrpo data --profile $(if $(filter auto,$(PROFILE)),cpu,$(PROFILE))

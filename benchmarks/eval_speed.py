@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from common import best_of  # noqa: E402
 
 from opgrpo_lib.evaluate import (  # noqa: E402
     NLIModel,
@@ -32,15 +32,6 @@ from opgrpo_lib.evaluate import (  # noqa: E402
 )
 from opgrpo_lib.reward import SentenceEncoder, greedy_matches  # noqa: E402
 from opgrpo_lib.text import eval_candidate_sentences, eval_reference_sentences, parse_perspectives  # noqa: E402
-
-
-def timed(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def sbert_per_situation(refs, cands, encoder, threshold):
@@ -83,13 +74,13 @@ def main() -> None:
 
     enc = SentenceEncoder(args.sbert_model, device="cpu")
     enc.encode(["warm-up"])
-    t_sb, (per, _) = timed(lambda: sbert_coverage(refs, core, enc, args.threshold), args.repeats)
-    t_sb_ps, ratios = timed(lambda: sbert_per_situation(refs, core, enc, args.threshold), args.repeats)
+    t_sb, (per, _) = best_of(lambda: sbert_coverage(refs, core, enc, args.threshold), args.repeats)
+    t_sb_ps, ratios = best_of(lambda: sbert_per_situation(refs, core, enc, args.threshold), args.repeats)
     sbert_identical = per["ratio"].tolist() == ratios
 
     nli = NLIModel(args.nli_model)
-    t_nli, (nper, _) = timed(lambda: nli_overton(refs, summary, nli), args.repeats)
-    t_nli_ps, scores = timed(lambda: nli_per_situation(refs, summary, nli), args.repeats)
+    t_nli, (nper, _) = best_of(lambda: nli_overton(refs, summary, nli), args.repeats)
+    t_nli_ps, scores = best_of(lambda: nli_per_situation(refs, summary, nli), args.repeats)
     diff = float(np.max(np.abs(nper["score"].to_numpy() - np.asarray(scores))))
     same_decisions = ((nper["score"] > 0.33).to_numpy() == (np.asarray(scores) > 0.33)).all()
     nli_identical = bool(diff <= 1e-6 and same_decisions)

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,19 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the per-rollout reference implementation lives with the tests
 
 import pandas as pd  # noqa: E402
+from common import best_of  # noqa: E402
 
 from opgrpo_lib.models import resolve  # noqa: E402
 from opgrpo_lib.reward import OPRewardScorer, SentenceEncoder, grpo_like_batch, keyword_text_for  # noqa: E402
 from opgrpo_lib.text import stopwords  # noqa: E402
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:

@@ -386,5 +386,7 @@ def run(cfg: RunConfig, paths) -> PreparedData:
         written = save(prepared, paths.data)
         paths.results.mkdir(parents=True, exist_ok=True)
         atomic_write_text(paths.results / "data_card.json", json.dumps(prepared.card, indent=2))
-    write_manifest(paths.data, "01_data", cfg, timings, inputs=[written["train"], written["eval"]])
+    write_manifest(
+        paths.data, "01_data", cfg, timings, inputs=[written["train"], written["eval"]], results=paths.results
+    )
     return prepared

@@ -440,5 +440,5 @@ def run(cfg: RunConfig, paths: RunPaths) -> dict[str, Any]:
     atomic_write_text(res_dir / "calibration.csv", curves.to_csv(index=False))
     atomic_write_text(res_dir / "similarities.csv", sims.round(5).to_csv(index=False))
     plots = plot_estimator(curves, sims, res_dir)
-    write_manifest(out_dir, "02_estimator", cfg, timings, inputs=[paths.data / "train.parquet"])
+    write_manifest(out_dir, "02_estimator", cfg, timings, inputs=[paths.data / "train.parquet"], results=paths.results)
     return {"metrics": metrics, "curves": curves, "plots": plots, "model": final}

@@ -329,7 +329,7 @@ def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
         "data_label": "offline carve of the test set" if cfg.data.train_source == "carve" else "published splits",
     }
     atomic_write_text(results / "eval_summary.json", json.dumps(summary, indent=2, default=str))
-    write_manifest(paths.step("evaluate"), "06_evaluate", cfg, timings, inputs=[out_path])
+    write_manifest(paths.step("evaluate"), "06_evaluate", cfg, timings, inputs=[out_path], results=paths.results)
     return {"summary": summary, "metrics": metrics_df, "comparisons": comparisons}
 
 

@@ -251,5 +251,5 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     outputs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
     atomic_write_parquet(outputs, out_dir / "outputs.parquet")
     write_manifest(out_dir, "05_generate", cfg, timings, inputs=[paths.data / "eval.parquet"],
-                   extra={"retries": cfg.generate.retries, "device_used": device})  # fmt: skip
+                   extra={"retries": cfg.generate.retries, "device_used": device}, results=paths.results)  # fmt: skip
     return outputs

@@ -8,6 +8,7 @@ upstream Hugging Face LFS hash.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -96,12 +97,19 @@ def _build_smollm2(dest: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # the GGUF metadata maps eos to <|im_start|>; upstream SmolLM2-Instruct ends turns (and pads) with <|im_end|>
+    tok.eos_token = tok.pad_token = "<|im_end|>"
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         staging = Path(tmp) / "model"
         staging.mkdir()
         model.config.architectures = [type(model).__name__]  # TRL needs it to load a plain folder
         model.config.save_pretrained(staging)
+        # the weights are dequantised fp32: drop the GGUF marker or transformers treats the folder as quantised
+        cfg_path = staging / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.pop("quantization_config", None)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
         model.generation_config.save_pretrained(staging)
         save_model(model, str(staging / "model.safetensors"))  # save_pretrained refuses gguf-quantised models
         tok.save_pretrained(staging)

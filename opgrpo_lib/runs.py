@@ -132,9 +132,10 @@ def inputs_digest(paths: list[Path]) -> dict[str, str]:
 
 def write_manifest(
     step_dir: Path, step: str, cfg: RunConfig, timings: dict[str, float], inputs: list[Path] | None = None,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, results: Path | None = None,
 ) -> Path:  # fmt: skip
-    """Write ``manifest.json`` for one step: config + hash, seeds, versions, device, timings, input digests."""
+    """Write ``manifest.json`` for one step: config + hash, seeds, versions, device, timings, input digests.
+    With ``results``, a copy without input paths goes to ``results/manifests/<step>.json`` (committed)."""
     manifest = {
         "step": step,
         "profile": cfg.profile,
@@ -151,6 +152,9 @@ def write_manifest(
     }
     path = Path(step_dir) / "manifest.json"
     atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
+    if results is not None:
+        public = {k: v for k, v in manifest.items() if k not in ("inputs", "config")}
+        atomic_write_text(Path(results) / "manifests" / f"{step}.json", json.dumps(public, indent=2, default=str))
     return path
 
 

@@ -293,7 +293,7 @@ def run_sft(cfg: RunConfig, paths: RunPaths, resume: bool = True) -> dict[str, A
     paths.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.results / "sft_train_log.csv", log.to_csv(index=False))
     write_manifest(out, "03_sft", cfg, timings, inputs=[paths.data / "train.parquet"],
-                   extra={"backend": tc.backend, "summaries": tc.summaries.source, "rows": len(ds)})  # fmt: skip
+                   extra={"backend": tc.backend, "summaries": tc.summaries.source, "rows": len(ds)}, results=paths.results)  # fmt: skip
     return {"policy": policy, "log": log, "rows": len(ds)}
 
 
@@ -343,5 +343,5 @@ def run_grpo(cfg: RunConfig, paths: RunPaths, resume: bool = True, callbacks: li
                        extra={"backend": tc.backend, "weights": cfg.reward.weights, "longest_prompt_tokens": longest,
                               "world_size": trainer.args.world_size, "prompts": len(ds),
                               "completions_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps
-                              * trainer.args.world_size})  # fmt: skip
+                              * trainer.args.world_size}, results=paths.results)  # fmt: skip
     return {"policy": policy, "log": log}

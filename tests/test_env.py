@@ -50,3 +50,34 @@ def test_no_heavy_imports_at_package_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_binder_config_is_valid():
+    env = yaml.safe_load((ROOT / "binder" / "environment.yml").read_text())
+    assert any(str(d).startswith("python=3.11") for d in env["dependencies"])
+    post = ROOT / "binder" / "postBuild"
+    text = post.read_text()
+    assert post.stat().st_mode & 0o111, "postBuild must be executable"
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    assert "download.pytorch.org/whl/cpu" in text and "[gpu" not in text
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"mybinder\.org/v2/gh/[^)]*labpath=([^)\s]+)\)", readme)
+    assert m and (ROOT / m.group(1).replace("%2F", "/")).exists()
+
+
+def test_readme_results_table_matches_committed_results():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme.py"), "--check"], cwd=ROOT)
+    assert out.returncode == 0, "README results block is stale: run python scripts/update_readme.py"
+
+
+def test_makefile_help_lists_every_target():
+    import subprocess
+
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    targets = re.findall(r"^([a-z-]+):[^=\n]*?## ", (ROOT / "Makefile").read_text(), re.M)
+    assert targets and all(t in out for t in targets)
+    for t in ("reproduce", "test", "smoke", "figures", "models"):
+        assert t in targets

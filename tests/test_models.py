@@ -66,7 +66,9 @@ def test_smollm2_folder_from_gguf(tmp_path, monkeypatch):
 
     cfg = AutoConfig.from_pretrained(path)
     assert cfg.architectures == ["LlamaForCausalLM"]
+    assert getattr(cfg, "quantization_config", None) is None, "dequantised weights must not look quantised"
     tok = AutoTokenizer.from_pretrained(path)
+    assert tok.eos_token == tok.pad_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
     assert tok.chat_template and "<|im_start|>" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False
     )
