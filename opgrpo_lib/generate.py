@@ -110,40 +110,40 @@ def _done(path: Path) -> dict[str, dict]:
     return rows
 
 
-def generate_split(
-    generate_fn, situations: list[str], split: str, system: str, style: str, gen: GenerateCfg, out_jsonl: Path,
-    seed: int, progress: bool = True,
+def generate_rows(
+    generate_fn, items: list[tuple[str, str]], system: str, style: str, gen: GenerateCfg, out_jsonl: Path, seed: int,
+    progress: bool = True,
 ) -> pd.DataFrame:  # fmt: skip
-    """Generate (resuming from ``out_jsonl``) one output per situation; invalid layouts are resampled up to
-    ``gen.retries`` more times. ``generate_fn(situations, seed) -> texts``."""
+    """One output per (situation, split) item, batched across splits and resumed from ``out_jsonl`` (a rerun skips
+    finished rows; a line cut by a crash is regenerated); invalid layouts are resampled up to ``gen.retries`` more
+    times. ``generate_fn(situations, seed) -> texts``."""
     from tqdm.auto import tqdm
 
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out_jsonl)
-    todo = [s for s in situations if s not in done]
-    bar = tqdm(
-        total=len(situations), initial=len(situations) - len(todo), desc=f"{system}/{split}", disable=not progress
-    )
+    todo = [(s, split) for s, split in items if s not in done]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=system, disable=not progress)
     with open(out_jsonl, "a") as fh:
         for start in range(0, len(todo), gen.batch_size):
             batch = todo[start : start + gen.batch_size]
-            texts = generate_fn(batch, seed + start)
+            situations = [s for s, _ in batch]
+            texts = generate_fn(situations, seed + start)
             attempts = [1] * len(batch)
             for retry in range(gen.retries):
                 bad = [i for i, t in enumerate(texts) if not check_layout(t).valid]
                 if not bad:
                     break
-                again = generate_fn([batch[i] for i in bad], seed + start + 7919 * (retry + 1))
+                again = generate_fn([situations[i] for i in bad], seed + start + 7919 * (retry + 1))
                 for i, t in zip(bad, again):
                     texts[i], attempts[i] = t, attempts[i] + 1
-            for s, t, a in zip(batch, texts, attempts):
+            for (s, split), t, a in zip(batch, texts, attempts):
                 rec = _record(s, split, system, style, t, a)
                 done[s] = rec
                 fh.write(json.dumps(rec) + "\n")
             fh.flush()
             bar.update(len(batch))
     bar.close()
-    return pd.DataFrame([done[s] for s in situations], columns=RECORD_COLUMNS)
+    return pd.DataFrame([done[s] for s, _ in items], columns=RECORD_COLUMNS)
 
 
 def modplural_fn(cfg: RunConfig, device: str | None):
@@ -201,17 +201,18 @@ def policy_fn(system: SystemCfg, cfg: RunConfig, paths: RunPaths, device: str | 
     return fn
 
 
-def eval_situations(ev: pd.DataFrame, gen: GenerateCfg) -> dict[str, list[str]]:
-    out = {}
+def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
+    """(situation, split) for the configured splits, the first ``rows_per_split`` of each in evaluation order."""
+    items = []
     for split in gen.splits:
         part = ev[ev["split"] == split]["prompt"].tolist()
-        out[split] = part[: gen.rows_per_split] if gen.rows_per_split is not None else part
-    return out
+        items += [(p, split) for p in (part[: gen.rows_per_split] if gen.rows_per_split is not None else part)]
+    return items
 
 
 def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     """Step 05 entry point: outputs of every configured system (and prompt style) for every split under
-    ``runs/<profile>/generate/<system>/<split>.jsonl`` plus one ``outputs.parquet``."""
+    ``runs/<profile>/generate/<system>.jsonl`` plus one ``outputs.parquet``."""
     import torch
 
     from .data import load_prepared
@@ -219,7 +220,7 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
 
     device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     _, ev = load_prepared(paths.data)
-    per_split = eval_situations(ev, cfg.generate)
+    items = eval_items(ev, cfg.generate)
     out_dir = paths.step("generate")
     frames, timings = [], {}
     jobs = [(s, s.name, "default", None) for s in cfg.generate.systems]
@@ -233,20 +234,8 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
                 if system.kind == "modplural"
                 else policy_fn(system, cfg, paths, device, template)
             )
-            for split, situations in per_split.items():
-                frames.append(
-                    generate_split(
-                        fn,
-                        situations,
-                        split,
-                        name,
-                        style,
-                        cfg.generate,
-                        out_dir / name / f"{split}.jsonl",
-                        cfg.seed,
-                        progress,
-                    )  # fmt: skip
-                )
+            out = out_dir / f"{name}.jsonl"
+            frames.append(generate_rows(fn, items, name, style, cfg.generate, out, cfg.seed, progress))
         _BASES.clear()
     outputs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
     atomic_write_parquet(outputs, out_dir / "outputs.parquet")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from opgrpo_lib.config import GenerateCfg, load_profile
-from opgrpo_lib.generate import generate_split, resolve_policy
+from opgrpo_lib.generate import generate_rows, resolve_policy
 from opgrpo_lib.prompts import render
 from opgrpo_lib.runs import run_paths
 
@@ -19,12 +19,14 @@ def test_resume_skips_finished_rows_and_repairs_a_cut_line(tmp_path):
 
     out = tmp_path / "g.jsonl"
     gen = GenerateCfg(batch_size=2)
-    first = generate_split(fn, ["a", "b", "c"], "5p", "sys", "default", gen, out, 0, progress=False)
+    first = generate_rows(fn, [("a", "5p"), ("b", "5p"), ("c", "6p")], "sys", "default", gen, out, 0, progress=False)
     assert first["text"].tolist() == ["out a", "out b", "out c"] and calls == [["a", "b"], ["c"]]
+    assert first["split"].tolist() == ["5p", "5p", "6p"]
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:2]) + '\n{"prompt": "c", "te')  # a crash cut the last line
     calls.clear()
-    again = generate_split(fn, ["a", "b", "c", "d"], "5p", "sys", "default", gen, out, 0, progress=False)
+    items = [("a", "5p"), ("b", "5p"), ("c", "6p"), ("d", "6p")]
+    again = generate_rows(fn, items, "sys", "default", gen, out, 0, progress=False)
     assert calls == [["c", "d"]] and again["prompt"].tolist() == ["a", "b", "c", "d"]
 
 
@@ -38,23 +40,11 @@ def test_retries_resample_invalid_layouts_only(tmp_path):
             texts.append(VALID if (s == "ok" or attempts[s] >= 3) else "no layout")
         return texts
 
-    df = generate_split(
-        fn,
-        [
-            "ok",
-            "late",
-        ],
-        "5p",
-        "s",
-        "default",
-        GenerateCfg(retries=3),
-        tmp_path / "x.jsonl",
-        0,
-        False,
-    )
+    items = [("ok", "5p"), ("late", "5p")]
+    df = generate_rows(fn, items, "s", "default", GenerateCfg(retries=3), tmp_path / "x.jsonl", 0, False)
     assert df["attempts"].tolist() == [1, 3] and df["valid_format"].all()
     assert df.loc[0, "core"] == "In the perspective of A, b." and df.loc[0, "summary"] == "A."
-    off = generate_split(fn, ["never"], "5p", "s", "default", GenerateCfg(retries=0), tmp_path / "y.jsonl", 0, False)
+    off = generate_rows(fn, [("never", "5p")], "s", "default", GenerateCfg(retries=0), tmp_path / "y.jsonl", 0, False)
     assert off["attempts"].tolist() == [1] and not off["valid_format"].any()
     assert off.loc[0, "core"] == "no layout"  # invalid layout: the whole text is the core text
     rec = json.loads((tmp_path / "y.jsonl").read_text().splitlines()[0])
