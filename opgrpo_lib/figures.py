@@ -145,10 +145,16 @@ def fig_training_dynamics(train_log: pd.DataFrame, logged_steps: pd.DataFrame | 
         ax.set_xlabel("GRPO step")
     ax = axes[0][-1]
     if logged_steps is not None and not logged_steps.empty:
-        for (system, split), part in logged_steps.groupby(["system", "split"]):
-            part = part.assign(step=part["rl_step"].astype(int)).sort_values("step")
-            ax.plot(part["step"], part["relative_accuracy"], marker="o", label=f"{system.split()[1]} {split}")
-        ax.set_title("authors: coverage vs RL step", fontsize=9)
+        steps = logged_steps.assign(
+            model=logged_steps["system"].str.replace(r"^OP-GRPO | step \d+$", "", regex=True),
+            step=logged_steps["rl_step"].astype(int),
+        )
+        setting = steps.groupby(["sbert", "threshold"]).size().idxmax()  # the ablation's evaluator (base @ 0.75)
+        steps = steps[(steps["sbert"] == setting[0]) & (steps["threshold"] == setting[1])]
+        for (model, split), part in steps.groupby(["model", "split"]):
+            part = part.sort_values("step").drop_duplicates("step")
+            ax.plot(part["step"], part["relative_accuracy"], marker="o", label=f"{model} {split}")
+        ax.set_title(f"authors' logs: coverage vs RL step\n({setting[0]} @ {setting[1]})", fontsize=8)
         ax.set_xlabel("RL step")
         ax.legend(fontsize=6)
     else:
