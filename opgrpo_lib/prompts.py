@@ -60,7 +60,3 @@ def render(template: str, situation: str) -> str:
 
 def implicit(situation: str) -> str:
     return IMPLICIT.format(situation=situation)
-
-
-def chat(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}]

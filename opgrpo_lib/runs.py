@@ -158,18 +158,6 @@ def write_manifest(
     return path
 
 
-def manifest_matches(step_dir: Path, cfg: RunConfig, inputs: list[Path] | None = None) -> bool:
-    """True when ``step_dir/manifest.json`` was written for this config hash and these input files."""
-    path = Path(step_dir) / "manifest.json"
-    if not path.exists():
-        return False
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
-    return old.get("config_hash") == cfg.config_hash and old.get("inputs") == inputs_digest(inputs or [])
-
-
 @contextmanager
 def timed(timings: dict[str, float], name: str):
     t0 = time.perf_counter()

@@ -32,7 +32,6 @@ PERSPECTIVE_NAME_RE = re.compile(r"(?:^|\s)(?:From|In) the perspective of ([^,.\
 WORD_RE = re.compile(r"\b\w+\b")
 # Reference line: "In the perspective of <name>, <explanation>" (name = text up to the first ", ").
 REFERENCE_LINE_RE = re.compile(r"^(?:In|From) the perspective of (.*?), (.*)$", re.IGNORECASE | re.DOTALL)
-PREFIX_RE = re.compile(r"^(?:In|From) the perspective of [^,]+,\s*", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -109,11 +108,6 @@ def core_and_summary(text: str) -> tuple[str, str]:
 def perspective_name(sentence: str) -> str | None:
     m = PERSPECTIVE_NAME_RE.search(sentence)
     return m.group(1).strip().lower() if m else None
-
-
-def strip_prefix(sentence: str) -> str:
-    """Drop a leading "In the perspective of X," (triplet mining trains on explanations only)."""
-    return PREFIX_RE.sub("", sentence, count=1)
 
 
 class MalformedReference(ValueError):

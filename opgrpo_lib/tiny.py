@@ -7,7 +7,6 @@ seeds: they prove the wiring, never a number worth reporting.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TINY_MODELS = ("tiny:causal-lm", "tiny:encoder", "tiny:nli")
-_VERSION = "1"  # bump to rebuild cached tiny models after a change here
+_VERSION = "2"  # bump to rebuild cached tiny models after a change here
 
 
 def _corpus() -> list[str]:
@@ -70,7 +69,7 @@ def build_causal_lm(out_dir: Path, seed: int = 0) -> Path:
 
     tok = build_tokenizer(out_dir)
     cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
     )  # fmt: skip
@@ -154,8 +153,3 @@ def materialize(name: str, root: Path | None = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
-
-
-def describe(path: Path) -> dict:
-    cfg = json.loads((Path(path) / "config.json").read_text()) if (Path(path) / "config.json").exists() else {}
-    return {"path": str(path), "architectures": cfg.get("architectures")}

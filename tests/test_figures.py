@@ -96,6 +96,14 @@ def test_logged_results_appear_as_reported(tmp_path):
     synthetic_results(tmp_path / "results")
     figures.build_all(tmp_path / "results", tmp_path / "figs", logged)
     assert (tmp_path / "figs" / "tables" / "reported_main_sbert.csv").exists()
+    rvr = pd.read_csv(tmp_path / "figs" / "tables" / "reported_vs_reproduced.csv")
+    assert set(rvr["system"]) == {"op_grpo", "modplural"} and len(rvr) == 14
+    row = rvr[(rvr.system == "op_grpo") & (rvr.split == "5p")].iloc[0]
+    assert (
+        row.reported_relative
+        == main[(main.system == "OP-GRPO Qwen2.5-3B im-rewarddown") & (main.split == "5p")]["relative_accuracy"].item()
+    )
+    assert row.delta_relative == pytest.approx(row.reproduced_relative - row.reported_relative)
 
 
 def test_figures_step_imports_no_torch(tmp_path):

@@ -46,6 +46,7 @@ def test_training_changed_parameters_and_logged_every_component(chain):
     for comp in ("coverage", "uniqueness", "format", "tag", "total"):
         assert f"op_reward/{comp}" in log.columns and log[f"op_reward/{comp}"].notna().all()
     assert {"loss", "kl", "reward"} <= set(log.columns)
+    assert (log["reward_std"] > 1e-3).any(), "some GRPO group had reward variance (a real learning signal)"
 
 
 @pytest.mark.slow
