@@ -205,6 +205,9 @@ class EvalCfg:
     nli_batch_size: int = 32
     bootstrap_reps: int = 2000
     reference_system: str = "op_grpo"  # paired comparisons: this system vs every other
+    # Coverage of saved GRPO checkpoints vs RL step (the authors evaluated steps 0/30/…/150): rows per split to
+    # generate for each checkpoint (step 0 = the GRPO init policy); 0 = off.
+    checkpoint_rows_per_split: int = 0
     judge: JudgeCfg = field(default_factory=JudgeCfg)
 
 

@@ -307,6 +307,10 @@ def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
     nli_per = pd.concat(nli_rows, ignore_index=True) if nli_rows else pd.DataFrame()
     comparisons = paired_comparisons(sbert_per, nli_per, cfg.eval.reference_system, cfg.eval.bootstrap_reps, cfg.seed)
     judge_summary = run_judge(cfg, paths, outputs, ev) if cfg.eval.judge.enabled else {"status": "disabled"}
+    if cfg.eval.checkpoint_rows_per_split:
+        with timed(timings, "checkpoints"):
+            ckpt = checkpoint_coverage(cfg, paths, ev, encoder, progress)
+        atomic_write_text(results / "checkpoint_coverage.csv", ckpt.to_csv(index=False))
 
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(sbert_per, results / "sbert_per_sample.parquet")
@@ -356,6 +360,36 @@ def paired_comparisons(
                 key = key if isinstance(key, tuple) else (key,)
                 rows.append({"metric": metric, **dict(zip(keys, key)), "system": reference, "baseline": other,
                              "n": len(common), **res})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress: bool = False) -> pd.DataFrame:
+    """SBERT coverage per split of every saved GRPO checkpoint (step 0 = the init policy), on the first
+    ``eval.checkpoint_rows_per_split`` evaluation situations of each split, with the step-05 sampling."""
+    import dataclasses
+
+    import torch
+
+    from .config import SystemCfg
+    from .generate import eval_items, generate_rows, policy_fn
+
+    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    gen = dataclasses.replace(cfg.generate, rows_per_split=cfg.eval.checkpoint_rows_per_split, retries=0)
+    items = eval_items(ev, gen)
+    ckpts = sorted((paths.root / "grpo" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    steps = [(0, cfg.train.init)] + [(int(p.name.split("-")[1]), str(p)) for p in ckpts]
+    out_dir = paths.step("evaluate") / "checkpoints"
+    rows = []
+    for step, policy in steps:
+        fn = policy_fn(SystemCfg(f"step_{step}", policy), cfg, paths, device)
+        outs = generate_rows(
+            fn, items, f"step_{step}", "default", gen, out_dir / f"step_{step}.jsonl", cfg.seed, progress
+        )
+        for split, grp in outs.groupby("split", sort=False):
+            refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
+            _, summ = sbert_coverage(refs, join_candidates(refs, grp, "core"), encoder, cfg.eval.sbert_thresholds[0])
+            rows.append({"step": step, "split": split, "n": summ["n"], "relative_accuracy": summ["relative_accuracy"],
+                         "absolute_accuracy": summ["absolute_accuracy"], "threshold": summ["threshold"]})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -158,8 +158,11 @@ def fig_coverage_vs_perspectives(table: pd.DataFrame, logged: pd.DataFrame | Non
     return fig
 
 
-def fig_training_dynamics(train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None) -> plt.Figure:
-    """Total reward and each component per GRPO step; the authors' coverage of checkpoints vs RL step."""
+def fig_training_dynamics(
+    train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None
+) -> plt.Figure:
+    """Total reward and each component per GRPO step; coverage of saved checkpoints vs RL step (ours, and the
+    authors' logged step ablation)."""
     comps = [c for c in COMPONENTS if f"op_reward/{c}" in train_log]
     fig, axes = plt.subplots(1, len(comps) + 1, figsize=(3.0 * (len(comps) + 1), 3.0), squeeze=False)
     for ax, c in zip(axes[0], comps):
@@ -170,6 +173,9 @@ def fig_training_dynamics(train_log: pd.DataFrame, logged_steps: pd.DataFrame | 
         ax.set_title(c)
         ax.set_xlabel("GRPO step")
     ax = axes[0][-1]
+    if checkpoints is not None and not checkpoints.empty:
+        mean = checkpoints.groupby("step")["relative_accuracy"].mean()
+        ax.plot(mean.index, mean.values, marker="s", color="black", linewidth=2, label="ours (mean over splits)")
     if logged_steps is not None and not logged_steps.empty:
         steps = logged_steps.assign(
             model=logged_steps["system"].str.replace(r"^OP-GRPO | step \d+$", "", regex=True),
@@ -180,7 +186,8 @@ def fig_training_dynamics(train_log: pd.DataFrame, logged_steps: pd.DataFrame | 
         for (model, split), part in steps.groupby(["model", "split"]):
             part = part.sort_values("step").drop_duplicates("step")
             ax.plot(part["step"], part["relative_accuracy"], marker="o", label=f"{model} {split}")
-        ax.set_title(f"authors' logs: coverage vs RL step\n({setting[0]} @ {setting[1]})", fontsize=8)
+        ax.set_title(f"coverage vs RL step (authors: {setting[0]} @ {setting[1]})", fontsize=7)
+    if (logged_steps is not None and not logged_steps.empty) or (checkpoints is not None and not checkpoints.empty):
         ax.set_xlabel("RL step")
         ax.legend(fontsize=6)
     else:
@@ -339,6 +346,7 @@ def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) 
     )
     train_log = _read_csv(results / "train_log.csv")
     calib = _read_csv(results / "estimator" / "calibration.csv")
+    ckpts = _read_csv(results / "eval" / "checkpoint_coverage.csv")
     est = (
         json.loads((results / "estimator" / "metrics.json").read_text())
         if (results / "estimator" / "metrics.json").exists()
@@ -385,7 +393,7 @@ def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) 
         fig_coverage_vs_perspectives(main_coverage_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), logged_main(logged)),
         out_dir / "coverage_vs_perspectives"))  # fmt: skip
     attempt("training dynamics", "notebook 04", lambda: save_figure(
-        fig_training_dynamics(need(train_log, "results/train_log.csv: run notebook 04_op_grpo"), steps),
+        fig_training_dynamics(need(train_log, "results/train_log.csv: run notebook 04_op_grpo"), steps, ckpts),
         out_dir / "training_dynamics"))  # fmt: skip
     attempt("similarity estimator", "notebook 02", lambda: save_figure(
         fig_estimator(need(calib, "results/estimator/calibration.csv: run notebook 02"), need(est, "estimator metrics")),

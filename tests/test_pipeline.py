@@ -26,6 +26,8 @@ def test_chain_runs_every_notebook(chain):
     assert all(r["status"] == "ran" for r in report)
     for nb in pipeline.notebooks():
         assert (run / "executed" / nb.name).exists()
+    ckpt = pd.read_csv(pipeline.REPO_ROOT / "results" / "tiny" / "eval" / "checkpoint_coverage.csv")
+    assert ckpt["step"].min() == 0 and ckpt["step"].nunique() >= 2, "step 0 and at least one saved checkpoint"
 
 
 @pytest.mark.slow
