@@ -80,7 +80,8 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
     untrained = [
         s for s in load_profile("tiny").to_dict()["generate"]["systems"] if not s["policy"].startswith("run:")
     ]
-    cfg = load_profile("tiny", {"generate.systems": untrained})  # the trained systems are covered by test_pipeline
+    # the trained systems and checkpoint coverage are covered by test_pipeline
+    cfg = load_profile("tiny", {"generate.systems": untrained, "eval.checkpoint_rows_per_split": 0})
     paths = run_paths(cfg, tmp_path / "run", tmp_path / "results")
     data.run(cfg, paths)
     out = generate.run(cfg, paths, progress=False)
@@ -93,7 +94,6 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
     assert sb["n"].sum() > 0 and sb["relative_accuracy"].dropna().between(0, 1).all()
     assert (tmp_path / "results" / "eval" / "sbert_per_sample.parquet").exists()
     assert res["summary"]["retries"] == 1 and res["summary"]["nli"] == "ran with tiny:nli"
-    nli_off = evaluate.run(
-        load_profile("tiny", {"models.nli": None, "generate.systems": untrained}), paths, progress=False
-    )
+    off = {"models.nli": None, "generate.systems": untrained, "eval.checkpoint_rows_per_split": 0}
+    nli_off = evaluate.run(load_profile("tiny", off), paths, progress=False)
     assert nli_off["summary"]["nli"].startswith("skipped") and "nli" not in set(nli_off["metrics"]["metric"])
