@@ -70,10 +70,13 @@ class LLMJudge:
 
     def same(self, pairs):
         import torch
+        from tqdm.auto import tqdm
 
         prompts = [JUDGE_PROMPT.format(a=a, b=b) for _, a, _, b in pairs]
         out = []
-        for start in range(0, len(prompts), self.batch_size):
+        for start in tqdm(
+            range(0, len(prompts), self.batch_size), desc="LLM judge", disable=len(prompts) <= 4 * self.batch_size
+        ):
             batch = prompts[start : start + self.batch_size]
             enc = self.tok(batch, return_tensors="pt", padding=True).to(self.model.device)
             with torch.inference_mode():

@@ -178,7 +178,7 @@ class SentenceEncoder:
         with torch.inference_mode():
             emb = self.model.encode(
                 sentences, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                show_progress_bar=False,
+                show_progress_bar=len(sentences) > 20_000,  # only the large one-off encodes (mining, evaluation)
             )  # fmt: skip
         return np.asarray(emb, dtype=np.float32)
 
