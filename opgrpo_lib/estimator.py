@@ -382,14 +382,12 @@ def resolve_estimator(cfg: RunConfig, paths: RunPaths) -> str:
 def run(cfg: RunConfig, paths: RunPaths) -> dict[str, Any]:
     """Mine triplets from the training situations (a seeded held-out share kept apart), fine-tune, evaluate base
     vs fine-tuned; write ``runs/<profile>/estimator/`` and small results under ``results/<profile>/estimator/``."""
-    import torch
-
     from .data import load_prepared
     from .reward import SentenceEncoder
-    from .runs import atomic_write_parquet, timed, write_manifest
+    from .runs import atomic_write_parquet, resolve_device, timed, write_manifest
 
     ec = cfg.estimator
-    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg)
     train, _ = load_prepared(paths.data)
     if ec.max_situations is not None:
         train = train.iloc[: ec.max_situations]

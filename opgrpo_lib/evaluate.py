@@ -368,12 +368,11 @@ def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress
     ``eval.checkpoint_rows_per_split`` evaluation situations of each split, with the step-05 sampling."""
     import dataclasses
 
-    import torch
-
     from .config import SystemCfg
     from .generate import eval_items, generate_rows, policy_fn
+    from .runs import resolve_device
 
-    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg)
     gen = dataclasses.replace(cfg.generate, rows_per_split=cfg.eval.checkpoint_rows_per_split, retries=0)
     items = eval_items(ev, gen)
     ckpts = sorted((paths.root / "grpo" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))

@@ -213,12 +213,10 @@ def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
 def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     """Step 05 entry point: outputs of every configured system (and prompt style) for every split under
     ``runs/<profile>/generate/<system>.jsonl`` plus one ``outputs.parquet``."""
-    import torch
-
     from .data import load_prepared
-    from .runs import timed, write_manifest
+    from .runs import resolve_device, timed, write_manifest
 
-    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg)
     _, ev = load_prepared(paths.data)
     items = eval_items(ev, cfg.generate)
     out_dir = paths.step("generate")

@@ -128,27 +128,13 @@ class RewardParts:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class RewardSettings:
-    coverage_threshold: float = 0.70
-    uniqueness_threshold: float = 0.78
-    coverage_weight: float = 0.3
-    format_weight: float = 0.1
-    uniqueness_weight: float = 0.3
-    tag_penalty: float = -0.2
-    use_uniqueness: bool = True
-
-    @classmethod
-    def from_cfg(cls, cfg: RewardCfg) -> RewardSettings:
-        w_f, w_u = weight_pair(cfg)
-        return cls(
-            cfg.coverage_threshold, cfg.uniqueness_threshold, cfg.coverage_weight, w_f, w_u, cfg.tag_penalty,
-            cfg.use_uniqueness,
-        )  # fmt: skip
-
-    def total(self, coverage: int, fmt: float, tag: float, uniqueness: float) -> float:
-        u = self.uniqueness_weight * uniqueness if self.use_uniqueness else 0.0
-        return max(0.0, self.coverage_weight * coverage + self.format_weight * fmt + tag + u)
+def total_reward(
+    cfg: RewardCfg, weights: tuple[float, float], coverage: int, fmt: float, tag: float, uniqueness: float
+) -> float:
+    """max(0, w_c·coverage + w_f·format + tag + w_u·uniqueness); ``weights`` = weight_pair(cfg)."""
+    w_f, w_u = weights
+    u = w_u * uniqueness if cfg.use_uniqueness else 0.0
+    return max(0.0, cfg.coverage_weight * coverage + w_f * fmt + tag + u)
 
 
 # ---------------------------------------------------------------- encoders
@@ -199,9 +185,10 @@ def validate_reference(reference: Any, row: int, prompt: str = "") -> list[str]:
 class OPRewardScorer:
     """Scores a batch of (prompt text, completion, reference) triples; each distinct sentence is encoded once."""
 
-    def __init__(self, encoder: Encoder, settings: RewardSettings | None = None):
+    def __init__(self, encoder: Encoder, cfg: RewardCfg | None = None):
         self.encoder = encoder
-        self.settings = settings or RewardSettings()
+        self.cfg = cfg or RewardCfg()
+        self.weights = weight_pair(self.cfg)  # an unknown weight setting fails here, not mid-batch
 
     def score(
         self, keyword_texts: Sequence[str], completions: Sequence[str], references: Sequence[str],
@@ -214,7 +201,7 @@ class OPRewardScorer:
             raise ValueError(
                 f"lengths differ: {len(keyword_texts)} prompts, {n} completions, {len(references)} references"
             )
-        s = self.settings
+        s = self.cfg
         index: dict[str, int] = {}
 
         def idx(sentence: str) -> int:
@@ -268,7 +255,17 @@ class OPRewardScorer:
             tag = 0.0 if valid else s.tag_penalty
             out.append(
                 RewardParts(
-                    cov, uniq, fmt, tag, s.total(cov, fmt, tag, uniq), rate, u_rate, matched, n_ref, n_c, valid
+                    cov,
+                    uniq,
+                    fmt,
+                    tag,
+                    total_reward(s, self.weights, cov, fmt, tag, uniq),
+                    rate,
+                    u_rate,
+                    matched,
+                    n_ref,
+                    n_c,
+                    valid,
                 )
             )
         return out
@@ -336,7 +333,7 @@ class OPReward:
 def build_reward(cfg: RewardCfg, encoder: Encoder | str, tokenizer: Any = None, device: str | None = None) -> OPReward:
     if isinstance(encoder, str):
         encoder = SentenceEncoder(encoder, device=device, batch_size=cfg.batch_size)
-    return OPReward(OPRewardScorer(encoder, RewardSettings.from_cfg(cfg)), tokenizer=tokenizer, mask=cfg.mask)
+    return OPReward(OPRewardScorer(encoder, cfg), tokenizer=tokenizer, mask=cfg.mask)
 
 
 def keyword_text_for(situation: str, style: str = "qwen2.5") -> str:

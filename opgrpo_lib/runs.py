@@ -80,6 +80,13 @@ def run_paths(cfg: RunConfig, run_dir: str | Path | None = None, results_dir: st
     return RunPaths(root.resolve(), results.resolve())
 
 
+def resolve_device(cfg: RunConfig) -> str:
+    """ "cuda" when the profile's ``device`` allows it (auto | cuda) and a GPU is present, else "cpu"."""
+    import torch
+
+    return "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .config import ConfigError, RunConfig
 from .prompts import implicit
-from .runs import RunPaths, atomic_write_parquet, atomic_write_text
+from .runs import RunPaths, atomic_write_parquet, atomic_write_text, resolve_device
 
 SUMMARY_INSTRUCTION = (
     "Please summarize the following value-based comments into a natural paragraph that reflects multiple perspectives "
@@ -83,7 +83,7 @@ def ensure_unsloth() -> Any:
 
 
 def device_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    cuda = cfg.device != "cpu" and cuda_available()
+    cuda = resolve_device(cfg) == "cuda"
     if cfg.device == "cuda" and not cuda:
         raise RuntimeError("profile asks for device: cuda but no CUDA GPU is available")
     import torch

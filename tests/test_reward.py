@@ -10,12 +10,11 @@ import reference_reward as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opgrpo_lib.config import load_profile
+from opgrpo_lib.config import RewardCfg, load_profile
 from opgrpo_lib.reward import (
     COMPONENTS,
     OPReward,
     OPRewardScorer,
-    RewardSettings,
     SentenceEncoder,
     coverage_ladder,
     format_score,
@@ -157,10 +156,10 @@ def test_each_distinct_sentence_encoded_once():
 
 def test_weights_and_ablation():
     enc = HashEncoder()
-    early = OPRewardScorer(enc, RewardSettings.from_cfg(load_profile("tiny", {"reward.weights": "early"}).reward))
+    early = OPRewardScorer(enc, load_profile("tiny", {"reward.weights": "early"}).reward)
     p = early.score(["x"], [GOOD], [REF])[0]
     assert math.isclose(p.total, max(0, 0.3 * p.coverage + 0.125 * p.format + p.tag + 0.25 * p.uniqueness))
-    no_u = OPRewardScorer(enc, RewardSettings(use_uniqueness=False)).score(["x"], [GOOD], [REF])[0]
+    no_u = OPRewardScorer(enc, RewardCfg(use_uniqueness=False)).score(["x"], [GOOD], [REF])[0]
     assert math.isclose(no_u.total, 0.3 * no_u.coverage + 0.1 * no_u.format + no_u.tag)
 
 
