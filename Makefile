@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 .DEFAULT_GOAL := help
 FIG_PROFILE ?= cpu
-.PHONY: help setup models test test-fast lint reproduce smoke figures data clean-runs
+.PHONY: help setup models test test-fast lint reproduce smoke figures data publish clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -51,11 +51,15 @@ reproduce: models ## run notebooks 01→07 for PROFILE (auto: paper with CUDA + 
 smoke: setup ## the reproduce chain on the tiny profile (minutes on 2 cores)
 	$(BIN)/opgrpo reproduce --profile tiny
 
-figures: setup ## figures and tables from the committed results/$(FIG_PROFILE) (no torch; < 1 min)
-	$(BIN)/opgrpo figures --profile $(FIG_PROFILE)
+figures: setup ## figures/<profile> from the committed results/<profile> (FIG_PROFILE=cpu; no torch; < 1 min)
+	$(BIN)/opgrpo figures --results results/$(FIG_PROFILE) --out figures/$(FIG_PROFILE)
+	if [ -d results/gpu ]; then $(BIN)/opgrpo figures --results results/gpu --out figures/gpu; fi
 
 data: setup ## step 01 only (PROFILE defaults to cpu here)
 	$(BIN)/opgrpo data --profile $(if $(filter auto,$(PROFILE)),cpu,$(PROFILE))
 
-clean-runs: ## delete runs/$(PROFILE) (checkpoints, executed notebooks)
+publish: setup ## make a finished run's results the committed results/<profile> + figures + README table
+	$(BIN)/opgrpo publish --profile $(if $(filter auto,$(PROFILE)),cpu,$(PROFILE))
+
+clean-runs: ## delete runs/<PROFILE> (checkpoints, executed notebooks, the run's results)
 	rm -rf runs/$(PROFILE)

@@ -1,146 +1,513 @@
-"""GRPO step time and peak memory per backend, on the same tiny model and batch (our real training code path:
-opgrpo_lib.train.run_grpo with the OP reward). Each backend runs in its own process (Unsloth must be imported
-before transformers/trl/peft).
+"""GRPO step cost per backend: s/step (generation / training), completion tokens/s and peak GPU memory.
 
-    python benchmarks/grpo_step.py                       # hf backend on this machine (CPU or GPU)
-    python benchmarks/grpo_step.py --backends hf unsloth # on a CUDA machine with the [gpu] extra
-    python benchmarks/grpo_step.py --model PATH --completion-length 256 --json
+Plain TRL (``hf``: transformers + PEFT LoRA) against Unsloth (``unsloth``; ``unsloth-4bit`` = the same with the
+base weights in 4 bit) on the same randomly initialised model of a chosen shape (``benchmarks/shapes.py``: tiny or
+Qwen2.5-0.5B/1.5B/3B-Instruct's architecture), the same prompts, seed and settings: TRL's ``GRPOTrainer`` with the
+paper profile's GRPO settings (``configs/paper.yaml``: per-device batch 40 = 4 prompts x 10 generations, 800-token
+completions, temperature 1, beta 0.001, dapo loss, gradient checkpointing) and ``train.lora``'s LoRA settings
+(``opgrpo_lib.config.LoraCfg``), loaded through ``opgrpo_lib.train.load_model`` (our training code path). One
+optimizer step = one generation of ``--batch`` completions + one policy update; the first (warm-up) step is not
+counted. Each backend runs in its own process (Unsloth must be imported before transformers/trl/peft).
 
-Needs no data download: the run directory is filled with a few synthetic OP-V2-style rows.
+    python benchmarks/grpo_step.py --device cpu --shape tiny     # CPU smoke, shortened settings, < 1 min
+    python benchmarks/grpo_step.py --shape qwen2.5-3b             # CUDA: hf + unsloth at the paper's settings,
+                                                                  # writes results/gpu/grpo_step_qwen2.5-3b.json
+    python benchmarks/grpo_step.py --shape qwen2.5-3b --backends hf unsloth unsloth-4bit --steps 4
+
+Tokenizer: the qwen2.5-* shapes keep Qwen's 151,936-entry vocabulary (embedding and LM head cost as the real
+model) while prompts are tokenised by the SmolLM2 tokenizer (49,152 entries, same ChatML turn markers), the only
+one available offline; sampled ids beyond it decode to nothing, which only changes the reward's input text.
+Reward: ``length`` (default; characters of the decoded completion / 1000, trivially cheap: the point is the step
+cost) or ``op`` (the real OP reward with ``--estimator``, default the in-code tiny encoder). With random weights
+almost no completion ends early, so every step generates the full completion length (worst case; reported as
+``clipped_ratio``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+BACKENDS = ("hf", "unsloth", "unsloth-4bit")
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+STAGED_TOKENIZER = ROOT / ".whl" / "tokenizer-smollm2"  # scripts/fetch_gpu_wheels.py puts it there for the device
+CPU_SETTINGS = {"batch": 8, "generations": 4, "completion_length": 32}  # shortened: CPU smoke only
+VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo",
+             "bitsandbytes", "xformers", "triton")  # fmt: skip
 SITUATIONS = [
-    ("Lying to protect a friend", ["Honesty", "Loyalty", "Care", "Duty to tell the truth", "Right to information"]),
-    ("Eating meat", ["Animal welfare", "Tradition", "Health", "Right to choose one's diet", "Duty to avoid harm"]),
-    (
-        "Skipping school to care for a sick parent",
-        ["Family", "Education", "Responsibility", "Duty to care", "Autonomy"],
-    ),
-    ("Donating a kidney to a stranger", ["Altruism", "Personal health", "Autonomy", "Duty of beneficence", "Risk"]),
+    "Lying to protect a friend",
+    "Eating meat",
+    "Skipping school to care for a sick parent",
+    "Donating a kidney to a stranger",
+    "Reporting a colleague who steals office supplies",
+    "Breaking a promise to help a stranger in danger",
+    "Using a loophole to pay less tax",
+    "Keeping a found wallet when the owner is rich",
 ]
+ANSWER = "In the perspective of Honesty, telling the truth matters.\nIn the perspective of Care, people may be hurt."
 
 
-def write_synthetic_data(run_dir: Path) -> None:
+def synthetic_frame(rows: int):
+    """OP-V2-shaped training rows (prompt = a situation; answer = a reference core block)."""
     import pandas as pd
 
-    from opgrpo_lib.runs import atomic_write_parquet
-
-    rows = []
-    for i in range(16):
-        prompt, names = SITUATIONS[i % len(SITUATIONS)]
-        persp = [
-            {"name": n, "explanation": f"People may value {n.lower()} when thinking about this ({i})."} for n in names
-        ]
-        answer = "\n".join(f"In the perspective of {p['name']}, {p['explanation']}" for p in persp)
-        rows.append({"split": "5p", "row_index": i, "prompt": f"{prompt} #{i}", "answer": answer, "perspectives": persp,
-                     "n_perspectives": len(persp)})  # fmt: skip
-    df = pd.DataFrame(rows)
-    atomic_write_parquet(df, run_dir / "data" / "train.parquet")
-    atomic_write_parquet(df.iloc[:4], run_dir / "data" / "eval.parquet")
+    return pd.DataFrame(
+        {"prompt": [f"{SITUATIONS[i % len(SITUATIONS)]} (case {i})" for i in range(rows)], "answer": [ANSWER] * rows}
+    )
 
 
-def one(backend: str, args) -> dict:
-    """Run ``args.steps`` GRPO steps in this process and measure them."""
-    if backend == "unsloth":
+# ---------------------------------------------------------------- child: build the model once
+def prepare(work: Path) -> None:
+    import torch
+    from shapes import save_random_model
+
+    from opgrpo_lib.models import resolve
+
+    s = json.loads((work / "settings.json").read_text())
+    name = s["tokenizer"]
+    if name == "auto":
+        name = "tiny:causal-lm" if s["shape"] == "tiny" else SMOLLM2
+    path = resolve(name)
+    if not Path(path).exists() and name == SMOLLM2 and (STAGED_TOKENIZER / "tokenizer.json").exists():
+        path = str(STAGED_TOKENIZER)
+    if not Path(path).exists():
+        raise SystemExit(
+            f"no offline copy of the {name} tokenizer: run `opgrpo models build` (or `make models`) here, or stage "
+            "it for the device machine with scripts/fetch_gpu_wheels.py"
+        )
+    cuda = s["device"] == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    info = save_random_model(s["shape"], path, work / "model", device=s["device"], dtype=dtype, seed=s["seed"])
+    info["tokenizer"] = {"name": name, "vocab_size": info.pop("tokenizer_vocab_size")}
+    if info["tokenizer"]["vocab_size"] != info["config"]["vocab_size"]:
+        info["tokenizer"]["note"] = (
+            f"the model keeps the {info['config']['vocab_size']}-entry vocabulary of {info['config_source']} (so the "
+            f"embedding and LM head cost is the real model's); prompt token ids come from the "
+            f"{info['tokenizer']['vocab_size']}-entry {name} tokenizer, and sampled ids beyond it decode to nothing"
+        )
+    from transformers import AutoTokenizer
+
+    from opgrpo_lib.train import grpo_dataset
+
+    tok = AutoTokenizer.from_pretrained(str(work / "model"))
+    ds = grpo_dataset(synthetic_frame(s["rows"]))
+    lengths = [
+        len(tok(tok.apply_chat_template(x["prompt"], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        for x in ds
+    ]  # fmt: skip
+    info["prompt_tokens"] = {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)}
+    if cuda:
+        p = torch.cuda.get_device_properties(0)
+        info["device"] = {"type": "cuda", "name": p.name, "count": torch.cuda.device_count(),
+                          "total_memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
+                          "cuda": torch.version.cuda}  # fmt: skip
+    else:
+        info["device"] = {
+            "type": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        }
+    (work / "model.json").write_text(json.dumps(info, indent=1))
+
+
+# ---------------------------------------------------------------- child: one backend
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def split_step(step: dict) -> dict:
+    """One optimizer step's wall time split: generation (TRL's profiled ``transformers.generate`` block),
+    reference/old log-prob forward (profiled log-prob calls before the reward), reward (our wrapper), policy
+    forward+backward+optimizer (after the reward to the step's end) and the rest (templating, decoding, advantages)."""
+    start, end = step["start"], step["end"]
+    recs, rewards = step["records"], step["rewards"]
+    first_reward = min((r[0] for r in rewards), default=end)
+    last_reward = max((r[1] for r in rewards), default=start)
+    gen = [e - b for n, b, e in recs if n.endswith(("generate", "generate_batch"))]
+    logps = [(b, e) for n, b, e in recs if n.endswith("_get_per_token_logps_and_entropies")]
+    ref = sum(e - b for b, e in logps if e <= first_reward) if logps else None  # None: not profiled
+    generation = sum(gen) if gen else max(0.0, first_reward - start - (ref or 0.0))
+    reward = sum(e - b for b, e, _ in rewards)
+    policy = max(0.0, end - last_reward) if rewards else None
+    total = end - start
+    out = {"step_s": total, "generation_s": generation, "training_s": total - generation, "reward_s": reward,
+           "reference_forward_s": ref, "policy_forward_backward_s": policy,
+           "other_s": total - generation - reward - (ref or 0.0) - (policy or 0.0),
+           "completion_tokens": sum(n for _, _, n in rewards),
+           "generation_timing": "profiled" if gen else "step start to reward (no profiled generate block)"}  # fmt: skip
+    return out
+
+
+def one(work: Path, backend: str) -> dict:
+    """Run the GRPO steps for ``backend`` in this process and measure them."""
+    s = json.loads((work / "settings.json").read_text())
+    if backend.startswith("unsloth"):
         from opgrpo_lib.train import ensure_unsloth
 
-        ensure_unsloth()
+        ensure_unsloth()  # before transformers / trl / peft
+    import torch
+    import trl.extras.profiling as profiling
     from transformers import TrainerCallback
+    from trl import GRPOTrainer
 
     from opgrpo_lib import train
     from opgrpo_lib.config import load_profile
-    from opgrpo_lib.runs import run_paths
+
+    records: list[tuple[str, float, float]] = []  # (block, start, end) of every TRL-profiled block
+    log_metrics = profiling.ProfilingContext._log_metrics
+
+    def _record(self, duration):
+        end = time.perf_counter()
+        records.append((self.name, end - duration, end))
+        return log_metrics(self, duration)
+
+    profiling.ProfilingContext._log_metrics = _record
+    cuda = s["device"] == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    grpo = {"per_device_train_batch_size": s["batch"], "num_generations": s["generations"],
+            "max_completion_length": s["completion_length"], "gradient_accumulation_steps": 1,
+            "steps_per_generation": 1, "max_steps": s["steps"], "save_strategy": "no", "logging_steps": 1,
+            "disable_tqdm": True}  # fmt: skip
+    overrides = {"seed": s["seed"], "device": s["device"], "train.backend": backend.split("-")[0],
+                 "train.load_in_4bit": backend == "unsloth-4bit", "train.use_vllm": False,
+                 "train.lora.enabled": not s["full_finetune"], "train.grpo": grpo}  # fmt: skip
+    cfg = load_profile("paper", overrides)
+    args = train.grpo_config(cfg, work / backend)
+    t0 = time.perf_counter()
+    model, tok, peft_config = train.load_model(cfg, str(work / "model"))
+    load_s = time.perf_counter() - t0
+    ds = train.grpo_dataset(synthetic_frame(s["rows"]))
+
+    reward_calls: list[tuple[float, float, int]] = []  # (start, end, completion tokens)
+    if s["reward"] == "op":
+        from opgrpo_lib.models import resolve
+        from opgrpo_lib.reward import build_reward
+
+        scorer = build_reward(cfg.reward, resolve(s["estimator"]), tokenizer=tok, device=s["device"])
+    else:
+        scorer = None
+
+    def reward_fn(prompts, completions, completion_ids=None, **kw):
+        b = time.perf_counter()
+        if scorer is not None:
+            out = scorer(prompts=prompts, completions=completions, **kw)
+        else:
+            out = [len(c[-1]["content"] if isinstance(c, list) else c) / 1000.0 for c in completions]
+        sync()
+        reward_calls.append((b, time.perf_counter(), sum(len(x) for x in completion_ids or [])))
+        return out
+
+    reward_fn.__name__ = f"{s['reward']}_reward"
+    steps: list[dict] = []
+    resident = 0
+
+    def summarize(status: str) -> dict:
+        import resource
+
+        parts = [split_step(x) for x in steps]
+        measured = parts[1:]  # the first step (warm-up: kernels, compilation, allocator) is not counted
+        row = {"backend": backend, "status": status, "load_in_4bit": backend == "unsloth-4bit", "steps": len(parts),
+               "measured_steps": len(measured), "load_s": round(load_s, 2),
+               "first_step_s": round(parts[0]["step_s"], 3) if parts else None,
+               "step_times_s": [round(p["step_s"], 3) for p in parts]}  # fmt: skip
+        for key in ("step_s", "generation_s", "training_s", "reward_s", "reference_forward_s",
+                    "policy_forward_backward_s", "other_s", "completion_tokens"):  # fmt: skip
+            row[key] = _mean([p[key] for p in measured])
+        row["generation_timing"] = measured[0]["generation_timing"] if measured else None
+        row["reward_share"] = round(row["reward_s"] / row["step_s"], 4) if row["step_s"] else None
+        if row["completion_tokens"]:
+            row["completion_tokens_per_s"] = round(row["completion_tokens"] / row["step_s"], 1)
+            row["generation_tokens_per_s"] = round(row["completion_tokens"] / row["generation_s"], 1)
+        logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+        for key, name in (("completions/mean_length", "mean_completion_length"),
+                          ("completions/clipped_ratio", "clipped_ratio"), ("step_time", "trl_step_time_s")):  # fmt: skip
+            row[name] = _mean([h.get(key) for h in logs[1:] or logs])
+        if cuda:
+            row["model_gpu_mem_gib"] = round(resident / 2**30, 3)
+            row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            row["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+        row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+        row["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        return row
 
     class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.t0 = [], None
-
         def on_step_begin(self, a, state, control, **kw):
-            self.t0 = time.perf_counter()
+            sync()
+            self.mark = (time.perf_counter(), len(records), len(reward_calls))
 
         def on_step_end(self, a, state, control, **kw):
-            self.times.append(time.perf_counter() - self.t0)
+            sync()
+            t, i, j = self.mark
+            steps.append({"start": t, "end": time.perf_counter(), "records": records[i:], "rewards": reward_calls[j:]})
+            # what was measured so far survives a kill at the parent's --timeout
+            (work / f"partial_{backend}.json").write_text(json.dumps(summarize("partial")))
 
-    timer = StepTimer()
-    tmp = Path(tempfile.mkdtemp(prefix="grpo_bench_"))
-    write_synthetic_data(tmp)
-    grpo = {"max_steps": args.steps, "per_device_train_batch_size": args.batch, "num_generations": args.generations,
-            "max_completion_length": args.completion_length, "learning_rate": 1e-5, "beta": 0.001, "loss_type": "dapo",
-            "logging_steps": 1, "save_strategy": "no", "gradient_checkpointing": False}  # fmt: skip
-    overrides = {"train.backend": backend, "train.init": args.model, "reward.estimator": args.estimator,
-                 "train.grpo": grpo, "train.lora.enabled": backend == "unsloth" or args.lora,
-                 "device": "auto"}  # fmt: skip
-    cfg = load_profile("tiny", overrides)
-    import torch
-
-    if torch.cuda.is_available():
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=ds, processing_class=tok,
+                          peft_config=peft_config, callbacks=[StepTimer()])  # fmt: skip
+    if cuda:
+        sync()
+        resident = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    train.run_grpo(cfg, run_paths(cfg, tmp, tmp / "results"), resume=False, callbacks=[timer])
-    wall = time.perf_counter() - t0
-    steady = timer.times[1:] or timer.times
-    out = {"backend": backend, "device": "cuda" if torch.cuda.is_available() else "cpu",
-           "steps": len(timer.times), "step_s_mean": round(sum(steady) / len(steady), 4),
-           "first_step_s": round(timer.times[0], 4) if timer.times else None, "wall_s": round(wall, 2),
-           "completions_per_step": args.batch, "completion_length": args.completion_length}  # fmt: skip
-    if torch.cuda.is_available():
-        out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        out["gpu"] = torch.cuda.get_device_name(0)
-    import resource
+    trainer.train()
+    return summarize("ok")
 
-    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+# ---------------------------------------------------------------- parent
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
     return out
+
+
+def run_child(cmd: list[str], timeout: float | None, quiet: bool) -> tuple[int, str]:
+    """Run a child, echoing its output to stderr (unless ``quiet``); (return code, last lines of output)."""
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    deadline = time.monotonic() + timeout if timeout else None
+    assert proc.stdout is not None
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while True:
+        if deadline and time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            tail.append(f"killed after the --timeout of {timeout:.0f} s")
+            return -9, "".join(tail)
+        if sel.select(timeout=1.0):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            tail.append(line)
+            if not quiet:
+                sys.stderr.write(line)
+    return proc.wait(), "".join(tail)
+
+
+def ratios(rows: list[dict]) -> dict:
+    ok = {r["backend"]: r for r in rows if r.get("status") in ("ok", "partial") and r.get("step_s")}
+    hf = ok.get("hf")
+    out: dict = {}
+    if not hf:
+        return out
+    for name, r in ok.items():
+        if name == "hf":
+            continue
+        q = {}
+        for key in ("step_s", "generation_s", "training_s", "peak_gpu_mem_gib", "completion_tokens_per_s"):
+            if r.get(key) and hf.get(key):
+                q[key] = round(r[key] / hf[key], 3)
+        if "step_s" in q:
+            q["speedup"] = round(1 / q["step_s"], 3)
+        if "peak_gpu_mem_gib" in q:
+            q["memory_saving"] = round(1 - q["peak_gpu_mem_gib"], 3)
+        out[f"{name}/hf"] = q
+    return out
+
+
+def goal(rat: dict) -> dict | None:
+    """The bar the issue holds Unsloth to at the paper's shape: >= 1.5x faster per step, >= 30 % less peak memory."""
+    q = rat.get("unsloth/hf")
+    if not q or "speedup" not in q:
+        return None
+    out = {"speedup_at_least_1.5x": q["speedup"] >= 1.5}
+    if "memory_saving" in q:
+        out["memory_saving_at_least_30pct"] = q["memory_saving"] >= 0.30
+    return out
+
+
+def print_report(res: dict) -> None:
+    rows = res["rows"]
+    print(f"\nGRPO step, shape {res['shape']} on {res['device']['name']} ({res['device']['type']}); "
+          f"{res['settings']['prompts_per_step']} prompts x {res['settings']['num_generations']} generations, "
+          f"{res['settings']['max_completion_length']} completion tokens, {res['settings']['reward']} reward; "
+          f"up to {res['settings']['steps']} steps, the first (warm-up) not counted")  # fmt: skip
+    head = (
+        f"{'backend':<13}{'s/step':>8}{'gen s':>8}{'train s':>9}{'tok/s':>9}{'peak GPU GiB':>14}{'peak RSS GiB':>14}"
+    )
+    print(head)
+    for r in rows:
+        if not r.get("step_s"):
+            print(f"{r['backend']:<13}error: {r.get('error', '?')[-300:]}")
+            continue
+        gpu = r.get("peak_gpu_mem_gib")
+        name = r["backend"] + ("*" if r.get("status") != "ok" else "")
+        print(f"{name:<13}{r['step_s']:>8.3f}{r['generation_s']:>8.3f}{r['training_s']:>9.3f}"
+              f"{r.get('completion_tokens_per_s') or 0:>9.1f}{gpu if gpu is not None else float('nan'):>14.2f}"
+              f"{r['peak_rss_gib']:>14.2f}")  # fmt: skip
+    if any(r.get("step_s") and r.get("status") != "ok" for r in rows):
+        print("* stopped early (--timeout or an error): the mean of the steps measured before that")
+    print("step-time split (s): generation / reward / policy forward+backward+optimizer / reference forward / other")
+    for r in rows:
+        if r.get("step_s"):
+            ref = r["reference_forward_s"]
+            print(f"  {r['backend']:<13}{r['generation_s']:.3f} / {r['reward_s']:.3f} / "
+                  f"{r['policy_forward_backward_s'] or 0:.3f} / {ref if ref is not None else float('nan'):.3f} / "
+                  f"{r['other_s']:.3f}   reward share {100 * r['reward_share']:.1f} %")  # fmt: skip
+    for name, q in res["ratios"].items():
+        print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in q.items()))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", nargs="+", default=["hf"])
-    p.add_argument("--model", default="tiny:causal-lm")
-    p.add_argument("--estimator", default="tiny:encoder")
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8, help="completions per step (per device)")
-    p.add_argument("--generations", type=int, default=4)
-    p.add_argument("--completion-length", type=int, default=64)
-    p.add_argument("--lora", action="store_true", help="LoRA for the hf backend too (unsloth always uses LoRA)")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: hf unsloth on CUDA, hf on CPU")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per backend, the first one not counted")
+    p.add_argument("--batch", type=int, help="completions per step (paper: 40 on CUDA; CPU default 8)")
+    p.add_argument("--generations", type=int, help="completions per prompt (paper: 10; CPU default 4)")
+    p.add_argument("--completion-length", type=int, help="max completion tokens (paper: 800; CPU default 32)")
+    p.add_argument("--reward", default="length", choices=["length", "op"])
+    p.add_argument("--estimator", default="tiny:encoder", help="encoder of the op reward")
+    p.add_argument("--tokenizer", default="auto", help=f"default: tiny's for tiny, else {SMOLLM2}")
+    p.add_argument("--full-finetune", action="store_true", help="no LoRA (the paper profile's own setting)")
+    p.add_argument("--seed", type=int, help="default: the paper profile's seed")
+    p.add_argument(
+        "--out", help="JSON path (default: results/gpu/grpo_step_<shape>.json on CUDA, runs/benchmarks/ on CPU)"
+    )
+    p.add_argument("--work-dir", help="where the random model is saved (default: a temporary folder, removed)")
+    p.add_argument("--timeout", type=float, help="seconds per backend before it is killed")
+    p.add_argument("--quiet", action="store_true", help="do not echo the backends' output")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    p.add_argument("--child", choices=["prepare", *BACKENDS], help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(one(args.one, args)), flush=True)
+    if args.child:
+        work = Path(args.work_dir)
+        if args.child == "prepare":
+            prepare(work)
+            return
+        try:
+            row = one(work, args.child)
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON, the other backends still run
+            traceback.print_exc()
+            row = {"backend": args.child, "status": "error"}
+            partial = work / f"partial_{args.child}.json"
+            if partial.exists():  # steps measured before the failure are kept (status "partial")
+                row = json.loads(partial.read_text())
+            row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
+        (work / f"result_{args.child}.json").write_text(json.dumps(row))
         return
-    results = []
-    for backend in args.backends:
-        cmd = [sys.executable, __file__, "--one", backend] + [
-            a for a in sys.argv[1:] if a not in args.backends and a not in ("--backends", "--json")
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            results.append({"backend": backend, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]})
-        else:
-            results.append(json.loads(line[7:]))
+
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from opgrpo_lib.config import load_profile
+
+    paper = load_profile("paper")
+    g = paper.train.grpo
+    short = args.device == "cpu"
+    settings = {
+        "shape": args.shape, "device": args.device, "tokenizer": args.tokenizer, "reward": args.reward,
+        "estimator": args.estimator, "full_finetune": args.full_finetune,
+        "seed": paper.seed if args.seed is None else args.seed, "steps": max(2, args.steps),
+        "batch": args.batch or (CPU_SETTINGS["batch"] if short else g["per_device_train_batch_size"]),
+        "generations": args.generations or (CPU_SETTINGS["generations"] if short else g["num_generations"]),
+        "completion_length": args.completion_length
+        or (CPU_SETTINGS["completion_length"] if short else g["max_completion_length"]),
+    }  # fmt: skip
+    if settings["batch"] % settings["generations"]:
+        p.error("--batch must be a multiple of --generations")
+    settings["rows"] = max(16, settings["batch"] // settings["generations"] * settings["steps"])
+    backends = args.backends or (["hf", "unsloth"] if args.device == "cuda" else ["hf"])
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / ("results/gpu" if args.device == "cuda" else "runs/benchmarks") / (f"grpo_step_{args.shape}.json")
+    )
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="grpo_step_"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "settings.json").write_text(json.dumps(settings))
+    me = [sys.executable, str(Path(__file__).resolve()), "--work-dir", str(work)]
+    t0 = time.perf_counter()
+    try:
+        rc, tail = run_child([*me, "--child", "prepare"], args.timeout, args.quiet)
+        if rc != 0:
+            raise SystemExit(f"building the {args.shape} model failed:\n{tail}")
+        model = json.loads((work / "model.json").read_text())
+        prepare_s = time.perf_counter() - t0
+        rows = []
+        for backend in backends:
+            result = work / f"result_{backend}.json"
+            rc, tail = run_child([*me, "--child", backend], args.timeout, args.quiet)
+            partial = work / f"partial_{backend}.json"
+            if result.exists():
+                rows.append(json.loads(result.read_text()))
+            elif partial.exists():  # killed at --timeout (or crashed) after some steps: keep what was measured
+                rows.append({**json.loads(partial.read_text()), "error": f"exit code {rc}: {tail[-1000:]}"})
+            else:
+                rows.append({"backend": backend, "status": "error", "error": f"exit code {rc}: {tail[-2000:]}"})
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    rat = ratios(rows)
+    lora = paper.train.lora
+    res = {
+        "benchmark": "grpo_step",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "shape": args.shape,
+        "device": model.pop("device"),
+        "versions": versions(),
+        "model": {k: v for k, v in model.items() if k not in ("tokenizer", "prompt_tokens")},
+        "tokenizer": model["tokenizer"],
+        "settings": {
+            "trainer": "trl.GRPOTrainer (HF generate, no vLLM)",
+            "profile": "paper (configs/paper.yaml train.grpo) with one generation per optimizer step",
+            "per_device_train_batch_size": settings["batch"], "num_generations": settings["generations"],
+            "prompts_per_step": settings["batch"] // settings["generations"],
+            "max_completion_length": settings["completion_length"],
+            "shortened_for_cpu": args.device == "cpu" and (settings["batch"], settings["generations"],
+                                                              settings["completion_length"]) != (
+                g["per_device_train_batch_size"], g["num_generations"], g["max_completion_length"]),
+            "gradient_accumulation_steps": 1, "steps_per_generation": 1,
+            "steps": settings["steps"], "warmup_steps_excluded": 1,
+            **{k: g.get(k) for k in ("temperature", "top_p", "beta", "loss_type", "learning_rate",
+                                     "gradient_checkpointing")},
+            "finetuning": "full" if args.full_finetune else {"method": "LoRA", "r": lora.r, "alpha": lora.alpha,
+                                                             "dropout": lora.dropout,
+                                                             "target_modules": lora.target_modules},
+            "reward": args.reward,
+            "reward_note": ("characters of the decoded completion / 1000 (trivially cheap; the point is step cost)"
+                            if args.reward == "length" else f"OP reward, estimator {args.estimator}"),
+            "seed": settings["seed"], "prompt_tokens": model["prompt_tokens"],
+            "model_build_s": round(prepare_s, 1),
+        },
+        "rows": rows,
+        "ratios": rat,
+        "goal": goal(rat),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print_report(res)
+    print(f"wrote {out}")
     if args.json:
-        print(json.dumps(results))
-        return
-    print(f"{'backend':<9}{'device':<8}{'steps':>6}{'s/step':>9}{'first s':>9}{'peak GPU GB':>12}{'peak RSS GB':>12}")
-    for r in results:
-        if "error" in r:
-            print(f"{r['backend']:<9}error: {r['error']}")
-            continue
-        print(f"{r['backend']:<9}{r['device']:<8}{r['steps']:>6}{r['step_s_mean']:>9.3f}{r['first_step_s']:>9.3f}"
-              f"{r.get('peak_gpu_mem_gb', float('nan')):>12.3f}{r['peak_rss_gb']:>12.3f}")  # fmt: skip
+        print(json.dumps(res))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the per-rollout reference implementation lives with the tests
 
 import pandas as pd  # noqa: E402
-from common import best_of  # noqa: E402
+from common import best_of, grpo_like_batch  # noqa: E402
 
 from opgrpo_lib.models import resolve  # noqa: E402
-from opgrpo_lib.reward import OPRewardScorer, SentenceEncoder, grpo_like_batch, keyword_text_for  # noqa: E402
+from opgrpo_lib.reward import OPRewardScorer, SentenceEncoder, keyword_text_for  # noqa: E402
 from opgrpo_lib.text import stopwords  # noqa: E402
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +31,32 @@ def _cfg(args):
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="cpu", help="configs/<profile>.yaml (tiny, cpu, paper)")
-    p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="run folder, results included (default: $OPGRPO_RUN_DIR/<profile> or runs/<profile>)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set data.eval_per_split=50")
+
+
+def _unit_float(text: str) -> float:
+    """argparse type: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number in [0, 1]")
+    return value
+
+
+def _writable(path: str | None, what: str) -> None:
+    """Fail before any work when an output file cannot be written."""
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OSError(f"{what} {path}: folder {parent} does not exist or is not writable")
 
 
 STAGES = {
@@ -54,8 +80,17 @@ def cmd_stage(args) -> int:
     from .runs import run_paths
 
     module, func, _ = STAGES[args.command]
+    if getattr(args, "results", None):
+        from .figures import build_all, logged_results
+
+        if not Path(args.results).is_dir():
+            raise FileNotFoundError(f"--results {args.results}: no such folder")
+        statuses = build_all(Path(args.results), Path(args.out or "figures"), logged_results())
+        print(json.dumps([s.__dict__ for s in statuses], indent=1))
+        return 0
     cfg = _cfg(args)
-    result = getattr(importlib.import_module(module), func)(cfg, run_paths(cfg, args.run_dir))
+    kwargs = {"force": True} if getattr(args, "force", False) else {}
+    result = getattr(importlib.import_module(module), func)(cfg, run_paths(cfg, args.run_dir), **kwargs)
     summary = result.card if hasattr(result, "card") else result
     if isinstance(summary, dict):
         printable = {
@@ -88,7 +123,7 @@ def cmd_reproduce(args) -> int:
         profile, why = default_profile()
         print(f"profile: {profile} ({why})", flush=True)
     try:
-        reproduce(profile, args.run_dir, args.only, args.force)
+        reproduce(profile, args.run_dir, args.only, args.force, _overrides(args.set))
     except StepFailed as exc:
         print(f"opgrpo reproduce: {exc}", file=sys.stderr)
         return 1
@@ -125,6 +160,7 @@ def cmd_reward(args) -> int:
     from .reward import build_reward, keyword_text_for
     from .runs import atomic_write_text
 
+    _writable(args.out, "--out")
     overrides = {"reward.weights": args.weights} if args.weights else {}
     cfg = load_profile(args.profile, overrides)
     w_f, w_u = weight_pair(cfg.reward)
@@ -163,20 +199,66 @@ def cmd_reward(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    """Every term of the OP reward for one situation and one or two responses (text, or JSON with --json)."""
+    from . import explain
+    from .config import load_profile
+
+    _writable(args.figure, "--figure")
+    cfg = load_profile(args.profile, {"reward.weights": args.weights} if args.weights else {})
+    reference = Path(args.reference_file).read_text(encoding="utf-8") if args.reference_file else None
+    situation = explain.load_situation(cfg, args.situation, reference)
+    files = [args.response_file] + ([args.response_file2] if args.response_file2 else [])
+    texts = [sys.stdin.read() if f == "-" else Path(f).read_text(encoding="utf-8") for f in files]
+    exps = explain.explain_many(
+        situation, texts, labels=files, encoder=args.encoder or cfg.models.encoder, cfg=cfg,
+        prompt_style=args.prompt_style, device=args.device or "cpu",
+    )  # fmt: skip
+    if args.figure:
+        explain.save_figure(explain.figure(exps), args.figure)
+    if args.json:
+        dicts = [e.to_dict() for e in exps]
+        print(json.dumps(dicts[0] if len(dicts) == 1 else dicts))
+    else:
+        print("\n\n".join(e.to_text() for e in exps))
+    return 0
+
+
 def _eval_inputs(args):
     from .evaluate import join_candidates
 
+    _writable(args.per_row, "--per-row")
+    _check_device(args.device)
     refs = _read_csv(args.references, "references", ["prompt", "answer"])
     cands = _read_csv(args.candidates, "candidates", ["prompt", args.candidate_column])
     return refs, join_candidates(refs, cands, args.candidate_column)
 
 
-def _print_summary(summary: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary))
-        return
-    for key, value in summary.items():
-        print(f"{key:>22}: {value}")
+def _check_device(device: str | None) -> None:
+    if device and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device}: torch sees no CUDA GPU here (omit --device or use cpu)")
+
+
+def _finish_eval(args, per, summary: dict) -> int:
+    """Print the summary (valid JSON: NaN becomes null), the missing-candidate count, and write --per-row."""
+    from .runs import atomic_write_text
+
+    summary = {**summary, "model": args.model, "candidate_column": args.candidate_column}
+    if summary.get("missing_candidates"):
+        print(f"opgrpo: {summary['missing_candidates']} reference rows have no candidate with the same prompt: "
+              "excluded from n (missing_candidates)", file=sys.stderr)  # fmt: skip
+    if args.per_row:
+        atomic_write_text(Path(args.per_row), per.to_csv(index=False))
+    clean = json.loads(json.dumps(summary, default=float).replace("NaN", "null"))
+    if args.json:
+        print(json.dumps(clean))
+    else:
+        for key, value in clean.items():
+            print(f"{key:>22}: {value}")
+    return 0
 
 
 def cmd_eval_sbert(args) -> int:
@@ -185,11 +267,7 @@ def cmd_eval_sbert(args) -> int:
 
     refs, cands = _eval_inputs(args)
     per, summary = sbert_coverage(refs, cands, SentenceEncoder(args.model, device=args.device), args.threshold)
-    summary = {**summary, "model": args.model, "candidate_column": args.candidate_column}
-    if args.per_row:
-        per.to_csv(args.per_row, index=False)
-    _print_summary(summary, args.json)
-    return 0
+    return _finish_eval(args, per, summary)
 
 
 def cmd_eval_nli(args) -> int:
@@ -197,10 +275,15 @@ def cmd_eval_nli(args) -> int:
 
     refs, cands = _eval_inputs(args)
     per, summary = nli_overton(refs, cands, NLIModel(args.model, device=args.device), progress=not args.json)
-    summary = {**summary, "model": args.model, "candidate_column": args.candidate_column}
-    if args.per_row:
-        per.to_csv(args.per_row, index=False)
-    _print_summary(summary, args.json)
+    return _finish_eval(args, per, summary)
+
+
+def cmd_publish(args) -> int:
+    from .publish import publish
+
+    cfg = _cfg(args)
+    for line in publish(cfg, args.run_dir):
+        print(line)
     return 0
 
 
@@ -211,7 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text)
         _add_profile(p)
+        if name in ("estimator", "sft", "train"):
+            p.add_argument(
+                "--force", action="store_true", help="redo the step even if it finished with these settings"
+            )
+        if name == "figures":
+            p.add_argument("--results", default=None, help="build from this results folder (e.g. results/cpu) ...")
+            p.add_argument("--out", default=None, help="... into this folder (e.g. figures/cpu); no run folder used")
         p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("publish", help="copy a run's results into the committed results/<profile>, figures/<profile>")
+    _add_profile(p)
+    p.set_defaults(func=cmd_publish)
 
     models = sub.add_parser("models", help="offline model folders").add_subparsers(
         dest="models_command", required=True
@@ -244,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reward)
 
+    p = sub.add_parser("explain", help="why a response scores what it scores: every OP reward term for one situation")
+    p.add_argument("--situation", required=True, help="'split:row' (e.g. 5p:0), a test-set index, or its text")
+    p.add_argument("--reference-file", default=None, help="reference answer for a situation outside OP-V2")
+    p.add_argument("--response-file", required=True, help="the response as written ('-' = stdin)")
+    p.add_argument("--response-file2", default=None, help="a second response, shown side by side (JSON: a list)")
+    p.add_argument("--encoder", default=None, help="path or hub id (default: the profile's models.encoder)")
+    p.add_argument("--weights", default=None, help="final (0.1,0.3) | early (0.125,0.25) | 'w_f,w_u'")
+    p.add_argument("--prompt-style", default="qwen2.5", choices=["qwen2.5", "implicit", "situation"])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+    p.add_argument("--figure", default=None, help="also write the heatmap + terms figure (png, pdf, svg)")
+    p.set_defaults(func=cmd_explain)
+
     ev = sub.add_parser("eval", help="evaluate stored outputs").add_subparsers(dest="eval_command", required=True)
     for name, func, default_model in (
         ("sbert", cmd_eval_sbert, "sentence-transformers/all-mpnet-base-v2"),
@@ -255,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--candidate-column", required=True)
         p.add_argument("--model", default=default_model, help="hub id, local path or tiny:*")
         if name == "sbert":
-            p.add_argument("--threshold", type=float, default=0.70)
+            p.add_argument("--threshold", type=_unit_float, default=0.70, help="cosine threshold in [0, 1]")
         p.add_argument("--device", default=None)
         p.add_argument("--per-row", default=None, help="also write per-situation records to this CSV")
         p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -264,18 +371,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run the numbered notebooks with papermill (skips up-to-date steps)")
     p.add_argument("--profile", default="auto", help="tiny | cpu | paper | auto (paper if CUDA + unsloth, else cpu)")
     p.add_argument("--run-dir", default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override passed to every notebook")
     p.add_argument("--only", nargs="*", help="notebook stems or numbers, e.g. 01 02")
     p.add_argument("--force", action="store_true", help="rerun steps even when up to date")
     p.set_defaults(func=cmd_reproduce)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and ("huggingface.co" in msg or "offline mode" in msg.lower()):
+        msg = f"a model is not available on this machine (offline): {msg.splitlines()[0]}"
+    return msg if isinstance(exc, (ValueError, RuntimeError, KeyError)) else f"{type(exc).__name__}: {msg}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A user error (bad setting, missing file, unavailable model, unwritable output) prints one
+    line and exits 2; set OPGRPO_DEBUG=1 for the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        print(f"opgrpo: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, KeyError, ImportError) as exc:
+        if os.environ.get("OPGRPO_DEBUG"):
+            raise
+        print(f"opgrpo: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -9,21 +9,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
+from .paths import CONFIG_DIR, REPO_ROOT  # noqa: F401  (REPO_ROOT re-exported for callers)
+
 SPLITS = ("5p", "6p", "7p", "8p", "9p", "10p", "gt10p")
+Split = Literal["5p", "6p", "7p", "8p", "9p", "10p", "gt10p"]
 
 
 class ConfigError(ValueError):
     """A profile or override is invalid; the message names the offending key."""
+
+
+def bounded(default: Any = dataclasses.MISSING, lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    """A dataclass field whose numbers (or list items) must be finite and within [lo, hi], checked at load."""
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    return field(metadata={"range": (lo, hi)}, **kw)
+
+
+def unit(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A threshold in [0, 1]."""
+    return bounded(default, 0.0, 1.0, **kw)
 
 
 @dataclass(frozen=True)
@@ -32,11 +46,13 @@ class DataCfg:
     download: bool = True  # fall back to the authors' repo at `commit` (hash-checked)
     base_url: str = "https://raw.githubusercontent.com/fuyu12345/OPRL-LLM"
     commit: str = "4ea283a19444059e7b5363cb64614bd281e43eef"
-    train_source: str = "final_train"  # "final_train" (paper) | "carve" (offline: train on held-in test rows)
-    grpo_rows: int = 12000  # the paper's GRPO uses the first 12,000 rows of final_train.csv
-    eval_per_split: int | None = None  # None = every published test row; else rows kept per split (seeded)
-    eval_keep_all: list[str] = field(default_factory=list)  # splits kept whole even when eval_per_split is set
-    max_train_rows: int | None = None  # cap on training rows (tiny profile)
+    train_source: Literal["final_train", "carve"] = "final_train"  # paper | offline: train on held-in test rows
+    grpo_rows: int = bounded(12000, 1)  # the paper's GRPO uses the first 12,000 rows of final_train.csv
+    eval_per_split: int | None = bounded(None, 1)  # None = every published test row; else rows per split (seeded)
+    eval_keep_all: list[Split] = field(default_factory=list)  # splits kept whole even when eval_per_split is set
+    max_train_rows: int | None = bounded(None, 1)  # cap on training rows (tiny profile)
+    # Situations held out of the training carve (seeded) to choose settings on; never the evaluation split.
+    validation_situations: int = bounded(0, 0)
 
 
 @dataclass(frozen=True)
@@ -51,14 +67,14 @@ class ModelsCfg:
 @dataclass(frozen=True)
 class RewardCfg:
     estimator: str = "run:estimator"  # run:estimator = the model fine-tuned by step 02; else a path or hub id
-    coverage_threshold: float = 0.70
-    uniqueness_threshold: float = 0.78
-    weights: str = "final"  # "final" (w_f, w_u) = (0.1, 0.3) | "early" (0.125, 0.25)
-    coverage_weight: float = 0.3
-    tag_penalty: float = -0.2
-    mask: str = "prompt"  # "prompt" (authors: every non-stopword of the decoded prompt) | "situation"
+    coverage_threshold: float = unit(0.70)
+    uniqueness_threshold: float = unit(0.78)
+    weights: str = "final"  # "final" (w_f, w_u) = (0.1, 0.3) | "early" (0.125, 0.25) | "w_f,w_u" (finite, >= 0)
+    coverage_weight: float = bounded(0.3, 0.0)
+    tag_penalty: float = bounded(-0.2, None, 0.0)
+    mask: Literal["prompt", "situation"] = "prompt"  # prompt (authors: non-stopwords of the decoded prompt)
     use_uniqueness: bool = True  # ablation switch; the authors' reward always has it
-    batch_size: int = 32  # encoder batch size (CPU: large batches pad long sentences and run ~5x slower)
+    batch_size: int = bounded(32, 1)  # encoder batch size (CPU: large batches pad long sentences, ~5x slower)
 
 
 @dataclass(frozen=True)
@@ -66,30 +82,35 @@ class EstimatorCfg:
     """Similarity estimator (step 02). Defaults: the authors' final training run (MNRL scale 70 = the checkpoint
     the reward used; their script says 60)."""
 
-    judge: str = "llm"  # llm (paper: Qwen3-8B confirms pairs) | names (offline: perspective-name structure)
+    judge: Literal["llm", "names"] = "llm"  # llm (paper: Qwen3-8B confirms pairs) | names (offline: name structure)
     judge_model: str = "Qwen/Qwen3-8B"
-    judge_batch_size: int = 16
-    agreement_pairs: int = 0  # >0: also run the LLM judge on this many candidate pairs and report agreement
+    judge_batch_size: int = bounded(16, 1)
+    agreement_pairs: int = bounded(0, 0)  # >0: also run the LLM judge on this many candidate pairs (agreement)
     cross_situation: bool = True  # names judge: same-name perspective of another situation as positive
-    mining_threshold: float = 0.75
-    scale: float = 70.0
-    batch_size: int = 32
-    epochs: float = 2.0
-    max_steps: int = -1
-    learning_rate: float = 2.1456771788455288e-05
-    warmup_ratio: float = 0.03254893834779507
-    save_steps: int = 200
-    heldout_fraction: float = 0.1  # seeded share of training situations kept for evaluation
-    max_situations: int | None = None
-    thresholds: list[float] = field(default_factory=lambda: [round(0.60 + 0.05 * i, 2) for i in range(7)])
+    # Mining pool: references (paper: pairs within a situation's answer) | released_outputs (offline: also the
+    # authors' released 3B output lines of the same situation; 5p/10p training situations only)
+    candidates: Literal["references", "released_outputs"] = "references"
+    output_threshold: float | None = unit(None)  # (reference, output line) pairs need masked cosine >= this; None: all
+    released_dir: str | None = "../shared/data/opv2-released-outputs"  # tried first (relative to the repo root)
+    mining_threshold: float = unit(0.75)
+    scale: float = bounded(70.0, 0.0)
+    batch_size: int = bounded(32, 2)
+    epochs: float = bounded(2.0, 0.0)
+    max_steps: int = bounded(-1, -1)
+    learning_rate: float = bounded(2.1456771788455288e-05, 0.0)
+    warmup_ratio: float = unit(0.03254893834779507)
+    save_steps: int = bounded(200, 1)
+    heldout_fraction: float = bounded(0.1, 0.0, 0.9)  # seeded share of training situations kept for evaluation
+    max_situations: int | None = bounded(None, 1)
+    thresholds: list[float] = unit(default_factory=lambda: [round(0.60 + 0.05 * i, 2) for i in range(7)])
 
 
 @dataclass(frozen=True)
 class LoraCfg:
     enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = bounded(16, 1)
+    alpha: int = bounded(32, 1)
+    dropout: float = unit(0.0)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -99,12 +120,12 @@ class LoraCfg:
 class SummariesCfg:
     """SFT summaries (paper: Qwen3-14B, temperature 0.1, top-p 0.6, one-shot prompt)."""
 
-    source: str = "llm"  # llm | offline (one sentence per comment; documented fallback)
+    source: Literal["llm", "offline"] = "llm"  # offline: one sentence per comment (documented fallback)
     model: str = "Qwen/Qwen3-14B"
-    temperature: float = 0.1
-    top_p: float = 0.6
-    max_new_tokens: int = 550
-    batch_size: int = 16
+    temperature: float = bounded(0.1, 0.0)
+    top_p: float = unit(0.6)
+    max_new_tokens: int = bounded(550, 1)
+    batch_size: int = bounded(16, 1)
 
 
 @dataclass(frozen=True)
@@ -112,15 +133,23 @@ class TrainCfg:
     """SFT + GRPO. ``sft`` / ``grpo`` are passed to TRL's SFTConfig / GRPOConfig (keys validated against the
     installed TRL); the rest is ours."""
 
-    backend: str = "unsloth"  # unsloth (GPU only) | hf (transformers + PEFT; CPU or GPU)
+    backend: Literal["unsloth", "hf"] = "unsloth"  # unsloth (GPU only) | hf (transformers + PEFT; CPU or GPU)
     init: str = "run:sft"  # GRPO starts from the SFT policy (or "policy" = the base model, or a path)
     lora: LoraCfg = field(default_factory=LoraCfg)
     load_in_4bit: bool = False
     use_vllm: bool = False  # unsloth fast generation (vLLM) when installed
-    max_seq_length: int = 1400  # unsloth: prompt (<= 512) + completion (800)
-    max_prompt_length: int = 512  # checked on the data (TRL 1.x has no max_prompt_length)
+    max_seq_length: int = bounded(1400, 1)  # unsloth: prompt (<= 512) + completion (800)
+    max_prompt_length: int = bounded(512, 1)  # checked on the data (TRL 1.x has no max_prompt_length)
     merge_adapter: bool = False  # save merged weights instead of the LoRA adapter
     summaries: SummariesCfg = field(default_factory=SummariesCfg)
+    # SFT targets: paper (every explanation in full + the summary) | compact (cpu deviation: one short clause per
+    # perspective, a one-sentence summary naming them; fits a small model's completion budget)
+    targets: Literal["paper", "compact"] = "paper"
+    compact_words: int = bounded(12, 3)  # words kept per explanation with targets: compact
+    # Validation curve during GRPO: every `validation_every` steps (and at step 0) greedy outputs for the first
+    # `validation_rows` validation situations, scored by the reward and the independent evaluator (0 = off).
+    validation_every: int = bounded(0, 0)
+    validation_rows: int = bounded(50, 1)
     sft: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)
 
@@ -132,8 +161,8 @@ class SystemCfg:
     name: str
     policy: str  # hub id, local path, tiny:*, or run:sft / run:grpo (the policy saved by step 03 / 04)
     prompt: str = "implicit"  # implicit | explicit | summary_format | a literal template with {situation}
-    kind: str = "policy"  # policy | modplural
-    score_column: str = "core"  # text scored by SBERT coverage: core (block if the layout is valid, else all) | text
+    kind: Literal["policy", "modplural"] = "policy"
+    score_column: Literal["core", "text"] = "core"  # SBERT-scored text: core (block if the layout is valid) | text
 
 
 @dataclass(frozen=True)
@@ -146,22 +175,23 @@ class ModPluralCfg:
     )
     # Offline variant: no adapters; the base model is steered by one system prompt per community instead.
     community_system_prompts: list[str] = field(default_factory=list)
-    community_max_new_tokens: int = 200
-    community_temperature: float = 1.0
+    community_max_new_tokens: int = bounded(200, 1)
+    community_temperature: float = bounded(1.0, 0.0)
     integrator: str = "Qwen/Qwen3-8B"  # the authors' re-run used Qwen3-8B; the original used the main LLM
-    integrator_max_new_tokens: int = 200
-    integrator_temperature: float = 0.1
+    integrator_max_new_tokens: int = bounded(200, 1)
+    integrator_temperature: float = bounded(0.1, 0.0)
 
 
 @dataclass(frozen=True)
 class GenerateCfg:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 1200
-    batch_size: int = 8
-    retries: int = 0  # extra samples while the layout is invalid (authors: 3 for OP-GRPO only; off by default)
-    rows_per_split: int | None = None  # None = every evaluation row
-    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    temperature: float = bounded(0.7, 0.0)  # 0 = greedy
+    top_p: float = bounded(0.9, 0.0, 1.0)
+    max_new_tokens: int = bounded(1200, 1)
+    batch_size: int = bounded(8, 1)
+    retries: int = bounded(0, 0)  # extra samples while the layout is invalid (authors: 3 for OP-GRPO only)
+    rows_per_split: int | None = bounded(None, 1)  # None = every evaluation row
+    splits: list[Split] = field(default_factory=lambda: list(SPLITS))
+    split_rows: dict[str, int] = field(default_factory=dict)  # per-split override of rows_per_split, e.g. {5p: 100}
     systems: list[SystemCfg] = field(
         default_factory=lambda: [
             SystemCfg("op_grpo", "run:grpo"),
@@ -181,41 +211,42 @@ class JudgeCfg:
     """LLM judge (paper: GPT-4.1, first 300 rows of 5p); off unless enabled and a key is in the environment."""
 
     enabled: bool = False
-    split: str = "5p"
+    split: Split = "5p"
     model: str = "gpt-4.1"
     base_url: str | None = None  # None = the client's default (api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"
-    max_rows: int = 300  # row cap (paper: first 300 rows of the 5p split)
-    max_cost_usd: float = 5.0  # stop requesting once the estimated spend passes this
-    usd_per_1k_input: float = 0.002
-    usd_per_1k_output: float = 0.008
-    max_output_tokens: int = 450
-    max_retries: int = 4
-    backoff_s: float = 2.0
-    timeout_s: float = 120.0
-    query_chars: int = 4000
-    output_chars: int = 12000
+    max_rows: int = bounded(300, 1)  # row cap (paper: first 300 rows of the 5p split)
+    max_cost_usd: float = bounded(5.0, 0.0)  # stop requesting once the estimated spend passes this
+    usd_per_1k_input: float = bounded(0.002, 0.0)
+    usd_per_1k_output: float = bounded(0.008, 0.0)
+    max_output_tokens: int = bounded(450, 1)
+    max_retries: int = bounded(4, 0)  # the OpenAI client's own retries (exponential backoff)
+    timeout_s: float = bounded(120.0, 0.0)
+    query_chars: int = bounded(4000, 1)
+    output_chars: int = bounded(12000, 1)
     json_mode: bool = True  # ask for response_format={"type": "json_object"}
 
 
 @dataclass(frozen=True)
 class EvalCfg:
-    sbert_thresholds: list[float] = field(default_factory=lambda: [0.70])
-    nli_text: str = "text"  # output text the NLI benchmark scores: text | core | summary
-    nli_batch_size: int = 32
-    bootstrap_reps: int = 2000
+    sbert_thresholds: list[float] = unit(default_factory=lambda: [0.70])
+    nli_text: Literal["text", "core", "summary"] = "text"  # output text the NLI benchmark scores
+    nli_batch_size: int = bounded(32, 1)
+    bootstrap_reps: int = bounded(2000, 100)
     reference_system: str = "op_grpo"  # paired comparisons: this system vs every other
     # Coverage of saved GRPO checkpoints vs RL step (the authors evaluated steps 0/30/…/150): rows per split to
     # generate for each checkpoint (step 0 = the GRPO init policy); 0 = off.
-    checkpoint_rows_per_split: int = 0
+    checkpoint_rows_per_split: int = bounded(0, 0)
+    # Also score SBERT coverage with the reward's own estimator (what the authors reported), beside the independent one.
+    estimator_coverage: bool = False
     judge: JudgeCfg = field(default_factory=JudgeCfg)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     profile: str
-    seed: int = 42
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    seed: int = bounded(42, 0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # cuda without a GPU fails when a step starts
     data: DataCfg = field(default_factory=DataCfg)
     models: ModelsCfg = field(default_factory=ModelsCfg)
     reward: RewardCfg = field(default_factory=RewardCfg)
@@ -271,6 +302,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -304,19 +340,67 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _check_range(value: Any, lo: float | None, hi: float | None, key: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}: {v!r} is not a finite number")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{key}: {v!r} is outside the allowed range {span}")
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'profile'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown config key {where}{unknown[0]!s} (allowed under {prefix or 'the top level'}: {sorted(names)})"
+            f"unknown config key {where}{unknown[0]!s} (allowed under {prefix or 'the top level'}: {sorted(fields)})"
         )
-    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _check_type(v, hints[k], key)
+        if "range" in fields[k].metadata:
+            _check_range(kwargs[k], *fields[k].metadata["range"], key)
     return cls(**kwargs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that rejects a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; syntax errors and duplicate keys name the file and line."""
+    try:
+        return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def available_profiles() -> list[str]:
@@ -334,21 +418,53 @@ def profile_path(profile: str | Path) -> Path:
 
 
 def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load ``configs/<profile>.yaml``, deep-merge ``overrides`` and validate every key and type."""
+    """Load ``configs/<profile>.yaml``, deep-merge ``overrides`` and validate every key, type, choice and range."""
     path = profile_path(profile)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile must be a mapping")
     if "profile" in raw:
         raise ConfigError(f"{path}: 'profile' is set from the file name, not inside it")
     raw = deep_merge(raw, _unflatten(overrides or {}))
     raw["profile"] = Path(path).stem
-    return _build(RunConfig, raw, "")
+    cfg = _build(RunConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that span several keys or need parsing; every message names the dotted key and allowed values."""
+    from .prompts import TEMPLATES
+
+    weight_pair(cfg.reward)
+    names = [s.name for s in cfg.generate.systems]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"generate.systems: system name {dup[0]!r} is used twice")
+    for i, s in enumerate(cfg.generate.systems):
+        if s.prompt not in TEMPLATES and "{situation}" not in s.prompt:
+            raise ConfigError(
+                f"generate.systems[{i}].prompt: {s.prompt!r} is neither one of {sorted(TEMPLATES)} "
+                "nor a template containing {situation}"
+            )
+    for name, template in cfg.generate.prompt_styles.items():
+        if not isinstance(template, str) or "{situation}" not in template:
+            raise ConfigError(f"generate.prompt_styles.{name}: a template must contain {{situation}}")
+    for split, n in cfg.generate.split_rows.items():
+        if split not in SPLITS or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(
+                f"generate.split_rows.{split}: expected a split of {list(SPLITS)} -> a count >= 1, got {n!r}"
+            )
+    if names and cfg.eval.reference_system not in names:
+        raise ConfigError(f"eval.reference_system: {cfg.eval.reference_system!r} is not one of the systems {names}")
+    for key, value in (("train.init", cfg.train.init), ("reward.estimator", cfg.reward.estimator)):
+        if value.startswith("run:") and value not in ("run:sft", "run:grpo", "run:estimator"):
+            raise ConfigError(f"{key}: {value!r} is not one of run:sft, run:grpo, run:estimator (or a path / hub id)")
 
 
 def weight_pair(cfg: RewardCfg) -> tuple[float, float]:
     """(w_format, w_uniqueness): "final" = (0.1, 0.3) (the linked repo's last commit), "early" = (0.125, 0.25),
-    or an explicit "w_f,w_u"."""
+    or an explicit "w_f,w_u" of finite non-negative numbers."""
     pairs = {"final": (0.1, 0.3), "early": (0.125, 0.25)}
     if cfg.weights in pairs:
         return pairs[cfg.weights]
@@ -356,4 +472,14 @@ def weight_pair(cfg: RewardCfg) -> tuple[float, float]:
         w_f, w_u = (float(x) for x in cfg.weights.split(","))
     except ValueError:
         raise ConfigError(f"reward.weights: expected 'final', 'early' or 'w_f,w_u', got {cfg.weights!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in (w_f, w_u)):
+        raise ConfigError(f"reward.weights: {cfg.weights!r}: both weights must be finite and >= 0")
     return w_f, w_u
+
+
+def section(cfg: RunConfig, dotted: str) -> Any:
+    """The value at a dotted key of the resolved config (``train.grpo``, ``models.policy``...) as plain data."""
+    node: Any = cfg.to_dict()
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None  # a TRL key the profile leaves at TRL's default
+    return node

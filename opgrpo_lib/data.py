@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import REPO_ROOT, SPLITS, ConfigError, RunConfig
+from .config import REPO_ROOT, SPLITS, RunConfig
 from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
 from .text import MalformedReference, parse_perspectives
 
@@ -27,9 +27,13 @@ class RemoteFile:
     path: str  # path in the authors' repository
     git_sha1: str  # git blob sha1 (always known)
     sha256: str | None = None  # file sha256 where known
+    base_url: str | None = None  # repository when not the OP-V2 data's (``data.base_url``)
+    commit: str | None = None  # commit when not ``data.commit``
 
 
 BENCH = "benchmark_new/dataset"
+RELEASED_BASE_URL = "https://raw.githubusercontent.com/fuyu12345/Overton-Pluralistic-GRPO"
+RELEASED_COMMIT = "f1561f5adeb94a24f76a495ae58dc9118c9f0974"
 FILES: dict[str, RemoteFile] = {
     "final_test.csv": RemoteFile(
         f"{BENCH}/final_test.csv",
@@ -75,6 +79,22 @@ FILES: dict[str, RemoteFile] = {
     "train_summary_sft_full_cleaned.csv": RemoteFile(
         f"{BENCH}/train_summary_sft_full_cleaned.csv", "fa8097ece27a5d875f110ca4f42659065bfecb36"
     ),
+    # The authors' released OP-GRPO Qwen2.5-3B outputs on test_5p / test_10p (estimator mining, candidates =
+    # released_outputs; read by estimator.load_released_outputs), from the paper's other public repository.
+    "grpo_eval_summaries_clean.csv": RemoteFile(
+        "benchmark_new/extract/grpo_eval_summaries_clean.csv",
+        "ef267246e0b02f8eee7deeb315231be20df3f1e2",
+        "fd4f0407c15d2edc9eef738e32b35f68a9ac1f47bda8bdc575f7f02dbdc56678",
+        RELEASED_BASE_URL,
+        RELEASED_COMMIT,
+    ),
+    "grpo_eval_summaries_clean_10p.csv": RemoteFile(
+        "benchmark_new/extract/grpo_eval_summaries_clean_10p.csv",
+        "c7cc013567e3b25ff48889aaec84546be66749b0",
+        "311461f15eafdc52fef6aaba62bb8aa1adecd0b66696566dae15baf27073eedc",
+        RELEASED_BASE_URL,
+        RELEASED_COMMIT,
+    ),
 }
 
 
@@ -112,7 +132,7 @@ def local_dir(cfg: RunConfig) -> Path | None:
 def download(name: str, base_url: str, commit: str, dest_dir: Path, timeout: float = 60.0) -> Path:
     """Download one pinned file, verify its hash, write it atomically; nothing is left behind on failure."""
     spec = FILES[name]
-    url = f"{base_url.rstrip('/')}/{commit}/{spec.path}"
+    url = f"{(spec.base_url or base_url).rstrip('/')}/{spec.commit or commit}/{spec.path}"
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (pinned https URL or a test server)
         data = resp.read()
     verify_bytes(name, data, url)
@@ -217,9 +237,6 @@ def carve(test: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFram
     """Offline split: keep ``eval_per_split`` rows per split (seeded choice, published order kept) for evaluation,
     train on the rest. Returns (train, eval)."""
     per = cfg.data.eval_per_split
-    unknown = set(cfg.data.eval_keep_all) - set(SPLITS)
-    if unknown:
-        raise ConfigError(f"data.eval_keep_all: unknown splits {sorted(unknown)}")
     eval_parts, train_parts = [], []
     for i, split in enumerate(SPLITS):
         part = test[test["split"] == split]
@@ -242,6 +259,7 @@ class PreparedData:
     eval: pd.DataFrame
     reports: list[ParseReport]
     card: dict[str, Any]
+    val: pd.DataFrame | None = None  # held out of training to choose settings on (never the evaluation split)
 
 
 def prepare(cfg: RunConfig) -> PreparedData:
@@ -249,7 +267,7 @@ def prepare(cfg: RunConfig) -> PreparedData:
     test, reports = load_test_splits(cfg)
     if cfg.data.train_source == "carve":
         train, ev = carve(test, cfg)
-    elif cfg.data.train_source == "final_train":
+    else:  # final_train (typed choice, checked at load)
         name = "final_train.csv"
         raw = pd.read_csv(fetch(name, cfg), keep_default_na=False).iloc[: cfg.data.grpo_rows]
         train, rep = parse_frame(raw, name)
@@ -258,17 +276,28 @@ def prepare(cfg: RunConfig) -> PreparedData:
         if cfg.data.max_train_rows is not None:
             train = train.iloc[: cfg.data.max_train_rows]
         _, ev = carve(test, cfg)
-    else:
-        raise ConfigError(f"data.train_source: expected 'final_train' or 'carve', got {cfg.data.train_source!r}")
-    overlap = set(train["prompt"]) & set(ev["prompt"])
-    if overlap:
-        raise AssertionError(
-            f"{len(overlap)} evaluation situations also occur in training, e.g. {sorted(overlap)[0]!r}"
-        )
-    return PreparedData(train, ev, reports, data_card(train, ev, reports, cfg))
+    val = train.iloc[0:0]
+    if cfg.data.validation_situations:
+        if cfg.data.validation_situations >= len(train):
+            raise ValueError(
+                f"data.validation_situations={cfg.data.validation_situations} >= {len(train)} training rows"
+            )
+        val = train.sample(n=cfg.data.validation_situations, random_state=cfg.seed + 101).sort_index()
+        train, val = train.drop(index=val.index).reset_index(drop=True), val.reset_index(drop=True)
+    for name, other in (("evaluation", ev), ("validation", val)):
+        overlap = set(train["prompt"]) & set(other["prompt"])
+        if overlap:
+            raise AssertionError(
+                f"{len(overlap)} {name} situations also occur in training, e.g. {sorted(overlap)[0]!r}"
+            )
+    if set(val["prompt"]) & set(ev["prompt"]):
+        raise AssertionError("validation and evaluation situations overlap")
+    return PreparedData(train, ev, reports, data_card(train, ev, reports, cfg, val), val)
 
 
-def data_card(train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport], cfg: RunConfig) -> dict[str, Any]:
+def data_card(
+    train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport], cfg: RunConfig, val: pd.DataFrame | None = None
+) -> dict[str, Any]:  # fmt: skip
     def stats(df: pd.DataFrame) -> dict[str, Any]:
         words = df["answer"].str.split().str.len() if len(df) else pd.Series(dtype=float)
         return {
@@ -288,6 +317,7 @@ def data_card(train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport],
             else "paper: final_train.csv (first grpo_rows rows) + published test splits"
         ),
         "train": stats(train),
+        "validation": stats(val if val is not None else train.iloc[0:0]),
         "eval": stats(ev),
         "parse": [
             {
@@ -305,9 +335,10 @@ def data_card(train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport],
 def save(prepared: PreparedData, out_dir: Path) -> dict[str, Path]:
     """Write train/eval parquet, the data card (JSON + Markdown) and its plot under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"train": out_dir / "train.parquet", "eval": out_dir / "eval.parquet"}
+    paths = {"train": out_dir / "train.parquet", "eval": out_dir / "eval.parquet", "val": out_dir / "val.parquet"}
     for key, path in paths.items():
-        atomic_write_parquet(getattr(prepared, key), path)
+        frame = getattr(prepared, key)
+        atomic_write_parquet(frame if frame is not None else prepared.train.iloc[0:0], path)
     paths["card"] = out_dir / "data_card.json"
     atomic_write_text(paths["card"], json.dumps(prepared.card, indent=2))
     paths["card_md"] = out_dir / "data_card.md"
@@ -375,11 +406,20 @@ def load_prepared(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(data_dir / "train.parquet"), pd.read_parquet(data_dir / "eval.parquet")
 
 
+def load_validation(data_dir: Path) -> pd.DataFrame:
+    """The validation situations written by step 01 (empty when ``data.validation_situations`` is 0)."""
+    path = Path(data_dir) / "val.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
 def run(cfg: RunConfig, paths) -> PreparedData:
     """Step 01 entry point: prepare, write parquet + card under the run dir, the card under results/, a manifest."""
+    from .provenance import mark
     from .runs import timed, write_manifest
 
     timings: dict[str, float] = {}
+    paths.data.mkdir(parents=True, exist_ok=True)
+    mark(paths.data, cfg, "data", "running")
     with timed(timings, "prepare"):
         prepared = prepare(cfg)
     with timed(timings, "write"):
@@ -389,4 +429,5 @@ def run(cfg: RunConfig, paths) -> PreparedData:
     write_manifest(
         paths.data, "01_data", cfg, timings, inputs=[written["train"], written["eval"]], results=paths.results
     )
+    mark(paths.data, cfg, "data", "finished")
     return prepared

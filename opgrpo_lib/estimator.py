@@ -4,17 +4,18 @@ sentence-transformers' own trainer (MultipleNegativesRankingLoss), evaluation ba
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .config import REPO_ROOT, RunConfig
 from .runs import RunPaths, atomic_write_text
-from .text import keywords, mask_sentence
+from .text import REFERENCE_LINE_RE, keywords, mask_sentence, perspective_name, split_segments
 
 JUDGE_PROMPT = (
     "Determine if the following sentence pair expresses the *same* meaning or perspective. Respond strictly with "
@@ -89,18 +90,66 @@ class LLMJudge:
 
 
 # ---------------------------------------------------------------- mining
+TripletKind = Literal["within", "output", "across"]
+KINDS: tuple[TripletKind, ...] = ("within", "output", "across")
+TRIPLET_COLUMNS = ["prompt", "anchor", "positive", "negative", "kind"]
+JudgePair = tuple[str, str, str, str]  # (name_a, sentence_a, name_b, sentence_b)
+
+
 @dataclass
 class MiningReport:
+    """Counts of one mining pass; every situation without a triplet is counted under a reason in ``skipped``."""
+
     judge: str
+    candidates: str = "references"
     situations: int = 0
     triplets: int = 0
-    within_situation: int = 0
-    across_situations: int = 0
+    within_situation: int = 0  # kind "within": positive = another reference of the same situation
+    from_outputs: int = 0  # kind "output": positive = a released model-output line of the same situation
+    across_situations: int = 0  # kind "across" (fallback): positive = same-name reference of another situation
+    negatives_from_outputs: int = 0  # hard negative is a model-output line (else a reference)
     skipped: dict[str, int] = field(default_factory=dict)
     judge_calls: int = 0
+    candidate_pairs_references: int = 0  # (reference, reference) pairs with masked cosine >= threshold
+    candidate_pairs_outputs: int = 0  # (reference, output line) pairs passing ``output_threshold``
+    # released_outputs only: the material and how often an output line repeats a reference's perspective name
+    situations_with_outputs: int = 0
+    output_lines: int = 0
+    output_lines_unnamed: int = 0  # no "In/From the perspective of X," prefix
+    references_with_outputs: int = 0  # reference perspectives of situations that have an output
+    references_name_matched: int = 0  # ... whose name (case-insensitive) an output line of that situation repeats
+    situations_name_matched: int = 0  # situations with at least one such reference
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """One perspective segment of a model output: its name as written ("" without a prefix), its text with the
+    "In/From the perspective of X," prefix stripped (as the references' explanations are), and the whole segment
+    (what the reward compares)."""
+
+    name: str
+    text: str
+    segment: str
+
+
+def output_lines(core: str) -> list[OutputLine]:
+    """Segments of a model output's core block by the reward's own split (``text.split_segments``), prefix
+    stripped; a segment without the prefix keeps its whole text and the name ""."""
+    out = []
+    for seg in split_segments(core):
+        m = REFERENCE_LINE_RE.match(seg)
+        if m and m.group(2).strip():
+            out.append(OutputLine(m.group(1).strip(), m.group(2).replace("\n", " ").strip(), seg))
+        else:
+            out.append(OutputLine(perspective_name(seg) or "", seg.replace("\n", " "), seg))
+    return out
+
+
+def _same_name(a: str, b: str) -> bool:
+    return bool(a.strip()) and a.strip().lower() == b.strip().lower()
 
 
 def _situation_items(row: Any) -> tuple[list[str], list[str]]:
@@ -108,121 +157,331 @@ def _situation_items(row: Any) -> tuple[list[str], list[str]]:
     return [p["name"] for p in persp], [p["explanation"] for p in persp]
 
 
-def mine_triplets(
-    frame: pd.DataFrame, encoder: Any, judge: PairJudge, threshold: float = 0.75, cross_situation: bool = True
-) -> tuple[pd.DataFrame, MiningReport]:
-    """One (anchor, positive, negative) per situation, the authors' rule with batched judging:
+@dataclass
+class SituationCandidates:
+    """One situation's mining material. Sentences ``[0, n_refs)`` are its reference perspectives, the rest its
+    model-output lines; ``sents`` are prefix-stripped texts (what triplets hold), ``emb`` their keyword-masked
+    embeddings, ``pairs`` the candidate (anchor, positive) index pairs, most similar first (anchor = reference)."""
 
-    candidate pairs (i < j) of a situation's prefix-stripped perspective sentences whose keyword-masked
-    cosine is ≥ ``threshold``, most similar first; the first pair the judge confirms gives (anchor, positive);
-    the hard negative is the first sentence, in descending cosine to the anchor, the judge rejects. Judging
-    goes in rounds (round r asks every undecided situation about its r-th candidate), so each round is one
-    batched judge call and the result equals the sequential scan.
+    prompt: str
+    names: list[str]
+    sents: list[str]
+    n_refs: int
+    emb: np.ndarray
+    pairs: list[tuple[int, int]]
 
-    With ``cross_situation`` (name judge only) a situation without a confirmed pair takes as positive the most
-    similar same-name perspective of another situation (documented deviation).
-    """
-    report = MiningReport(judge.name)
-    sits = []
+    @property
+    def sim(self) -> np.ndarray:
+        return self.emb @ self.emb.T
+
+    def is_output(self, k: int) -> bool:
+        return k >= self.n_refs
+
+    def judge_pair(self, i: int, j: int) -> JudgePair:
+        return (self.names[i], self.sents[i], self.names[j], self.sents[j])
+
+
+def _candidate_pairs(
+    sim: np.ndarray, n_refs: int, threshold: float, output_threshold: float | None
+) -> tuple[list[tuple[int, int]], int, int]:
+    """(i < j) pairs: reference–reference at cosine ≥ ``threshold``, reference–output at ≥ ``output_threshold``
+    (every such pair when None); most similar first, ties in row-major order. Also the two counts."""
+    iu = np.triu_indices(sim.shape[0], k=1)
+    vals = sim[iu]
+    both_refs = iu[1] < n_refs
+    ref_out = (iu[0] < n_refs) & ~both_refs
+    keep_out = ref_out if output_threshold is None else ref_out & (vals >= output_threshold)
+    keep = (both_refs & (vals >= threshold)) | keep_out
+    order = np.argsort(-vals[keep], kind="stable")
+    ii, jj = iu[0][keep], iu[1][keep]
+    return [(int(ii[k]), int(jj[k])) for k in order], int((both_refs & keep).sum()), int(keep_out.sum())
+
+
+def build_candidates(
+    frame: pd.DataFrame, encoder: Any, threshold: float, report: MiningReport,
+    outputs: dict[str, list[OutputLine]] | None = None, output_threshold: float | None = None,
+) -> list[SituationCandidates]:  # fmt: skip
+    """Every situation's references (and, with ``outputs``, its own model-output lines), keyword-masked with the
+    situation's non-stopwords and embedded in one encoder call; situations with < 2 sentences are skipped."""
+    staged = []
     for row in frame.to_dict("records"):
         report.situations += 1
         names, sents = _situation_items(row)
-        if len(sents) < 2:
+        lines = (outputs or {}).get(row["prompt"], [])
+        if lines:
+            out_names = {ln.name.strip().lower() for ln in lines if ln.name.strip()}
+            hits = sum(n.strip().lower() in out_names for n in names)
+            report.situations_with_outputs += 1
+            report.output_lines += len(lines)
+            report.output_lines_unnamed += sum(not ln.name.strip() for ln in lines)
+            report.references_with_outputs += len(names)
+            report.references_name_matched += hits
+            report.situations_name_matched += hits > 0
+        if not sents or len(sents) + len(lines) < 2:
             report.skip("fewer than 2 sentences")
             continue
         kws = keywords(row["prompt"])
-        sits.append(
-            {"prompt": row["prompt"], "names": names, "sents": sents, "masked": [mask_sentence(s, kws) for s in sents]}
-        )
-    if not sits:
-        return pd.DataFrame(columns=["prompt", "anchor", "positive", "negative"]), report
+        all_names, all_sents = names + [ln.name for ln in lines], sents + [ln.text for ln in lines]
+        staged.append((row["prompt"], all_names, all_sents, len(sents), [mask_sentence(s, kws) for s in all_sents]))
+    if not staged:
+        return []
+    emb = encoder.encode([m for *_, masked in staged for m in masked]).astype(np.float64)
+    sits, offset = [], 0
+    for prompt, names, sents, n_refs, _ in staged:
+        e = emb[offset : offset + len(sents)]
+        offset += len(sents)
+        pairs, n_ref_pairs, n_out_pairs = _candidate_pairs(e @ e.T, n_refs, threshold, output_threshold)
+        report.candidate_pairs_references += n_ref_pairs
+        report.candidate_pairs_outputs += n_out_pairs
+        sits.append(SituationCandidates(prompt, names, sents, n_refs, e, pairs))
+    return sits
 
-    flat = [m for s in sits for m in s["masked"]]
-    emb = encoder.encode(flat).astype(np.float64)
-    offset = 0
-    for s in sits:
-        n = len(s["sents"])
-        e = emb[offset : offset + n]
-        s["emb"] = e
-        offset += n
-        sim = e @ e.T
-        iu = np.triu_indices(n, k=1)
-        keep = sim[iu] >= threshold
-        order = np.argsort(-sim[iu][keep], kind="stable")
-        s["pairs"] = [(int(iu[0][keep][k]), int(iu[1][keep][k])) for k in order]
-        s["sim"] = sim
 
-    def rounds(items: list[dict], candidates_key: str, make_pair) -> None:
-        """Ask the judge about each item's next candidate until one answers as wanted (item['found'])."""
-        r = 0
-        while True:
-            active = [it for it in items if it["found"] is None and r < len(it[candidates_key])]
-            if not active:
-                return
-            pairs = [make_pair(it, it[candidates_key][r]) for it in active]
-            verdicts = judge.same(pairs)
-            report.judge_calls += len(pairs)
-            for it, v in zip(active, verdicts):
-                if v == it["want"]:
-                    it["found"] = it[candidates_key][r]
-            r += 1
+def judge_rounds(judge: PairJudge, queues: Sequence[Sequence[JudgePair]], want: bool, report: MiningReport) -> list[int | None]:  # fmt: skip
+    """For each queue, the index of its first pair whose verdict is ``want`` (None when there is none). Round r
+    sends the r-th pair of every undecided queue to the judge in one batched call: the result equals scanning
+    each queue in order, with one judge call per round."""
+    found: list[int | None] = [None] * len(queues)
+    r = 0
+    while True:
+        active = [q for q, queue in enumerate(queues) if found[q] is None and r < len(queue)]
+        if not active:
+            return found
+        verdicts = judge.same([queues[q][r] for q in active])
+        report.judge_calls += len(active)
+        for q, verdict in zip(active, verdicts):
+            if verdict == want:
+                found[q] = r
+        r += 1
 
-    # positives: first confirmed pair
-    for s in sits:
-        s["found"], s["want"] = None, True
-    rounds(sits, "pairs", lambda s, ij: (s["names"][ij[0]], s["sents"][ij[0]], s["names"][ij[1]], s["sents"][ij[1]]))
 
-    # cross-situation positives for the name judge (same perspective name elsewhere)
-    if cross_situation and judge.name == "names":
-        by_name: dict[str, list[tuple[int, int]]] = {}
-        for si, s in enumerate(sits):
-            for k, nm in enumerate(s["names"]):
-                by_name.setdefault(nm.strip().lower(), []).append((si, k))
-        for si, s in enumerate(sits):
-            if s["found"] is not None:
-                s["kind"] = "within"
-                continue
-            best = None
-            for k, nm in enumerate(s["names"]):
-                others = [(sj, kk) for sj, kk in by_name[nm.strip().lower()] if sj != si]
-                for sj, kk in others:
-                    c = float(s["emb"][k] @ sits[sj]["emb"][kk])
+@dataclass(frozen=True)
+class Positive:
+    """A situation's chosen (anchor, positive): anchor = a reference index; ``index`` = the positive's index in
+    the same situation (None when it comes from another situation); ``text`` = the positive sentence."""
+
+    anchor: int
+    index: int | None
+    text: str
+    kind: TripletKind
+
+
+def select_positives(sits: Sequence[SituationCandidates], judge: PairJudge, report: MiningReport) -> list[Positive | None]:  # fmt: skip
+    """The first candidate pair (most similar first) the judge confirms, per situation."""
+    found = judge_rounds(judge, [[s.judge_pair(i, j) for i, j in s.pairs] for s in sits], True, report)
+    out: list[Positive | None] = []
+    for s, f in zip(sits, found):
+        if f is None:
+            out.append(None)
+            continue
+        a, p = s.pairs[f]
+        out.append(Positive(a, p, s.sents[p], "output" if s.is_output(p) else "within"))
+    return out
+
+
+def cross_situation_positives(sits: Sequence[SituationCandidates], chosen: Sequence[Positive | None]) -> list[Positive | None]:  # fmt: skip
+    """Name-judge fallback for situations without a confirmed pair: the most similar (masked cosine) pair of one
+    of its references and a same-name reference of another situation (labelled ``across``)."""
+    by_name: dict[str, list[tuple[int, int]]] = {}
+    for si, s in enumerate(sits):
+        for k in range(s.n_refs):
+            by_name.setdefault(s.names[k].strip().lower(), []).append((si, k))
+    out = list(chosen)
+    for si, s in enumerate(sits):
+        if out[si] is not None:
+            continue
+        best = None
+        for k in range(s.n_refs):
+            for sj, kk in by_name[s.names[k].strip().lower()]:
+                if sj != si:
+                    c = float(s.emb[k] @ sits[sj].emb[kk])
                     if best is None or c > best[0]:
                         best = (c, k, sj, kk)
-            if best is not None:
-                s["found"], s["cross_positive"], s["kind"] = (best[1], None), sits[best[2]]["sents"][best[3]], "across"
-    for s in sits:
-        s.setdefault("kind", "within")
+        if best is not None:
+            out[si] = Positive(best[1], None, sits[best[2]].sents[best[3]], "across")
+    return out
 
-    # negatives: first rejected sentence in descending cosine to the anchor
-    with_pos = []
-    for s in sits:
-        if s["found"] is None:
-            report.skip("no pair >= threshold" if not s["pairs"] else "judge confirmed no pair")
-            continue
-        a, p = s["found"]
-        s["anchor"], s["positive_idx"] = a, p
-        s["negs"] = [int(k) for k in np.argsort(-s["sim"][a], kind="stable") if k not in (a, p)]
-        s["found"], s["want"] = None, False
-        with_pos.append(s)
-    rounds(
-        with_pos, "negs", lambda s, k: (s["names"][s["anchor"]], s["sents"][s["anchor"]], s["names"][k], s["sents"][k])
-    )
 
+def select_negatives(sits: Sequence[SituationCandidates], positives: Sequence[Positive], judge: PairJudge, report: MiningReport) -> list[int | None]:  # fmt: skip
+    """Hard negative per situation: the first sentence of the same situation (reference or output line), in
+    descending masked cosine to the anchor, that the judge rejects; None when it rejects none."""
+    orders = [
+        [int(k) for k in np.argsort(-s.sim[p.anchor], kind="stable") if k not in (p.anchor, p.index)]
+        for s, p in zip(sits, positives)
+    ]
+    queues = [[s.judge_pair(p.anchor, k) for k in order] for s, p, order in zip(sits, positives, orders)]
+    found = judge_rounds(judge, queues, False, report)
+    return [None if f is None else order[f] for f, order in zip(found, orders)]
+
+
+def mine_triplets(
+    frame: pd.DataFrame, encoder: Any, judge: PairJudge, threshold: float = 0.75, cross_situation: bool = True,
+    outputs: dict[str, list[OutputLine]] | None = None, output_threshold: float | None = None,
+) -> tuple[pd.DataFrame, MiningReport]:  # fmt: skip
+    """At most one (anchor, positive, negative) per situation, the authors' rule with batched judging.
+
+    Candidates are the (i < j) pairs of a situation's prefix-stripped perspective sentences whose keyword-masked
+    cosine is ≥ ``threshold``, most similar first; the first pair the judge confirms gives (anchor, positive); the
+    hard negative is the first sentence, in descending cosine to the anchor, the judge rejects.
+
+    With ``outputs`` (prompt → model-output lines; the caller keeps training situations only), a situation's
+    output lines join its pool: (reference, output line) pairs at cosine ≥ ``output_threshold`` (all when None)
+    are candidates too, so the positive may be an output line matched to the anchor reference (kind ``output``)
+    and the hard negative a reference or an output line. With ``cross_situation`` (name judge only) a situation
+    without a confirmed pair takes as positive the most similar same-name reference of another situation (kind
+    ``across``; documented fallback).
+    """
+    report = MiningReport(judge.name, "references" if outputs is None else "released_outputs")
+    sits = build_candidates(frame, encoder, threshold, report, outputs, output_threshold)
+    if not sits:
+        return pd.DataFrame(columns=TRIPLET_COLUMNS), report
+    chosen = select_positives(sits, judge, report)
+    if cross_situation and judge.name == "names":
+        chosen = cross_situation_positives(sits, chosen)
+    with_pos: list[tuple[SituationCandidates, Positive]] = []
+    for s, p in zip(sits, chosen):
+        if p is None:
+            report.skip("no pair >= threshold" if not s.pairs else "judge confirmed no pair")
+        else:
+            with_pos.append((s, p))
+    negatives = select_negatives([s for s, _ in with_pos], [p for _, p in with_pos], judge, report)
     rows = []
-    for s in with_pos:
-        if s["found"] is None:
+    for (s, p), neg in zip(with_pos, negatives):
+        if neg is None:
             report.skip("judge rejected no sentence")
             continue
-        a = s["anchor"]
-        pos = s["cross_positive"] if s["kind"] == "across" else s["sents"][s["positive_idx"]]
-        rows.append({"prompt": s["prompt"], "anchor": s["sents"][a], "positive": pos, "negative": s["sents"][s["found"]],
-                     "kind": s["kind"]})  # fmt: skip
-    out = pd.DataFrame(rows, columns=["prompt", "anchor", "positive", "negative", "kind"])
+        report.negatives_from_outputs += s.is_output(neg)
+        rows.append({"prompt": s.prompt, "anchor": s.sents[p.anchor], "positive": p.text, "negative": s.sents[neg],
+                     "kind": p.kind})  # fmt: skip
+    out = pd.DataFrame(rows, columns=TRIPLET_COLUMNS)
     report.triplets = len(out)
     report.within_situation = int((out["kind"] == "within").sum())
+    report.from_outputs = int((out["kind"] == "output").sum())
     report.across_situations = int((out["kind"] == "across").sum())
     return out, report
+
+
+# ---------------------------------------------------------------- released outputs
+RELEASED_FILES = {"5p": "grpo_eval_summaries_clean.csv", "10p": "grpo_eval_summaries_clean_10p.csv"}
+
+
+def released_path(name: str, cfg: RunConfig) -> Path:
+    """A verified copy (sha256 + git blob sha1 of ``data.FILES``) of one released-output file: from
+    ``estimator.released_dir``, else ``$OPGRPO_DATA_DIR``, else the cache, else downloaded at the pinned commit."""
+    from .data import ENV_DATA_DIR, FILES, cache_dir, download, verify_bytes
+
+    spec = FILES[name]
+    tried = []
+    dirs = [cfg.estimator.released_dir, os.environ.get(ENV_DATA_DIR)]
+    for raw in dirs:
+        if not raw:
+            continue
+        path = Path(raw) if Path(raw).is_absolute() else (REPO_ROOT / raw).resolve()
+        if (path / name).exists():
+            verify_bytes(name, (path / name).read_bytes(), str(path / name))
+            return path / name
+        tried.append(str(path / name))
+    cached = cache_dir() / str(spec.commit) / name
+    if cached.exists():
+        verify_bytes(name, cached.read_bytes(), str(cached))
+        return cached
+    tried.append(str(cached))
+    if not cfg.data.download:
+        raise FileNotFoundError(f"{name} not found (tried {tried}) and data.download is false")
+    try:
+        return download(name, cfg.data.base_url, cfg.data.commit, cached.parent)
+    except OSError as exc:
+        raise FileNotFoundError(f"{name}: not found locally (tried {tried}) and the download failed ({exc})") from exc
+
+
+def load_released_outputs(cfg: RunConfig) -> pd.DataFrame:
+    """The authors' released OP-GRPO Qwen2.5-3B outputs on test_5p and test_10p, hash-checked: columns
+    ``split, prompt, answer_p`` (core block), ``answers`` (summary), ``ok`` (valid layout)."""
+    frames = []
+    for split, name in RELEASED_FILES.items():
+        df = pd.read_csv(released_path(name, cfg), keep_default_na=False)
+        missing = {"prompt", "answer_p"} - set(df.columns)
+        if missing:
+            raise ValueError(f"{name}: missing columns {sorted(missing)}")
+        frames.append(df.assign(split=split))
+    return pd.concat(frames, ignore_index=True)
+
+
+def training_outputs(
+    released: pd.DataFrame, train: pd.DataFrame, evaluation: pd.DataFrame
+) -> tuple[dict[str, list[OutputLine]], dict[str, int]]:
+    """Output lines of TRAINING situations only (prompt → lines), with counts. The released outputs cover
+    published test situations, some of which are evaluation situations: those are dropped, and an evaluation
+    prompt among the kept ones is an error."""
+    train_prompts, eval_prompts = set(train["prompt"]), set(evaluation["prompt"])
+    kept = {
+        p: output_lines(str(core)) for p, core in zip(released["prompt"], released["answer_p"]) if p in train_prompts
+    }
+    leaked = set(kept) & eval_prompts
+    if leaked:
+        raise AssertionError(f"{len(leaked)} evaluation situations would be mined, e.g. {sorted(leaked)[0]!r}")
+    in_eval = int(released["prompt"].isin(eval_prompts).sum())
+    counts = {"released_rows": int(len(released)), "training_situations": len(kept), "evaluation_excluded": in_eval,
+              "other_excluded": int(len(released)) - len(kept) - in_eval}  # fmt: skip
+    return kept, counts
+
+
+# ---------------------------------------------------------------- reference ↔ output separation
+def separation_auc(matched: Sequence[float], unmatched: Sequence[float]) -> float:
+    """Probability that a matched pair scores higher than an unmatched one, ties counting half (ROC AUC,
+    Mann-Whitney); NaN when either side is empty."""
+    pos, neg = np.asarray(matched, dtype=np.float64), np.sort(np.asarray(unmatched, dtype=np.float64))
+    if not len(pos) or not len(neg):
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
+
+
+def reference_output_pairs(frame: pd.DataFrame, outputs: dict[str, list[OutputLine]], view: str = "mining", keyword_text: Any = None) -> pd.DataFrame:  # fmt: skip
+    """Every (reference perspective, output line) pair of the situations of ``frame`` that have output lines,
+    with ``matched`` = same perspective name (case-insensitive). ``view`` says what gets compared:
+
+    * ``mining``: prefix-stripped explanations, both keyword-masked with the situation's words (what the
+      estimator is trained on);
+    * ``reward``: what the reward compares — the full reference line against the full output segment masked
+      with the non-stopwords of ``keyword_text(situation)`` (default: the situation).
+    """
+    rows = []
+    for row in frame.to_dict("records"):
+        lines = outputs.get(row["prompt"])
+        if not lines:
+            continue
+        names, sents = _situation_items(row)
+        if view == "mining":
+            kws = keywords(row["prompt"])
+            refs = [mask_sentence(s, kws) for s in sents]
+            cands = [mask_sentence(ln.text, kws) for ln in lines]
+        elif view == "reward":
+            kws = keywords(keyword_text(row["prompt"]) if keyword_text else row["prompt"])
+            refs = split_segments(row["answer"])  # the reward's reference segments (one per perspective)
+            cands = [mask_sentence(ln.segment, kws) for ln in lines]
+        else:
+            raise ValueError(f"view: expected 'mining' or 'reward', got {view!r}")
+        for i, (n, r) in enumerate(zip(names, refs)):
+            for j, (ln, c) in enumerate(zip(lines, cands)):
+                rows.append({"prompt": row["prompt"], "ref": i, "line": j, "reference": r, "candidate": c,
+                             "matched": _same_name(n, ln.name)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["prompt", "ref", "line", "reference", "candidate", "matched"])
+
+
+def separation(encoder: Any, pairs: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Cosine AUC of matched vs unmatched (reference, output line) pairs, and the share of each at or above the
+    reward's coverage ``threshold`` (one encode call for the distinct texts)."""
+    if not len(pairs):
+        return {"pairs_matched": 0, "pairs_unmatched": 0, "auc": float("nan")}
+    texts = list(dict.fromkeys(pairs["reference"].tolist() + pairs["candidate"].tolist()))
+    emb = dict(zip(texts, encoder.encode(texts).astype(np.float64)))
+    cos = np.array([emb[r] @ emb[c] for r, c in zip(pairs["reference"], pairs["candidate"])])
+    m = pairs["matched"].to_numpy(bool)
+    return {"pairs_matched": int(m.sum()), "pairs_unmatched": int((~m).sum()), "auc": separation_auc(cos[m], cos[~m]),
+            f"matched_at_{threshold}": float((cos[m] >= threshold).mean()) if m.any() else float("nan"),
+            f"unmatched_at_{threshold}": float((cos[~m] >= threshold).mean()) if (~m).any() else float("nan")}  # fmt: skip
 
 
 def judge_agreement(
@@ -256,10 +515,11 @@ def judge_agreement(
 
 # ---------------------------------------------------------------- fine-tuning
 def finetune(
-    triplets: pd.DataFrame, base: str, out_dir: Path, cfg: RunConfig, device: str | None = None
+    triplets: pd.DataFrame, base: str, out_dir: Path, cfg: RunConfig, device: str | None = None, resume: bool = True
 ) -> Path:  # fmt: skip
     """MultipleNegativesRankingLoss (in-batch + hard negatives) with SentenceTransformerTrainer; no duplicates in a
-    batch; checkpoints under ``out_dir/checkpoints`` and automatic resume; the final model in ``out_dir/model``."""
+    batch; checkpoints under ``out_dir/checkpoints``, resumed from the last complete one when ``resume``; the final
+    model in ``out_dir/model``."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -269,9 +529,10 @@ def finetune(
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .models import resolve
+    from .progress import trainer_callback
+    from .runs import last_complete_checkpoint
 
     ec = cfg.estimator
     if len(triplets) < 2:
@@ -288,9 +549,10 @@ def finetune(
         dataloader_drop_last=False, disable_tqdm=False,
     )  # fmt: skip
     loss = MultipleNegativesRankingLoss(model, scale=ec.scale)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
-    last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=ds, loss=loss, callbacks=[trainer_callback("estimator")]
+    )
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(ckpt) if resume else None)
     final = out_dir / "model"
     model.save(str(final))
     atomic_write_text(out_dir / "train_log.json", json.dumps(trainer.state.log_history, indent=1))
@@ -379,31 +641,47 @@ def resolve_estimator(cfg: RunConfig, paths: RunPaths) -> str:
     return resolve(cfg.reward.estimator)
 
 
-def run(cfg: RunConfig, paths: RunPaths) -> dict[str, Any]:
+def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     """Mine triplets from the training situations (a seeded held-out share kept apart), fine-tune, evaluate base
-    vs fine-tuned; write ``runs/<profile>/estimator/`` and small results under ``results/<profile>/estimator/``."""
+    vs fine-tuned; write ``<run>/estimator/`` and small results under ``<run>/results/estimator/``. A rerun with
+    the same settings is a no-op once finished (``force`` redoes it)."""
     from .data import load_prepared
-    from .reward import SentenceEncoder
+    from .provenance import begin, mark, require_upstream
+    from .reward import SentenceEncoder, keyword_text_for
     from .runs import atomic_write_parquet, resolve_device, timed, write_manifest
 
+    require_upstream(cfg, paths.root, "estimator")
+    state = begin(cfg, paths.root, "estimator", force)
+    if state == "finished":
+        print("[estimator] finished earlier with these settings: nothing to do (force=True / --force redoes it)")
+        res_dir = paths.results / "estimator"
+        return {"metrics": json.loads((res_dir / "metrics.json").read_text()), "skipped": True,
+                "curves": pd.read_csv(res_dir / "calibration.csv"), "model": paths.root / "estimator" / "model",
+                "plots": {p.stem: p for p in sorted(res_dir.glob("*.png"))}}  # fmt: skip
     ec = cfg.estimator
     device = resolve_device(cfg)
-    train, _ = load_prepared(paths.data)
+    train, evaluation = load_prepared(paths.data)
     if ec.max_situations is not None:
         train = train.iloc[: ec.max_situations]
     held = train.sample(frac=ec.heldout_fraction, random_state=cfg.seed).sort_index()
     fit = train.drop(index=held.index)
+    outputs, released_counts, inputs = None, None, [paths.data / "train.parquet"]
+    if ec.candidates == "released_outputs":  # training situations' output lines only (evaluation ones dropped)
+        outputs, released_counts = training_outputs(load_released_outputs(cfg), train, evaluation)
+        inputs += [released_path(name, cfg) for name in RELEASED_FILES.values()]
     out_dir = paths.step("estimator")
     res_dir = paths.results / "estimator"
     res_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    if ec.judge not in ("names", "llm"):
-        raise ValueError(f"estimator.judge: expected 'names' or 'llm', got {ec.judge!r}")
     base = SentenceEncoder(cfg.models.encoder, device=device, batch_size=cfg.reward.batch_size)
     judge = NameJudge() if ec.judge == "names" else LLMJudge(ec.judge_model, device, ec.judge_batch_size)
     with timed(timings, "mine"):
-        trip_fit, rep_fit = mine_triplets(fit, base, judge, ec.mining_threshold, ec.cross_situation)
-        trip_held, rep_held = mine_triplets(held, base, judge, ec.mining_threshold, ec.cross_situation)
+        mine = dict(cross_situation=ec.cross_situation, outputs=outputs, output_threshold=ec.output_threshold)
+        trip_fit, rep_fit = mine_triplets(fit, base, judge, ec.mining_threshold, **mine)
+        trip_held, rep_held = mine_triplets(held, base, judge, ec.mining_threshold, **mine)
+    leaked = (set(trip_fit["prompt"]) | set(trip_held["prompt"])) & set(evaluation["prompt"])
+    if leaked:
+        raise AssertionError(f"triplets mined from {len(leaked)} evaluation situations, e.g. {sorted(leaked)[0]!r}")
     atomic_write_parquet(trip_fit, out_dir / "triplets_train.parquet")
     atomic_write_parquet(trip_held, out_dir / "triplets_heldout.parquet")
     agreement = None
@@ -413,13 +691,25 @@ def run(cfg: RunConfig, paths: RunPaths) -> dict[str, Any]:
             agreement = judge_agreement(fit, base, judge, other, ec.mining_threshold, ec.agreement_pairs)
             agreement["llm_judge_model"] = ec.judge_model
     with timed(timings, "finetune"):
-        final = finetune(trip_fit, cfg.models.encoder, out_dir, cfg, device)
+        final = finetune(trip_fit, cfg.models.encoder, out_dir, cfg, device, resume=state == "resume")
     tuned = SentenceEncoder(str(final), device=device, batch_size=cfg.reward.batch_size)
     with timed(timings, "evaluate"):
         sims = pd.concat(
-            [triplet_similarities(base, trip_held).assign(model="base"), triplet_similarities(tuned, trip_held).assign(model="fine-tuned")],
+            [triplet_similarities(enc, trip_held).assign(model=name, kind=trip_held["kind"].to_numpy())
+             for name, enc in (("base", base), ("fine-tuned", tuned))],
             ignore_index=True,
         )  # fmt: skip
+        by_kind = {m: {k: triplet_accuracy(part[part.kind == k]) for k in KINDS if (part.kind == k).any()}
+                   for m, part in sims.groupby("model", sort=False)}  # fmt: skip
+        separation_held = None
+        if outputs is not None:  # held-out TRAINING situations that have a released output
+            kw_text = (lambda s: keyword_text_for(s, "qwen2.5")) if cfg.reward.mask == "prompt" else None
+            separation_held = {
+                view: {name: separation(enc, pairs, cfg.reward.coverage_threshold)
+                       for name, enc in (("base", base), ("fine-tuned", tuned))}
+                for view, pairs in (("mining", reference_output_pairs(held, outputs, "mining")),
+                                    ("reward", reference_output_pairs(held, outputs, "reward", kw_text)))
+            }  # fmt: skip
         curves = pd.concat(
             [alignment_curve(part, ec.thresholds).assign(model=m) for m, part in sims.groupby("model", sort=False)],
             ignore_index=True,
@@ -427,19 +717,35 @@ def run(cfg: RunConfig, paths: RunPaths) -> dict[str, Any]:
     metrics = {
         "profile": cfg.profile, "base_model": cfg.models.encoder, "judge": ec.judge,
         "judge_model": ec.judge_model if ec.judge == "llm" else None, "scale": ec.scale,
-        "mining_threshold": ec.mining_threshold,
+        "mining_threshold": ec.mining_threshold, "candidates": ec.candidates, "output_threshold": ec.output_threshold,
+        "cross_situation": ec.cross_situation, "released_outputs": released_counts,
         "mining_train": rep_fit.__dict__, "mining_heldout": rep_held.__dict__, "judge_agreement": agreement,
         "heldout_triplets": len(trip_held), "train_triplets": len(trip_fit),
         "triplet_accuracy_base": triplet_accuracy(sims[sims.model == "base"]),
         "triplet_accuracy_finetuned": triplet_accuracy(sims[sims.model == "fine-tuned"]),
-        "deviation": None if ec.judge == "llm" else (
-            "offline name judge: same perspective name = same perspective (within a situation, else across "
-            "situations); the paper confirms pairs with Qwen3-8B"
+        "triplet_accuracy_by_kind": by_kind,
+        "separation_heldout": separation_held,
+        "separation_note": None if separation_held is None else (
+            "cosine of (reference, released 3B output line) pairs of held-out training situations: matched = same "
+            "perspective name; auc = P(matched pair > unmatched pair); mining view = masked explanations, reward "
+            "view = what the reward compares. The base policy's own implicit outputs are not available offline "
+            "(step 05 generates them for evaluation situations only), so outputs vs base-model outputs is not "
+            "measured here."
+        ),
+        "deviation": None if ec.judge == "llm" and ec.candidates == "references" else "; ".join(
+            ([] if ec.judge == "llm" else [
+                "offline name judge: same perspective name = same perspective; the paper confirms pairs with Qwen3-8B"])
+            + ([] if ec.candidates == "references" else [
+                "offline pool: each training situation's references plus the authors' released 3B output lines of "
+                "the same situation (5p/10p), where the paper mines within ValuePrism answers"])
+            + ([f"fallback: same-name reference of another situation ({rep_fit.across_situations} triplets)"]
+               if ec.cross_situation and ec.judge == "names" else [])
         ),
     }  # fmt: skip
     atomic_write_text(res_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     atomic_write_text(res_dir / "calibration.csv", curves.to_csv(index=False))
     atomic_write_text(res_dir / "similarities.csv", sims.round(5).to_csv(index=False))
     plots = plot_estimator(curves, sims, res_dir)
-    write_manifest(out_dir, "02_estimator", cfg, timings, inputs=[paths.data / "train.parquet"], results=paths.results)
+    write_manifest(out_dir, "02_estimator", cfg, timings, inputs=inputs, results=paths.results)
+    mark(out_dir, cfg, "estimator", "finished")
     return {"metrics": metrics, "curves": curves, "plots": plots, "model": final}

@@ -5,6 +5,7 @@ classifies each distinct input once; per-situation records come back as a frame 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -44,10 +45,11 @@ def sbert_coverage(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Greedy one-to-one matching of reference perspectives to candidate sentences (no masking).
 
-    Rows whose candidate is missing or whose reference/candidate has no sentence are skipped and counted (the
-    authors' evaluator skips them too, so ``n`` can be below the number of references).
+    A reference without a candidate row is excluded and counted as ``missing_candidates`` (the same policy as
+    :func:`nli_overton`); a reference or candidate without sentences is skipped and counted (the authors' evaluator
+    skips them too), so ``n`` can be below the number of references.
     """
-    rows, skipped = [], Counter()
+    rows, skipped, missing = [], Counter(), 0
     index: dict[str, int] = {}
 
     def ids(sentences: list[str]) -> list[int]:
@@ -58,7 +60,7 @@ def sbert_coverage(
             skipped["missing prompt"] += 1
             continue
         if cand is None:
-            skipped["no candidate for prompt"] += 1
+            missing += 1
             continue
         ref_s, cand_s = eval_reference_sentences(answer), eval_candidate_sentences(cand)
         if not ref_s:
@@ -85,10 +87,12 @@ def sbert_coverage(
     per = pd.DataFrame(
         records, columns=["prompt", "matched", "n_references", "n_candidate_sentences", "ratio", "hit_all"]
     )
-    return per, summarize_sbert(per, threshold, dict(skipped))
+    return per, summarize_sbert(per, threshold, dict(skipped), missing)
 
 
-def summarize_sbert(per: pd.DataFrame, threshold: float, skipped: dict[str, int] | None = None) -> dict[str, Any]:
+def summarize_sbert(
+    per: pd.DataFrame, threshold: float, skipped: dict[str, int] | None = None, missing: int = 0
+) -> dict[str, Any]:  # fmt: skip
     d = describe(per["ratio"].tolist())
     n = d["n"]
     hit = int(per["hit_all"].sum()) if n else 0
@@ -104,6 +108,7 @@ def summarize_sbert(per: pd.DataFrame, threshold: float, skipped: dict[str, int]
         "relative_ci": list(rel_ci),
         "absolute_ci": list(abs_ci),
         "threshold": threshold,
+        "missing_candidates": int(missing),
         "skipped": skipped or {},
     }
 
@@ -111,7 +116,8 @@ def summarize_sbert(per: pd.DataFrame, threshold: float, skipped: dict[str, int]
 # ---------------------------------------------------------------- NLI Overton benchmark
 class NLIModel:
     """P(entailment) of (premise, hypothesis) pairs, batched and sorted by length; the entailment label is the one
-    whose name contains "entail" in the model config (else the most probable label, as the authors' fallback)."""
+    whose name contains "entail" in the model config. A model without such a label is refused (the authors' script
+    fell back to the most probable label, which scores a random head as perfect)."""
 
     def __init__(self, name: str, device: str | None = None, batch_size: int = 32, max_length: int = 512):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -131,9 +137,14 @@ class NLIModel:
         if device:
             self.model.to(device)
         self.batch_size, self.max_length = batch_size, max_length
-        labels = {i: str(v).lower() for i, v in self.model.config.id2label.items()}
+        labels = {i: str(v).lower() for i, v in (self.model.config.id2label or {}).items()}
         hits = [i for i, v in labels.items() if "entail" in v]
-        self.entail_index = hits[0] if hits else None
+        if not hits:
+            raise ValueError(
+                f"{name!r} is not an NLI classifier: its config has no entailment label (labels: "
+                f"{sorted(labels.values())}); give a model fine-tuned on MNLI/NLI, e.g. microsoft/deberta-v2-xlarge-mnli"
+            )
+        self.entail_index = hits[0]
 
     def entailment(self, premises: Sequence[str], hypotheses: Sequence[str], progress: bool = False) -> np.ndarray:
         import torch
@@ -150,7 +161,7 @@ class NLIModel:
             ).to(self.model.device)  # fmt: skip
             with torch.inference_mode():
                 probs = torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy()
-            out[batch] = probs[:, self.entail_index] if self.entail_index is not None else probs.max(axis=1)
+            out[batch] = probs[:, self.entail_index]
         return out
 
 
@@ -171,8 +182,9 @@ def situation_score(entail: np.ndarray) -> float:
 def nli_overton(
     references: pd.DataFrame, candidates: Sequence[str | None], model: Any, progress: bool = False
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Premise = reference explanation, hypothesis = output sentence. A missing or empty output scores 0 and is
-    counted (the authors' NLI evaluation does not skip it)."""
+    """Premise = reference explanation, hypothesis = output sentence. An empty output scores 0 (as the authors'
+    NLI evaluation); a reference without a candidate row is excluded and counted as ``missing_candidates`` (the
+    same policy as :func:`sbert_coverage`)."""
     pair_index: dict[tuple[str, str], int] = {}
     layout = []
     missing = 0
@@ -181,8 +193,10 @@ def nli_overton(
             expl = [e for _, e in parse_perspectives(answer)]
         except MalformedReference as exc:
             raise MalformedReference(f"reference for {prompt!r}: {exc}") from exc
-        sents = split_output_sentences(cand) if isinstance(cand, str) else []
-        missing += cand is None
+        if cand is None:
+            missing += 1
+            continue
+        sents = split_output_sentences(cand)
         cells = [[pair_index.setdefault((e, s), len(pair_index)) for s in sents] for e in expl]
         layout.append((prompt, len(expl), len(sents), cells))
     pairs = list(pair_index)
@@ -211,7 +225,7 @@ def summarize_nli(per: pd.DataFrame, missing: int = 0) -> dict[str, Any]:
         "std": d["std"],
         "std_error": d["std_error"],
         "threshold": NLI_THRESHOLD,
-        "missing_outputs_scored_zero": int(missing),
+        "missing_candidates": int(missing),
     }
 
 
@@ -242,90 +256,125 @@ def _metric_row(system: str, split: str, metric: str, summary: dict[str, Any], *
     return {"system": system, "split": split, "metric": metric, **extra, **flat}
 
 
-def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
-    """Step 06 entry point: SBERT coverage (core and summary text), NLI Overton accuracy (or a plain statement that
-    it was skipped), token efficiency, paired comparisons and the optional LLM judge, for every generated system.
-    Writes per-sample parquet and aggregate tables under ``results/<profile>/eval/``."""
+@dataclass
+class Evaluators:
+    encoder: Any
+    tokenizer: Any
+    nli: Any  # NLIModel or None
+    nli_status: str
+    estimator: Any = None  # the reward's own estimator, with eval.estimator_coverage
+
+
+def load_evaluators(cfg, paths=None) -> Evaluators:
+    """The independent SBERT encoder, the token-count tokenizer and the NLI model (or why NLI is skipped)."""
     from transformers import AutoTokenizer
 
-    from .data import load_prepared
     from .models import resolve
     from .reward import SentenceEncoder
-    from .runs import atomic_write_parquet, atomic_write_text, timed, write_manifest
 
-    out_path = paths.root / "generate" / "outputs.parquet"
-    if not out_path.exists():
-        raise FileNotFoundError(f"{out_path} missing; run notebook 05_generate first")
-    outputs = pd.read_parquet(out_path)
-    _, ev = load_prepared(paths.data)
-    results = paths.results / "eval"
-    timings: dict[str, float] = {}
-    systems = {s.name: s for s in cfg.generate.systems}
-    estimator = (
-        cfg.reward.estimator
-        if cfg.reward.estimator != "run:estimator"
-        else f"{cfg.models.encoder} fine-tuned (step 02)"
-    )
-    nli_status = "skipped: the profile names no NLI model (none can be obtained offline)"
-    nli_model = None
+    nli_status, nli_model = "skipped: the profile names no NLI model (none can be obtained offline)", None
     if cfg.models.nli:
         try:
             nli_model = NLIModel(cfg.models.nli, batch_size=cfg.eval.nli_batch_size)
             nli_status = f"ran with {cfg.models.nli}"
         except NLIUnavailable as exc:
             nli_status = f"skipped: {exc}"
-    with timed(timings, "load_models"):
-        encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
-        tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
+    encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
+    estimator = None
+    if cfg.eval.estimator_coverage:
+        from .estimator import resolve_estimator
+
+        estimator = SentenceEncoder(resolve_estimator(cfg, paths), batch_size=cfg.reward.batch_size)
+    return Evaluators(encoder, tokenizer, nli_model, nli_status, estimator)
+
+
+def score_outputs(
+    cfg, outputs: pd.DataFrame, ev: pd.DataFrame, evs: Evaluators, timings: dict[str, float], progress: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """(metrics, SBERT per-sample, NLI per-sample) for every (system, split) group of ``outputs``."""
+    from .runs import timed
+
+    systems = {s.name: s for s in cfg.generate.systems}
+    from .progress import emit
 
     metrics, sbert_rows, nli_rows = [], [], []
-    for (system, split), grp in outputs.groupby(["system", "split"], sort=False):
+    groups = outputs.groupby(["system", "split"], sort=False)
+    for k, ((system, split), grp) in enumerate(groups):
+        emit("evaluate", k, groups.ngroups, system=system, split=split)
         base = systems.get(system.split("@")[0])
         column = base.score_column if base else "text"
         refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
         extra = {"prompt_style": grp["prompt_style"].iloc[0]}
         with timed(timings, "sbert"):
-            for thr in cfg.eval.sbert_thresholds:
-                for kind, col in (("sbert", column), ("sbert_summary", "summary")):
-                    texts = join_candidates(refs, grp.assign(_t=grp[col].where(grp[col].str.strip() != "")), "_t")
+            summary = grp.assign(_s=grp["summary"].where(grp["summary"].str.strip() != ""))
+            encoders = [("independent", "", evs.encoder)] + ([("estimator", "_estimator", evs.estimator)]
+                                                            if evs.estimator is not None else [])  # fmt: skip
+            for (evaluator, suffix, encoder), thr in itertools.product(encoders, cfg.eval.sbert_thresholds):
+                for kind, texts in (("sbert", join_candidates(refs, grp, column)),
+                                    ("sbert_summary", join_candidates(refs, summary, "_s"))):  # fmt: skip
                     if kind == "sbert_summary" and all(t is None for t in texts):
-                        continue
+                        continue  # no output has a summary block
+                    col = column if kind == "sbert" else "summary"
                     per, summ = sbert_coverage(refs, texts, encoder, thr)
-                    metrics.append(_metric_row(system, split, kind, summ, threshold=thr, text=col, **extra))
-                    sbert_rows.append(per.assign(system=system, split=split, threshold=thr, text=col))
-        if nli_model is not None:
+                    metrics.append(_metric_row(system, split, kind + suffix, summ, threshold=thr, text=col, **extra))
+                    sbert_rows.append(per.assign(system=system, split=split, threshold=thr, text=col,
+                                                 evaluator=evaluator))  # fmt: skip
+        if evs.nli is not None:
             with timed(timings, "nli"):
-                per, summ = nli_overton(refs, join_candidates(refs, grp, cfg.eval.nli_text), nli_model, progress)
+                per, summ = nli_overton(refs, join_candidates(refs, grp, cfg.eval.nli_text), evs.nli, progress)
                 metrics.append(_metric_row(system, split, "nli", summ, text=cfg.eval.nli_text, **extra))
                 nli_rows.append(per.assign(system=system, split=split))
-        ts = token_stats(grp["text"].tolist(), tokenizer)
+        ts = token_stats(grp["text"].tolist(), evs.tokenizer)
         metrics.append({"system": system, "split": split, "metric": "tokens", "n": ts.n, "mean_tokens": ts.mean_tokens,
                         "mean_words": ts.mean_words, "valid_format_rate": float(grp["valid_format"].mean()),
                         "mean_attempts": float(grp["attempts"].mean()), **extra})  # fmt: skip
-
     sbert_per = pd.concat(sbert_rows, ignore_index=True) if sbert_rows else pd.DataFrame()
     nli_per = pd.concat(nli_rows, ignore_index=True) if nli_rows else pd.DataFrame()
+    return pd.DataFrame(metrics), sbert_per, nli_per
+
+
+def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
+    """Step 06 entry point: SBERT coverage (core and summary text), NLI Overton accuracy (or a plain statement that
+    it was skipped), token efficiency, paired comparisons and the optional LLM judge, for every generated system.
+    Writes per-sample parquet and aggregate tables under ``<run>/results/eval/``."""
+    from .data import load_prepared
+    from .provenance import mark, require_upstream
+    from .runs import atomic_write_parquet, atomic_write_text, timed, write_manifest
+
+    require_upstream(cfg, paths.root, "evaluate")
+    mark(paths.step("evaluate"), cfg, "evaluate", "running")
+    outputs = pd.read_parquet(paths.root / "generate" / "outputs.parquet")
+    _, ev = load_prepared(paths.data)
+    results = paths.results / "eval"
+    results.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    with timed(timings, "load_models"):
+        evs = load_evaluators(cfg, paths)
+    metrics, sbert_per, nli_per = score_outputs(cfg, outputs, ev, evs, timings, progress)
     comparisons = paired_comparisons(sbert_per, nli_per, cfg.eval.reference_system, cfg.eval.bootstrap_reps, cfg.seed)
     judge_summary = run_judge(cfg, paths, outputs, ev) if cfg.eval.judge.enabled else {"status": "disabled"}
     if cfg.eval.checkpoint_rows_per_split:
         with timed(timings, "checkpoints"):
-            ckpt = checkpoint_coverage(cfg, paths, ev, encoder, progress)
+            ckpt = checkpoint_coverage(cfg, paths, ev, evs.encoder, progress)
         atomic_write_text(results / "checkpoint_coverage.csv", ckpt.to_csv(index=False))
-
-    results.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(sbert_per, results / "sbert_per_sample.parquet")
     if len(nli_per):
         atomic_write_parquet(nli_per, results / "nli_per_sample.parquet")
-    metrics_df = pd.DataFrame(metrics)
-    atomic_write_text(results / "metrics.csv", metrics_df.to_csv(index=False))
+    atomic_write_text(results / "metrics.csv", metrics.to_csv(index=False))
     atomic_write_text(results / "comparisons.csv", comparisons.to_csv(index=False))
+    estimator = (
+        cfg.reward.estimator
+        if cfg.reward.estimator != "run:estimator"
+        else f"{cfg.models.encoder} fine-tuned (step 02)"
+    )
     summary = {
         "profile": cfg.profile,
         "eval_encoder": cfg.models.eval_encoder,
         "reward_estimator": estimator,
         "eval_encoder_is_reward_estimator": cfg.models.eval_encoder in (estimator, cfg.reward.estimator),
         "sbert_thresholds": cfg.eval.sbert_thresholds,
-        "nli": nli_status,
+        "nli": evs.nli_status,
         "nli_text": cfg.eval.nli_text,
         "retries": cfg.generate.retries,
         "tokenizer": cfg.models.tokenizer,
@@ -333,23 +382,29 @@ def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
         "data_label": "offline carve of the test set" if cfg.data.train_source == "carve" else "published splits",
     }
     atomic_write_text(results / "eval_summary.json", json.dumps(summary, indent=2, default=str))
-    write_manifest(paths.step("evaluate"), "06_evaluate", cfg, timings, inputs=[out_path], results=paths.results)
-    return {"summary": summary, "metrics": metrics_df, "comparisons": comparisons}
+    write_manifest(paths.step("evaluate"), "06_evaluate", cfg, timings,
+                   inputs=[paths.root / "generate" / "outputs.parquet"], results=paths.results)  # fmt: skip
+    mark(paths.step("evaluate"), cfg, "evaluate", "finished")
+    return {"summary": summary, "metrics": metrics, "comparisons": comparisons}
 
 
 def paired_comparisons(
     sbert_per: pd.DataFrame, nli_per: pd.DataFrame, reference: str, reps: int, seed: int
 ) -> pd.DataFrame:
-    """reference system − each other system on the situations both scored (paired bootstrap per split)."""
+    """reference system − each other system on the situations both scored (paired bootstrap), per split, pooled
+    over every split (``all``) and over 5p+10p (``5p+10p``, the splits every profile evaluates at size)."""
     from .stats import paired_bootstrap
 
     rows = []
     for metric, per, value in (("sbert", sbert_per, "ratio"), ("nli", nli_per, "score")):
         if per.empty or reference not in set(per["system"]):
             continue
-        keys = ["split"] + (["threshold"] if "threshold" in per and metric == "sbert" else [])
+        keys = ["split"] + [k for k in ("evaluator", "threshold") if k in per and metric == "sbert"]
         per = per[per.get("text", "x") != "summary"] if metric == "sbert" else per
-        for key, part in per.groupby(keys):
+        pools = [per, per.assign(split="all")]
+        if {"5p", "10p"} <= set(per["split"]):
+            pools.append(per[per["split"].isin(["5p", "10p"])].assign(split="5p+10p"))
+        for key, part in pd.concat(pools, ignore_index=True).groupby(keys, sort=False):
             ref = part[part["system"] == reference].set_index("prompt")[value]
             for other in sorted(set(part["system"]) - {reference}):
                 oth = part[part["system"] == other].set_index("prompt")[value]
@@ -365,25 +420,30 @@ def paired_comparisons(
 
 def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress: bool = False) -> pd.DataFrame:
     """SBERT coverage per split of every saved GRPO checkpoint (step 0 = the init policy), on the first
-    ``eval.checkpoint_rows_per_split`` evaluation situations of each split, with the step-05 sampling."""
+    ``eval.checkpoint_rows_per_split`` evaluation situations of each split, with the step-05 sampling. Outputs are
+    reused only when made by the same checkpoint of the same training run with the same settings."""
     import dataclasses
 
     from .config import SystemCfg
-    from .generate import eval_items, generate_rows, policy_fn
+    from .generate import eval_items, generate_rows, job_key, lazy, policy_fn
+    from .provenance import step_key, value_key
     from .runs import resolve_device
 
     device = resolve_device(cfg)
     gen = dataclasses.replace(cfg.generate, rows_per_split=cfg.eval.checkpoint_rows_per_split, retries=0)
+    ckcfg = dataclasses.replace(cfg, generate=gen)
     items = eval_items(ev, gen)
     ckpts = sorted((paths.root / "grpo" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     steps = [(0, cfg.train.init)] + [(int(p.name.split("-")[1]), str(p)) for p in ckpts]
     out_dir = paths.step("evaluate") / "checkpoints"
     rows = []
     for step, policy in steps:
-        fn = policy_fn(SystemCfg(f"step_{step}", policy), cfg, paths, device)
+        system = SystemCfg(f"step_{step}", policy)
+        key = value_key(job_key(ckcfg, system, None), step_key(cfg, "grpo"), step)
         outs = generate_rows(
-            fn, items, f"step_{step}", "default", gen, out_dir / f"step_{step}.jsonl", cfg.seed, progress
-        )
+            lazy(lambda system=system: policy_fn(system, ckcfg, paths.root, device)),
+            items, f"step_{step}", "default", gen, out_dir / f"step_{step}.jsonl", key, progress,
+        )  # fmt: skip
         for split, grp in outs.groupby("split", sort=False):
             refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
             _, summ = sbert_coverage(refs, join_candidates(refs, grp, "core"), encoder, cfg.eval.sbert_thresholds[0])

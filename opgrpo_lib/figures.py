@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import figures_gpu  # noqa: E402
 from .config import REPO_ROOT, SPLITS  # noqa: E402
 from .reward import COMPONENTS  # noqa: E402
 
@@ -314,6 +315,10 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def logged_results() -> pd.DataFrame | None:
     path = Path(
         os.environ.get(
@@ -326,100 +331,118 @@ def logged_results() -> pd.DataFrame | None:
 
 
 def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
+    """PNG + PDF with no creation date in their metadata: the same inputs give byte-identical files."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(out[0], dpi=130)
-    fig.savefig(out[1])
+    fig.savefig(out[0], dpi=130, metadata={"Software": None})
+    fig.savefig(out[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
     plt.close(fig)
     return out
 
 
+@dataclass
+class Inputs:
+    """Everything the figures read from one results folder (None = the file does not exist)."""
+
+    results: Path
+    metrics: pd.DataFrame | None
+    summary: dict[str, Any]
+    train_log: pd.DataFrame | None
+    calibration: pd.DataFrame | None
+    checkpoints: pd.DataFrame | None
+    estimator: dict[str, Any] | None
+    ablations: dict[str, pd.DataFrame]
+    logged: pd.DataFrame | None
+
+    @classmethod
+    def load(cls, results: Path, logged: pd.DataFrame | None) -> Inputs:
+        return cls(
+            results=results,
+            metrics=_read_csv(results / "eval" / "metrics.csv"),
+            summary=_read_json(results / "eval" / "eval_summary.json") or {},
+            train_log=_read_csv(results / "train_log.csv"),
+            calibration=_read_csv(results / "estimator" / "calibration.csv"),
+            checkpoints=_read_csv(results / "eval" / "checkpoint_coverage.csv"),
+            estimator=_read_json(results / "estimator" / "metrics.json"),
+            ablations={p.parent.name: pd.read_csv(p) for p in sorted((results / "ablations").glob("*/train_log.csv"))},
+            logged=logged,
+        )
+
+    def need(self, name: str, what: str) -> Any:
+        value = getattr(self, name)
+        if value is None or (isinstance(value, dict) and not value):
+            raise MissingInputs(what)
+        return value
+
+    @property
+    def logged_steps(self) -> pd.DataFrame | None:
+        return self.logged[self.logged["rl_step"].astype(str) != ""] if self.logged is not None else None
+
+
+EVAL = "results/eval/metrics.csv: run notebooks 05–06"
+
+
+def _missing(what: str):
+    raise MissingInputs(what)
+
+
+def _main_tables(inp: Inputs, out: Path) -> list[Path]:
+    table = main_coverage_table(inp.need("metrics", EVAL))
+    files = write_table(
+        table, out / "tables" / "main_coverage", f"Coverage per split (SBERT @ {table.attrs['threshold']})"
+    )
+    lm = logged_main(inp.logged)
+    if not lm.empty:
+        keep = ["system", "split", "n", "relative_accuracy", "absolute_accuracy", "candidate_file"]
+        files += write_table(lm[keep].reset_index(drop=True), out / "tables" / "reported_main_sbert",
+                             "Reported: the authors' logged SBERT coverage (scale-70 @ 0.70; reward model as evaluator)")  # fmt: skip
+        try:
+            files += write_table(reported_vs_reproduced(table, inp.logged), out / "tables" / "reported_vs_reproduced",
+                                 "Reported (authors' logs, their scale-70 estimator @ 0.70) vs reproduced (our "
+                                 "evaluator and threshold) with the delta")  # fmt: skip
+        except MissingInputs:
+            pass
+    return files
+
+
+FIGURES: list[tuple[str, Any]] = [
+    ("main coverage table", _main_tables),
+    ("coverage vs perspectives", lambda inp, out: save_figure(fig_coverage_vs_perspectives(
+        main_coverage_table(inp.need("metrics", EVAL)), logged_main(inp.logged)), out / "coverage_vs_perspectives")),
+    ("training dynamics", lambda inp, out: save_figure(fig_training_dynamics(
+        inp.need("train_log", "results/train_log.csv: run notebook 04_op_grpo"), inp.logged_steps, inp.checkpoints),
+        out / "training_dynamics")),
+    ("similarity estimator", lambda inp, out: save_figure(fig_estimator(
+        inp.need("calibration", "results/estimator/calibration.csv: run notebook 02"),
+        inp.need("estimator", "results/estimator/metrics.json: run notebook 02")), out / "similarity_estimator")),
+    ("reward ablation", lambda inp, out: save_figure(fig_reward_ablation(
+        inp.need("ablations", "results/ablations/*/train_log.csv: ablation runs")), out / "reward_ablation")),
+    ("core vs summary", lambda inp, out: write_table(core_vs_summary_table(inp.need("metrics", EVAL)),
+        out / "tables" / "core_vs_summary", "SBERT coverage of the core block vs the summary text")),
+    ("token efficiency", lambda inp, out: save_figure(fig_tokens(inp.need("metrics", EVAL)), out / "token_efficiency")),
+    ("LLM judge", lambda inp, out: save_figure(fig_judge(inp.summary.get("judge", {})), out / "llm_judge")),
+    ("GRPO step time per backend", lambda inp, out: figures_gpu.build(inp.results, out) or _missing(
+        "results/gpu/grpo_step_*.json: benchmarks/grpo_step.py on a GPU (scripts/gpu_check.sh)")),
+    ("headline gains", lambda inp, out: write_table(headline_table(inp.need("metrics", EVAL)),
+        out / "tables" / "headline", "Relative gains (ours - baseline) / baseline next to the paper's claims")),
+]  # fmt: skip
+
+
 def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) -> list[FigureStatus]:
     """Every figure and table of the paper that ``results`` supports; the rest are listed with the step that
-    produces their inputs."""
+    produces their inputs. Only :class:`MissingInputs` is reported as missing: any other error is a bug and raises."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = _read_csv(results / "eval" / "metrics.csv")
-    summary = (
-        json.loads((results / "eval" / "eval_summary.json").read_text())
-        if (results / "eval" / "eval_summary.json").exists()
-        else {}
-    )
-    train_log = _read_csv(results / "train_log.csv")
-    calib = _read_csv(results / "estimator" / "calibration.csv")
-    ckpts = _read_csv(results / "eval" / "checkpoint_coverage.csv")
-    est = (
-        json.loads((results / "estimator" / "metrics.json").read_text())
-        if (results / "estimator" / "metrics.json").exists()
-        else None
-    )
-    ablations = {p.parent.name: pd.read_csv(p) for p in sorted((results / "ablations").glob("*/train_log.csv"))}
-    steps = logged[logged["rl_step"].astype(str) != ""] if logged is not None else None
+    inp = Inputs.load(Path(results), logged)
     statuses = []
-
-    def attempt(name: str, needs: str, make) -> None:
+    for name, make in FIGURES:
         try:
-            files = make()
+            files = make(inp, out_dir)
             statuses.append(FigureStatus(name, "written", "", [str(f.relative_to(out_dir)) for f in files]))
         except MissingInputs as exc:
             statuses.append(FigureStatus(name, "missing inputs", str(exc), []))
-        except (TypeError, KeyError, ValueError) as exc:  # inputs present but incomplete
-            statuses.append(FigureStatus(name, "missing inputs", f"{needs} ({type(exc).__name__}: {exc})", []))
-
-    def need(obj, what):
-        if obj is None:
-            raise MissingInputs(what)
-        return obj
-
-    def main_table():
-        table = main_coverage_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06"))
-        files = write_table(
-            table, out_dir / "tables" / "main_coverage", f"Coverage per split (SBERT @ {table.attrs['threshold']})"
-        )
-        lm = logged_main(logged)
-        if not lm.empty:
-            keep = ["system", "split", "n", "relative_accuracy", "absolute_accuracy", "candidate_file"]
-            files += write_table(lm[keep].reset_index(drop=True), out_dir / "tables" / "reported_main_sbert",
-                                 "Reported: the authors' logged SBERT coverage (scale-70 @ 0.70; reward model as evaluator)")  # fmt: skip
-            try:
-                files += write_table(reported_vs_reproduced(table, logged), out_dir / "tables" / "reported_vs_reproduced",
-                                     "Reported (authors' logs, their scale-70 estimator @ 0.70) vs reproduced (our "
-                                     "evaluator and threshold) with the delta")  # fmt: skip
-            except MissingInputs:
-                pass
-        return files
-
-    attempt("main coverage table", "notebook 06", main_table)
-    attempt("coverage vs perspectives", "notebook 06", lambda: save_figure(
-        fig_coverage_vs_perspectives(main_coverage_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), logged_main(logged)),
-        out_dir / "coverage_vs_perspectives"))  # fmt: skip
-    attempt("training dynamics", "notebook 04", lambda: save_figure(
-        fig_training_dynamics(need(train_log, "results/train_log.csv: run notebook 04_op_grpo"), steps, ckpts),
-        out_dir / "training_dynamics"))  # fmt: skip
-    attempt("similarity estimator", "notebook 02", lambda: save_figure(
-        fig_estimator(need(calib, "results/estimator/calibration.csv: run notebook 02"), need(est, "estimator metrics")),
-        out_dir / "similarity_estimator"))  # fmt: skip
-    attempt(
-        "reward ablation",
-        "ablation runs",
-        lambda: save_figure(fig_reward_ablation(ablations), out_dir / "reward_ablation"),
-    )
-    attempt("core vs summary", "notebook 06", lambda: write_table(
-        core_vs_summary_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), out_dir / "tables" / "core_vs_summary",
-        "SBERT coverage of the core block vs the summary text"))  # fmt: skip
-    attempt("token efficiency", "notebook 06", lambda: save_figure(
-        fig_tokens(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), out_dir / "token_efficiency"))  # fmt: skip
-    attempt(
-        "LLM judge", "notebook 06", lambda: save_figure(fig_judge(summary.get("judge", {})), out_dir / "llm_judge")
-    )
-    attempt("headline gains", "notebook 06", lambda: write_table(
-        headline_table(need(metrics, "results/eval/metrics.csv: run notebooks 05–06")), out_dir / "tables" / "headline",
-        "Relative gains (ours - baseline) / baseline next to the paper's claims"))  # fmt: skip
-    index = [
-        "# Figures and tables",
-        "",
-        f"Generated from `{results.relative_to(REPO_ROOT) if results.is_relative_to(REPO_ROOT) else results}`.",
-        "",
-    ]
+    results = Path(results).resolve()
+    shown = results.relative_to(REPO_ROOT) if results.is_relative_to(REPO_ROOT) else results.name
+    index = ["# Figures and tables", "", f"Generated from `{shown}`.", ""]
     index += ["| figure / table | status | files / what produces the inputs |", "|---|---|---|"]
     index += [f"| {s.name} | {s.status} | {', '.join(s.files) if s.files else s.note} |" for s in statuses]
     (out_dir / "INDEX.md").write_text("\n".join(index) + "\n")
@@ -427,69 +450,10 @@ def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) 
 
 
 def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
-    """Step 07 entry point: figures/<profile>/ from results/<profile>/ (and the authors' logged numbers)."""
-    out_dir = Path(out_dir) if out_dir else REPO_ROOT / "figures" / cfg.profile
+    """Step 07 entry point: ``<run>/figures`` from ``<run>/results`` (and the authors' logged numbers)."""
+    from .provenance import mark
+
+    out_dir = Path(out_dir) if out_dir else paths.figures
     statuses = build_all(paths.results, out_dir, logged_results())
+    mark(paths.step("figures"), cfg, "figures", "finished")
     return {"out_dir": str(out_dir), "figures": [s.__dict__ for s in statuses]}
-
-
-# ---------------------------------------------------------------- README results table
-def _manifest(results: Path, step: str) -> dict[str, Any]:
-    path = results / "manifests" / f"{step}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _hardware(m: dict[str, Any]) -> str:
-    dev = m.get("device", {})
-    if not dev:
-        return "–"
-    return dev.get("gpu") or f"CPU, {dev.get('cpus')} cores"
-
-
-def _minutes(m: dict[str, Any]) -> str:
-    total = sum((m.get("timings_s") or {}).values())
-    return f"{total / 60:.1f} min" if total else "–"
-
-
-def readme_results_table(results: Path) -> str:
-    """The README's results table, rendered from the committed ``results/<profile>/`` files only."""
-    profile = results.name
-    rows = ["| result | value | produced by | hardware | time |", "|---|---|---|---|---|"]
-    est_path = results / "estimator" / "metrics.json"
-    if est_path.exists():
-        est = json.loads(est_path.read_text())
-        m = _manifest(results, "02_estimator")
-        rows.append(
-            f"| estimator held-out triplet accuracy, base → fine-tuned ({est['base_model'].split('/')[-1]}, "
-            f"{est['judge']} judge, n = {est['heldout_triplets']}) | {est['triplet_accuracy_base']:.3f} → "
-            f"{est['triplet_accuracy_finetuned']:.3f} | `02_similarity_estimator` / `opgrpo estimator --profile {profile}` "
-            f"| {_hardware(m)} | {_minutes(m)} |"
-        )
-    log_path = results / "train_log.csv"
-    if log_path.exists():
-        log = pd.read_csv(log_path)
-        k = max(1, min(5, len(log) // 3))
-        first, last = log["op_reward/total"].iloc[:k].mean(), log["op_reward/total"].iloc[-k:].mean()
-        m = _manifest(results, "04_grpo")
-        rows.append(
-            f"| GRPO training reward, mean of first → last {k} of {len(log)} steps | {first:.3f} → {last:.3f} | "
-            f"`04_op_grpo` / `opgrpo train --profile {profile}` | {_hardware(m)} | {_minutes(m)} |"
-        )
-    met_path = results / "eval" / "metrics.csv"
-    if met_path.exists():
-        table = main_coverage_table(pd.read_csv(met_path))
-        m = _manifest(results, "06_evaluate")
-        g = _manifest(results, "05_generate")
-        summary = json.loads((results / "eval" / "eval_summary.json").read_text())
-        for system, part in table.groupby("system", observed=True, sort=False):
-            rows.append(
-                f"| {system}: SBERT relative / absolute accuracy @ {table.attrs['threshold']} "
-                f"({summary['eval_encoder'].split('/')[-1]}), mean over {part['split'].nunique()} splits, "
-                f"n = {int(part['n'].sum())} | {part['relative_accuracy'].mean():.3f} / {part['absolute_accuracy'].mean():.3f} "
-                f"| `05_generate` + `06_evaluate` | {_hardware(g)} | {_minutes(g)} + {_minutes(m)} |"
-            )
-        rows.append(f"| NLI Accuracy@0.33 | {summary['nli']} | `06_evaluate` | – | – |")
-        rows.append(f"| format retries at generation | {summary['retries']} | profile `generate.retries` | – | – |")
-    if len(rows) == 2:
-        rows.append(f"| (no committed results for {profile} yet) | – | `make reproduce PROFILE={profile}` | – | – |")
-    return "\n".join(rows)

@@ -1,147 +1,91 @@
 """Step 05: outputs for the evaluation splits from any policy (base, SFT, OP-GRPO; adapter or merged) and the
-ModPlural baseline. Batched, resumable (a rerun skips finished rows), with a progress bar."""
+ModPlural baseline. Batched, resumable (a rerun reuses the rows made under the same fingerprint), with a progress
+bar; per-row sampling seeds (``lm.row_seed``) make a row's output independent of its batch and of other systems."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from . import lm
 from .config import GenerateCfg, RunConfig, SystemCfg
+from .progress import emit as progress_emit
 from .prompts import MODPLURAL_INTEGRATOR, render
-from .runs import RunPaths, atomic_write_parquet
+from .runs import RunPaths, atomic_write_parquet, atomic_write_text
 from .text import check_layout
 
-RECORD_COLUMNS = ["prompt", "split", "system", "prompt_style", "text", "core", "summary", "valid_format", "attempts"]
+RECORD_COLUMNS = [
+    "prompt", "split", "system", "prompt_style", "text", "core", "summary", "valid_format", "attempts", "fingerprint",
+]  # fmt: skip
 
 
-def resolve_policy(policy: str, cfg: RunConfig, paths: RunPaths) -> str:
-    """``policy`` → the profile's base policy; ``run:sft`` / ``run:grpo`` → the policy saved by step 03 / 04."""
-    from .models import resolve
-
-    if policy == "policy":
-        return resolve(cfg.models.policy)
-    if policy.startswith("run:"):
-        path = paths.root / policy[4:] / "policy"
-        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-            step = {"sft": "03_sft", "grpo": "04_op_grpo"}.get(policy[4:], policy[4:])
-            raise FileNotFoundError(f"{policy}: no saved policy at {path}; run notebook {step} first")
-        return str(path)
-    return resolve(policy)
-
-
-@dataclass
-class Policy:
-    model: Any
-    tokenizer: Any
-
-
-def load_policy(path: str, device: str | None = None, adapter: str | None = None) -> Policy:
-    """A causal LM ready for batched generation; a PEFT adapter folder is merged into its base."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if (Path(path) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.eval()
-    if device:
-        model.to(device)
-    return Policy(model, tok)
-
-
-def sample(
-    policy: Policy, user_messages: Sequence[str], max_new_tokens: int, temperature: float, top_p: float,
-    system: str | None = None, seed: int = 0,
-) -> list[str]:  # fmt: skip
-    """One sampled completion per user message (a single user turn through the chat template), batched."""
-    import torch
-
-    tok, model = policy.tokenizer, policy.model
-    convs = [
-        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
-        for m in user_messages
-    ]
-    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc, do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-            top_p=top_p if temperature > 0 else None, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
-    return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def _record(prompt: str, split: str, system: str, style: str, text: str, attempts: int) -> dict[str, Any]:
+def _record(prompt: str, split: str, system: str, style: str, text: str, attempts: int, key: str) -> dict[str, Any]:
     layout = check_layout(text)
     return {
         "prompt": prompt, "split": split, "system": system, "prompt_style": style, "text": text,
         "core": layout.core, "summary": layout.summary, "valid_format": layout.valid, "attempts": attempts,
+        "fingerprint": key,
     }  # fmt: skip
 
 
-def _done(path: Path) -> dict[str, dict]:
+def _done(path: Path, key: str) -> dict[str, dict]:
+    """Finished rows of ``path`` made under ``key``; rows made with other settings or another policy are dropped
+    from the file (a line cut by a crash is dropped too, so that row is generated again)."""
     if not path.exists():
         return {}
-    rows = {}
+    rows, stale = {}, 0
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash: regenerate that row
+        except json.JSONDecodeError:
+            stale += 1
             continue
-        rows[rec["prompt"]] = rec
+        if rec.get("fingerprint") == key:
+            rows[rec["prompt"]] = rec
+        else:
+            stale += 1
+    if stale:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows.values()))
     return rows
 
 
 def generate_rows(
-    generate_fn, items: list[tuple[str, str]], system: str, style: str, gen: GenerateCfg, out_jsonl: Path, seed: int,
+    generate_fn, items: list[tuple[str, str]], system: str, style: str, gen: GenerateCfg, out_jsonl: Path, key: str,
     progress: bool = True,
 ) -> pd.DataFrame:  # fmt: skip
-    """One output per (situation, split) item, batched across splits and resumed from ``out_jsonl`` (a rerun skips
-    finished rows; a line cut by a crash is regenerated); invalid layouts are resampled up to ``gen.retries`` more
-    times. ``generate_fn(situations, seed) -> texts``."""
+    """One output per (situation, split) item, batched across splits and resumed from ``out_jsonl``: a rerun reuses
+    the rows made under the same ``key`` (settings + policy fingerprint) and regenerates the others. Invalid layouts
+    are resampled up to ``gen.retries`` more times. ``generate_fn(situations, attempt) -> texts``."""
     from tqdm.auto import tqdm
 
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    done = _done(out_jsonl)
+    done = _done(out_jsonl, key)
     todo = [(s, split) for s, split in items if s not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=system, disable=not progress)
     with open(out_jsonl, "a") as fh:
         for start in range(0, len(todo), gen.batch_size):
             batch = todo[start : start + gen.batch_size]
             situations = [s for s, _ in batch]
-            texts = generate_fn(situations, seed + start)
+            texts = generate_fn(situations, 0)
             attempts = [1] * len(batch)
-            for retry in range(gen.retries):
+            for retry in range(1, gen.retries + 1):
                 bad = [i for i, t in enumerate(texts) if not check_layout(t).valid]
                 if not bad:
                     break
-                again = generate_fn([situations[i] for i in bad], seed + start + 7919 * (retry + 1))
+                again = generate_fn([situations[i] for i in bad], retry)
                 for i, t in zip(bad, again):
                     texts[i], attempts[i] = t, attempts[i] + 1
             for (s, split), t, a in zip(batch, texts, attempts):
-                rec = _record(s, split, system, style, t, a)
+                rec = _record(s, split, system, style, t, a, key)
                 done[s] = rec
                 fh.write(json.dumps(rec) + "\n")
             fh.flush()
             bar.update(len(batch))
+            progress_emit(f"generate {system}", bar.n, len(items))
     bar.close()
     return pd.DataFrame([done[s] for s, _ in items], columns=RECORD_COLUMNS)
 
@@ -159,13 +103,17 @@ def modplural_fn(cfg: RunConfig, device: str | None):
         else [(a, None) for a in mp.community]
     )
     base_path = resolve(mp.base)
-    integrator = load_policy(resolve(mp.integrator), device)
+    integrator = lm.load(resolve(mp.integrator), device)
+    base = lm.load(base_path, device) if any(a is None for a, _ in communities) else None
 
-    def fn(situations: list[str], seed: int) -> list[str]:
+    def fn(situations: list[str], attempt: int) -> list[str]:
         passages = [[] for _ in situations]
         for k, (adapter, system) in enumerate(communities):
-            lm = load_policy(base_path, device, adapter=adapter) if adapter else _cached_base(base_path, device)
-            outs = sample(lm, situations, mp.community_max_new_tokens, mp.community_temperature, 0.9, system, seed + k)
+            model = lm.load(base_path, device, adapter=adapter) if adapter else base
+            seeds = [lm.row_seed(cfg.seed, s, 1000 * (k + 1) + attempt) for s in situations]
+            outs = lm.sample(
+                model, situations, mp.community_max_new_tokens, mp.community_temperature, 0.9, system, seeds
+            )
             for i, o in enumerate(outs):
                 passages[i].append(o.strip())
         prompts = [
@@ -174,69 +122,97 @@ def modplural_fn(cfg: RunConfig, device: str | None):
             )
             for s, ps in zip(situations, passages)
         ]
-        return sample(integrator, prompts, mp.integrator_max_new_tokens, mp.integrator_temperature, 0.9, None, seed)
+        seeds = [lm.row_seed(cfg.seed, s, attempt) for s in situations]
+        return lm.sample(
+            integrator, prompts, mp.integrator_max_new_tokens, mp.integrator_temperature, 0.9, None, seeds
+        )
 
     return fn
 
 
-_BASES: dict[tuple[str, str | None], Policy] = {}
-
-
-def _cached_base(path: str, device: str | None) -> Policy:
-    key = (path, device)
-    if key not in _BASES:
-        _BASES[key] = load_policy(path, device)
-    return _BASES[key]
-
-
-def policy_fn(system: SystemCfg, cfg: RunConfig, paths: RunPaths, device: str | None, template: str | None = None):
-    policy = load_policy(resolve_policy(system.policy, cfg, paths), device)
+def policy_fn(system: SystemCfg, cfg: RunConfig, root: Path, device: str | None, template: str | None = None):
+    """``fn(situations, attempt)``: one sampled output per situation from the system's policy and prompt."""
+    model = lm.load(lm.resolve_policy(system.policy, cfg, root), device)
     gen = cfg.generate
     template = template or system.prompt
 
-    def fn(situations: list[str], seed: int) -> list[str]:
+    def fn(situations: list[str], attempt: int) -> list[str]:
+        seeds = [lm.row_seed(cfg.seed, s, attempt) for s in situations]
         msgs = [render(template, s) for s in situations]
-        return sample(policy, msgs, gen.max_new_tokens, gen.temperature, gen.top_p, None, seed)
+        return lm.sample(model, msgs, gen.max_new_tokens, gen.temperature, gen.top_p, None, seeds)
 
     return fn
 
 
+def lazy(factory):
+    """A generate function that loads its model on the first call only (no load when every row is reused)."""
+    loaded = []
+
+    def fn(situations: list[str], attempt: int) -> list[str]:
+        if not loaded:
+            loaded.append(factory())
+        return loaded[0](situations, attempt)
+
+    return fn
+
+
+def job_key(cfg: RunConfig, system: SystemCfg, template: str | None) -> str:
+    """Fingerprint of one system's outputs: sampling settings, prompt, policy identity, seed and generation code."""
+    from .provenance import code_hash, value_key
+
+    g = cfg.generate
+    sampling = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
+                "retries": g.retries, "batch_size": g.batch_size}  # fmt: skip
+    mp = dataclasses.asdict(g.modplural) if system.kind == "modplural" else None
+    return value_key(
+        dataclasses.asdict(system), template, sampling, mp, lm.policy_identity(system.policy, cfg), cfg.seed,
+        cfg.device, code_hash("generate"),
+    )  # fmt: skip
+
+
 def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
-    """(situation, split) for the configured splits, the first ``rows_per_split`` of each in evaluation order."""
+    """(situation, split) for the configured splits, the first ``split_rows[split]`` (else ``rows_per_split``) of
+    each in evaluation order."""
     items = []
     for split in gen.splits:
         part = ev[ev["split"] == split]["prompt"].tolist()
-        items += [(p, split) for p in (part[: gen.rows_per_split] if gen.rows_per_split is not None else part)]
+        n = gen.split_rows.get(split, gen.rows_per_split)
+        items += [(p, split) for p in (part[:n] if n is not None else part)]
     return items
 
 
 def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     """Step 05 entry point: outputs of every configured system (and prompt style) for every split under
-    ``runs/<profile>/generate/<system>.jsonl`` plus one ``outputs.parquet``."""
+    ``<run>/generate/<system>.jsonl`` plus one ``outputs.parquet``; rows made under another fingerprint (other
+    settings, a retrained policy) are regenerated, matching ones reused."""
     from .data import load_prepared
+    from .provenance import mark, require_upstream
     from .runs import resolve_device, timed, write_manifest
 
+    require_upstream(cfg, paths.root, "generate")
     device = resolve_device(cfg)
     _, ev = load_prepared(paths.data)
     items = eval_items(ev, cfg.generate)
     out_dir = paths.step("generate")
+    mark(out_dir, cfg, "generate", "running")
     frames, timings = [], {}
     jobs = [(s, s.name, "default", None) for s in cfg.generate.systems]
     if cfg.generate.prompt_styles and cfg.generate.systems:
         first = cfg.generate.systems[0]
         jobs += [(first, f"{first.name}@{k}", k, v) for k, v in cfg.generate.prompt_styles.items()]
     for system, name, style, template in jobs:
+        out, key = out_dir / f"{name}.jsonl", job_key(cfg, system, template)
+        if system.kind == "modplural":
+            fn = lazy(lambda: modplural_fn(cfg, device))
+        else:
+            fn = lazy(lambda system=system, template=template: policy_fn(system, cfg, paths.root, device, template))
         with timed(timings, name):
-            fn = (
-                modplural_fn(cfg, device)
-                if system.kind == "modplural"
-                else policy_fn(system, cfg, paths, device, template)
-            )
-            out = out_dir / f"{name}.jsonl"
-            frames.append(generate_rows(fn, items, name, style, cfg.generate, out, cfg.seed, progress))
-        _BASES.clear()
+            frames.append(generate_rows(fn, items, name, style, cfg.generate, out, key, progress))
     outputs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
     atomic_write_parquet(outputs, out_dir / "outputs.parquet")
+    for name, part in outputs.groupby("system", sort=False):  # the texts behind every reported number
+        atomic_write_text(paths.results / "generations" / f"{name}.jsonl", part.to_json(orient="records", lines=True))
     write_manifest(out_dir, "05_generate", cfg, timings, inputs=[paths.data / "eval.parquet"],
                    extra={"retries": cfg.generate.retries, "device_used": device}, results=paths.results)  # fmt: skip
+    mark(out_dir, cfg, "generate", "finished")
     return outputs

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +115,9 @@ class Judge:
             key = os.environ.get(self.s.api_key_env)
             if not key:
                 raise RuntimeError(f"LLM judge: set the API key in the environment variable {self.s.api_key_env}")
-            self._client = OpenAI(api_key=key, base_url=self.s.base_url, timeout=self.s.timeout_s, max_retries=0)
+            self._client = OpenAI(
+                api_key=key, base_url=self.s.base_url, timeout=self.s.timeout_s, max_retries=self.s.max_retries
+            )
         return self._client
 
     def _key(self, query: str, output: str) -> str:
@@ -124,27 +125,26 @@ class Judge:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _request(self, prompt: str) -> tuple[str, dict[str, int]]:
-        kwargs: dict[str, Any] = {}
-        if self.s.json_mode:
-            kwargs["response_format"] = {"type": "json_object"}
-        last: Exception | None = None
-        for attempt in range(self.s.max_retries + 1):
-            try:
-                resp = self.client.chat.completions.create(
-                    model=self.s.model, max_tokens=self.s.max_output_tokens, temperature=0,
-                    messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}], **kwargs,
-                )  # fmt: skip
-                usage = getattr(resp, "usage", None)
-                tokens = {
-                    "input": getattr(usage, "prompt_tokens", 0) or 0,
-                    "output": getattr(usage, "completion_tokens", 0) or 0,
-                }
-                return resp.choices[0].message.content or "", tokens
-            except Exception as exc:  # noqa: BLE001 (openai raises many transport/status errors; all are retried)
-                last = exc
-                if attempt < self.s.max_retries:
-                    time.sleep(self.s.backoff_s * 2**attempt)
-        raise RuntimeError(f"judge request failed after {self.s.max_retries + 1} attempts: {type(last).__name__}")
+        """One chat completion; transport and 429/5xx errors are retried by the client itself (``max_retries``,
+        exponential backoff); what still fails is one failed row."""
+        import openai
+
+        kwargs: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.s.json_mode else {}
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.s.model, max_tokens=self.s.max_output_tokens, temperature=0,
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}], **kwargs,
+            )  # fmt: skip
+        except openai.OpenAIError as exc:
+            raise RuntimeError(
+                f"judge request failed after {self.s.max_retries + 1} attempts: {type(exc).__name__}"
+            ) from None
+        usage = getattr(resp, "usage", None)
+        tokens = {
+            "input": getattr(usage, "prompt_tokens", 0) or 0,
+            "output": getattr(usage, "completion_tokens", 0) or 0,
+        }
+        return resp.choices[0].message.content or "", tokens
 
     def judge(self, queries: list[str], outputs: list[str | None]) -> JudgeResult:
         from tqdm.auto import tqdm

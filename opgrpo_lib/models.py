@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import zipfile
@@ -18,17 +17,11 @@ from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 
-from .config import REPO_ROOT
-
-ENV_MODELS_DIR = "OPGRPO_MODELS_DIR"
+from .paths import models_dir
 
 
 class ModelUnavailable(RuntimeError):
     """A model is needed that cannot be obtained on this machine."""
-
-
-def models_dir() -> Path:
-    return Path(os.environ.get(ENV_MODELS_DIR, REPO_ROOT / "models"))
 
 
 def sha256_file(path: Path) -> str:

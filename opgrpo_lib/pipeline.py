@@ -1,16 +1,44 @@
-"""``make reproduce``: run the numbered notebooks in order with papermill, skipping up-to-date steps."""
+"""``make reproduce``: run the numbered notebooks in order with papermill, skipping steps that are up to date.
+
+A step is skipped when its output's provenance key (``provenance.step_key``: the config sections it reads, its
+upstream keys, its library code, package versions) and the notebook source match what the last run recorded. Keys
+are computed from the inputs, so the plan is known before anything runs: an eval-only change reruns 06-07, a change
+to ``train.grpo`` reruns 04-07, a change to ``figures.py`` reruns 07 only. While a notebook runs, the console shows
+the library's progress events (training step k/N with the latest reward, generation rows k/N) with elapsed time and an
+ETA, and a heartbeat at least every minute; kernel start-up noise is filtered out. The end prints a summary.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
-from .config import REPO_ROOT, load_profile
+from .config import RunConfig, load_profile
+from .paths import NOTEBOOK_DIR, committed_results
+from .progress import ENV as PROGRESS_ENV
+from .provenance import STEPS, is_current, step_key
 from .runs import atomic_write_text, run_paths
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+# Lines the kernel or jupyter_client print on every healthy run (see the module docstring).
+NOISE = (
+    "Kernel is running over TCP without encryption",
+    "KeyboardInterrupt caught in kernel",
+    "[IPKernelApp]",
+    "IProgress not found",
+    "Executing notebook with kernel",
+    "Input notebook:",
+    "Output notebook:",
+    "Executing Cell",
+    "Ending Cell",
+    "WARNING: Location 'file://",
+)
+HEARTBEAT_S = 60.0
 
 
 def default_profile() -> tuple[str, str]:
@@ -27,8 +55,15 @@ def default_profile() -> tuple[str, str]:
     return "cpu", "no CUDA GPU"
 
 
+def resolve_profile(profile: str) -> str:
+    """``auto`` → :func:`default_profile` (the rule ``make reproduce`` uses); anything else unchanged."""
+    return default_profile()[0] if profile in ("auto", "", None) else profile
+
+
 def notebooks(names: list[str] | None = None) -> list[Path]:
-    found = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """The pipeline notebooks (01-07) in order, optionally restricted to stems or numbers."""
+    pipeline = {s.notebook for s in STEPS.values()}
+    found = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb") if p.stem in pipeline)
     if names:
         found = [p for p in found if p.stem in names or p.stem[:2] in names]
     return found
@@ -38,45 +73,199 @@ class StepFailed(RuntimeError):
     pass
 
 
-def reproduce(
-    profile: str, run_dir: str | None = None, only: list[str] | None = None, force: bool = False
-) -> list[dict]:
-    """Execute each notebook into ``<run_dir>/executed/``; a step whose key (config hash, notebook source and
-    upstream keys) matches its record is skipped. A failure names the notebook and cell; earlier outputs stay."""
-    import papermill as pm
+def _step_of(nb: Path) -> str:
+    return next(s.name for s in STEPS.values() if s.notebook == nb.stem)
 
-    cfg = load_profile(profile)
+
+def notebook_key(cfg: RunConfig, nb: Path) -> str:
+    """Skip key of one notebook: its step's provenance key + the notebook source."""
+    src = hashlib.sha256(nb.read_bytes()).hexdigest()
+    return hashlib.sha256(f"{step_key(cfg, _step_of(nb))}|{src}".encode()).hexdigest()[:16]
+
+
+def plan(cfg: RunConfig, root: Path, only: list[str] | None = None, force: bool = False) -> list[dict]:
+    """For each selected notebook: run or skip, and why."""
+    executed = root / "executed"
+    out = []
+    for nb in notebooks(only):
+        key = notebook_key(cfg, nb)
+        record = executed / f"{nb.stem}.done.json"
+        try:
+            same_nb = json.loads(record.read_text()).get("key") == key
+        except (OSError, json.JSONDecodeError):
+            same_nb = False
+        current = is_current(cfg, root, _step_of(nb))
+        if force:
+            why = "--force"
+        elif not current:
+            why = "inputs changed or never ran"
+        elif not same_nb:
+            why = "notebook changed"
+        else:
+            why = None
+        out.append({"notebook": nb.name, "path": nb, "key": key, "run": why is not None, "why": why})
+    return out
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+class _Watcher(threading.Thread):
+    """Prints the progress events a running notebook appends to the progress file, plus a heartbeat."""
+
+    def __init__(self, name: str, path: Path):
+        super().__init__(daemon=True)
+        self.name_, self.path, self.t0 = name, path, time.time()
+        self.stop = threading.Event()
+        self.first: dict[str, tuple[float, int]] = {}
+
+    def line(self, ev: dict) -> str:
+        stage, done, total = ev["stage"], ev["done"], ev.get("total")
+        t0, d0 = self.first.setdefault(stage, (ev["t"], done))
+        msg = f"  [{self.name_}] {stage} {done}/{total}" if total else f"  [{self.name_}] {stage} {done}"
+        extra = {k: v for k, v in ev.items() if k not in ("t", "stage", "done", "total")}
+        msg += "".join(f" {k} {v}" for k, v in extra.items())
+        msg += f" | {_fmt(time.time() - self.t0)} elapsed"
+        if total and done > d0 and ev["t"] > t0:
+            msg += f", ETA {_fmt((total - done) * (ev['t'] - t0) / (done - d0))}"
+        return msg
+
+    def run(self) -> None:
+        pos, last_print = 0, time.time()
+        while not self.stop.wait(2.0):
+            if self.path.exists():
+                with open(self.path) as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+                    pos = fh.tell()
+                for raw in chunk.splitlines():
+                    try:
+                        print(self.line(json.loads(raw)), flush=True)
+                        last_print = time.time()
+                    except (json.JSONDecodeError, KeyError):
+                        continue
+            if time.time() - last_print >= HEARTBEAT_S:
+                print(f"  [{self.name_}] running | {_fmt(time.time() - self.t0)} elapsed", flush=True)
+                last_print = time.time()
+
+
+def _failure(out_nb: Path) -> str:
+    """ "cell N: Ename: message" of the failed cell of an executed notebook."""
+    try:
+        nb = json.loads(out_nb.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "the notebook could not be executed (see the lines above)"
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "failed":
+            errs = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            err = f"{errs[0]['ename']}: {errs[0]['evalue']}" if errs else "error"
+            return f"cell {i}: {err}"
+    return "unknown cell (see the executed notebook)"
+
+
+def execute(nb: Path, out_nb: Path, params: dict, progress_file: Path) -> None:
+    """Run one notebook with papermill in a child process; stream its warnings, drop known noise."""
+    env = {**os.environ, PROGRESS_ENV: str(progress_file), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    cmd = [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-y", json.dumps(params), "-k", "python3",
+           "--cwd", str(NOTEBOOK_DIR), "--no-progress-bar", "--no-log-output", "--log-level", "WARNING",
+           "--request-save-on-cell-execute"]  # fmt: skip
+    watcher = _Watcher(nb.stem, progress_file)
+    watcher.start()
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail = []
+        for line in proc.stdout:
+            if line.strip() and not any(n in line for n in NOISE):
+                tail = (tail + [line.rstrip()])[-20:]
+        rc = proc.wait()
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    if rc != 0:
+        where = _failure(out_nb)
+        hint = "" if where.startswith("cell") else "\n" + "\n".join(tail[-8:])  # e.g. the kernel did not start
+        raise StepFailed(f"{nb.name} failed in {where}\nexecuted notebook: {out_nb}{hint}")
+
+
+def _peak_memory(root: Path, step: str) -> str:
+    try:
+        dev = json.loads((root / step / "manifest.json").read_text())["device"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return "-"
+    if "peak_gpu_mem_gb" in dev:
+        return f"{dev['peak_gpu_mem_gb']:.1f} GB GPU"
+    return f"{dev['peak_rss_gb']:.1f} GB RAM" if "peak_rss_gb" in dev else "-"
+
+
+def headline(results: Path) -> dict[str, float]:
+    """Pooled SBERT relative accuracy per system (first threshold, core text) from ``results/eval``."""
+    import pandas as pd
+
+    path = results / "eval" / "sbert_per_sample.parquet"
+    if not path.exists():
+        return {}
+    per = pd.read_parquet(path)
+    if per.empty:
+        return {}
+    per = per[(per["text"] != "summary") & (per["threshold"] == per["threshold"].min())]
+    if "evaluator" in per:
+        per = per[per["evaluator"] == "independent"]
+    return {k: round(float(v), 3) for k, v in per.groupby("system")["ratio"].mean().items()}
+
+
+def summary_text(profile: str, root: Path, report: list[dict]) -> str:
+    lines = [f"\nopgrpo reproduce — profile {profile}, run folder {root}", ""]
+    lines.append(f"  {'step':<26}{'status':<9}{'wall':>9}  peak memory")
+    for r in report:
+        wall = _fmt(r["wall_s"]) if "wall_s" in r else "-"
+        step = _step_of(Path(r["notebook"]))
+        lines.append(f"  {r['notebook']:<26}{r['status']:<9}{wall:>9}  {_peak_memory(root, step)}")
+    ours, committed = headline(root / "results"), headline(committed_results(profile))
+    if ours:
+        lines += ["", "  SBERT relative accuracy (pooled) this run vs committed results/" + profile]
+        for system, value in ours.items():
+            ref = committed.get(system)
+            lines.append(f"    {system:<22}{value:.3f}   committed {ref:.3f}" if ref is not None else
+                         f"    {system:<22}{value:.3f}   committed -")  # fmt: skip
+    lines += ["", f"  results: {root / 'results'}", f"  figures: {root / 'figures'} (INDEX.md lists them)",
+              f"  executed notebooks: {root / 'executed'}",
+              f"  to make these the committed results: opgrpo publish --profile {profile}"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def reproduce(
+    profile: str, run_dir: str | None = None, only: list[str] | None = None, force: bool = False,
+    overrides: dict | None = None, quiet: bool = False,
+) -> list[dict]:  # fmt: skip
+    """Execute each notebook that is not up to date into ``<run_dir>/executed/``. A failure names the notebook and
+    cell; earlier outputs stay. Returns one record per notebook (ran / skipped, wall time)."""
+    cfg = load_profile(profile, overrides)
     paths = run_paths(cfg, run_dir)
     executed = paths.root / "executed"
     executed.mkdir(parents=True, exist_ok=True)
-    upstream = ""
+    progress_file = paths.root / "progress.jsonl"
     report = []
-    for nb in notebooks(only):
-        key = hashlib.sha256(f"{cfg.config_hash}|{nb.read_bytes().hex()}|{upstream}".encode()).hexdigest()[:16]
-        record = executed / f"{nb.stem}.done.json"
-        out_nb = executed / nb.name
-        if not force and record.exists() and json.loads(record.read_text()).get("key") == key and out_nb.exists():
+    for item in plan(cfg, paths.root, only, force):
+        nb, key = item["path"], item["key"]
+        record, out_nb = executed / f"{nb.stem}.done.json", executed / nb.name
+        if not item["run"]:
             print(f"[skip] {nb.name}: up to date (key {key})", flush=True)
             report.append({"notebook": nb.name, "status": "skipped", "key": key})
-            upstream = key
             continue
-        print(f"[run ] {nb.name} (profile {profile})", flush=True)
+        print(f"[run ] {nb.name} ({item['why']}) started {time.strftime('%H:%M:%S')}", flush=True)
+        record.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(nb), str(out_nb), parameters={"profile": profile, "run_dir": str(paths.root), "overrides": {}},
-                kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False,
-                request_save_on_cell_execute=True,
-            )  # fmt: skip
-        except pm.PapermillExecutionError as exc:
-            record.unlink(missing_ok=True)
-            raise StepFailed(
-                f"{nb.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {exc.evalue}"
-                f"\nexecuted notebook: {out_nb}"
-            ) from exc
+        params = {"profile": profile, "run_dir": str(paths.root), "overrides": overrides or {}}
+        execute(nb, out_nb, params, progress_file)
         wall = time.perf_counter() - t0
-        atomic_write_text(record, json.dumps({"key": key, "config_hash": cfg.config_hash, "wall_s": round(wall, 1)}))
+        atomic_write_text(record, json.dumps({"key": key, "wall_s": round(wall, 1)}))
+        print(f"[done] {nb.name} in {_fmt(wall)}", flush=True)
         report.append({"notebook": nb.name, "status": "ran", "key": key, "wall_s": round(wall, 1)})
-        upstream = key
     atomic_write_text(paths.root / "reproduce_report.json", json.dumps(report, indent=2))
+    if not quiet:
+        print(summary_text(profile, paths.root, report), flush=True)
     return report

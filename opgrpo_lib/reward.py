@@ -24,6 +24,7 @@ import numpy as np
 from .config import RewardCfg, weight_pair
 from .prompts import QWEN25_DECODED, implicit
 from .text import (
+    Layout,
     MalformedReference,
     check_layout,
     core_and_summary,
@@ -59,53 +60,91 @@ def uniqueness_ladder(rate: float) -> float:
     return 0.0
 
 
-def greedy_matches(sim: np.ndarray, threshold: float) -> int:
-    """Greedy one-to-one matching in descending similarity while the best remaining pair is ≥ threshold.
+def greedy_pairs(sim: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching in descending similarity while the best remaining pair is ≥ threshold:
+    the (reference row, candidate column) pairs in the order they are taken.
 
     Equals the authors' repeated global-argmax "mutual best pairs" (ties broken in row-major order)."""
     rows, cols = np.nonzero(sim >= threshold)  # row-major order; NaN never passes
     if rows.size == 0:
-        return 0
+        return []
     order = np.argsort(-sim[rows, cols], kind="stable")
-    used_r, used_c, matched = set(), set(), 0
+    used_r, used_c, pairs = set(), set(), []
     for k in order:
         r, c = int(rows[k]), int(cols[k])
         if r not in used_r and c not in used_c:
             used_r.add(r)
             used_c.add(c)
-            matched += 1
-    return matched
+            pairs.append((r, c))
+    return pairs
+
+
+def greedy_matches(sim: np.ndarray, threshold: float) -> int:
+    """Number of greedy one-to-one matches (see :func:`greedy_pairs`)."""
+    return len(greedy_pairs(sim, threshold))
+
+
+def redundant_pairs(sim: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Scan i < j; mark j redundant when sim[i, j] ≥ threshold, skipping rows i already marked. Returns every
+    (kept i, redundant j) pair that marked a segment (a segment may be marked by several kept ones)."""
+    above = np.triu(sim >= threshold, 1)  # NaN never passes
+    redundant = np.zeros(sim.shape[0], dtype=bool)
+    pairs: list[tuple[int, int]] = []
+    for i in np.flatnonzero(above.any(axis=1)):  # ascending i; rows without a hit mark nothing
+        if not redundant[i]:
+            hits = np.flatnonzero(above[i])
+            redundant[hits] = True
+            pairs.extend((int(i), int(j)) for j in hits)
+    return pairs
 
 
 def redundant_count(sim: np.ndarray, threshold: float) -> int:
-    """Scan i < j; mark j redundant when sim[i, j] ≥ threshold, skipping rows i already marked."""
-    n = sim.shape[0]
-    redundant = np.zeros(n, dtype=bool)
-    for i in range(n - 1):
-        if not redundant[i]:
-            redundant[i + 1 :] |= sim[i, i + 1 :] >= threshold
-    return int(redundant.sum())
+    """Number of segments marked redundant (see :func:`redundant_pairs`)."""
+    return len({j for _, j in redundant_pairs(sim, threshold)})
+
+
+@dataclass(slots=True)  # not frozen: built once per completion of every GRPO batch
+class FormatParts:
+    """The rule-based format score F ∈ [0, 2] and the parts it is made of."""
+
+    segments: tuple[str, ...]  # segments of the core block (the whole text when there is none)
+    names: tuple[str, ...]  # lower-cased perspective names found in them, in order
+    perspective_ratio: float  # len(names) / len(segments) (0 without segments)
+    layout_points: float  # 2 if ratio ≥ .7, 1 if ≥ .3, else 0
+    duplicate_segments: int  # repeated segments (case-insensitive), beyond the first
+    duplicate_names: int  # repeated names, beyond the first
+    missing_from_summary: tuple[str, ...]  # names not echoed in the summary block (the whole text without one)
+    echo_penalty: float  # 0 if ≥ 75 % of names are echoed, −.5 if ≥ 50 %, −.75 if ≥ 25 %, else −1 (0 without names)
+    score: float  # max(layout_points − 0.5·(duplicates) + echo_penalty, 0)
+
+    @property
+    def repeat_penalty(self) -> float:
+        return 0.5 * (self.duplicate_segments + self.duplicate_names)
+
+
+def format_parts(text: str) -> FormatParts:
+    """Rule-based format score on the core block (whole text when there is none), with its parts."""
+    core, summary = core_and_summary(text)
+    segments = split_segments(core)
+    names = [n for n in (perspective_name(s) for s in segments) if n is not None]
+    frac = len(names) / len(segments) if segments else 0.0
+    fmt = (2.0 if frac >= 0.7 else 1.0 if frac >= 0.3 else 0.0) if segments else 0.0
+    dup_segments = sum(c - 1 for c in Counter(s.lower() for s in segments).values())
+    dup_names = sum(c - 1 for c in Counter(names).values())
+    low = summary.lower()
+    missing = [n for n in names if n not in low]
+    if names:
+        rate = (len(names) - len(missing)) / len(names)
+        echo = 0.0 if rate >= 0.75 else -0.5 if rate >= 0.5 else -0.75 if rate >= 0.25 else -1.0
+    else:
+        echo = 0.0
+    score = max(fmt - 0.5 * (dup_segments + dup_names) + echo, 0.0)
+    return FormatParts(tuple(segments), tuple(names), frac, fmt, dup_segments, dup_names, tuple(missing), echo, score)
 
 
 def format_score(text: str) -> float:
     """Rule-based format score F ∈ [0, 2] on the core block (whole text when there is none)."""
-    core, summary = core_and_summary(text)
-    segments = split_segments(core)
-    names = [n for n in (perspective_name(s) for s in segments) if n is not None]
-    if not segments:
-        fmt = 0.0
-    else:
-        frac = len(names) / len(segments)
-        fmt = 2.0 if frac >= 0.7 else 1.0 if frac >= 0.3 else 0.0
-    dup = sum(c - 1 for c in Counter(s.lower() for s in segments).values())
-    dup += sum(c - 1 for c in Counter(names).values())
-    if names:
-        low = summary.lower()
-        rate = sum(n in low for n in names) / len(names)
-        echo = 0.0 if rate >= 0.75 else -0.5 if rate >= 0.5 else -0.75 if rate >= 0.25 else -1.0
-    else:
-        echo = 0.0
-    return max(fmt - 0.5 * dup + echo, 0.0)
+    return format_parts(text).score
 
 
 @dataclass(frozen=True)
@@ -132,9 +171,17 @@ def total_reward(
     cfg: RewardCfg, weights: tuple[float, float], coverage: int, fmt: float, tag: float, uniqueness: float
 ) -> float:
     """max(0, w_c·coverage + w_f·format + tag + w_u·uniqueness); ``weights`` = weight_pair(cfg)."""
+    t = reward_terms(cfg, weights, coverage, fmt, tag, uniqueness)
+    return max(0.0, t["coverage"] + t["format"] + t["tag"] + t["uniqueness"])
+
+
+def reward_terms(
+    cfg: RewardCfg, weights: tuple[float, float], coverage: int, fmt: float, tag: float, uniqueness: float
+) -> dict[str, float]:
+    """The weighted terms of the total, in the order they are added (uniqueness is 0 with the ablation)."""
     w_f, w_u = weights
     u = w_u * uniqueness if cfg.use_uniqueness else 0.0
-    return max(0.0, cfg.coverage_weight * coverage + w_f * fmt + tag + u)
+    return {"coverage": cfg.coverage_weight * coverage, "format": w_f * fmt, "tag": tag, "uniqueness": u}
 
 
 # ---------------------------------------------------------------- encoders
@@ -182,6 +229,62 @@ def validate_reference(reference: Any, row: int, prompt: str = "") -> list[str]:
     return split_segments(reference)
 
 
+@dataclass(slots=True)  # not frozen: built once per completion of every GRPO batch
+class PreparedResponse:
+    """One completion after the layout check, segmentation and keyword masking (what gets encoded)."""
+
+    layout: Layout  # strict two-block check; ``layout.core`` is the scored text (the whole text when invalid)
+    segments: tuple[str, ...]  # segments of the scored text, as written
+    masked: tuple[str, ...]  # the same segments keyword-masked (these are encoded)
+    format: FormatParts
+
+
+def prepare_response(text: Any, kws: frozenset[str]) -> PreparedResponse:
+    """Layout check, split at line-initial "In/From the perspective of", mask ``kws``; a non-string is ""."""
+    text = text if isinstance(text, str) else ""
+    layout = check_layout(text)
+    segments = split_segments(layout.core)
+    masked = tuple([mask_sentence(c, kws) for c in segments])
+    return PreparedResponse(layout, tuple(segments), masked, format_parts(text))
+
+
+@dataclass(slots=True)  # not frozen: built once per completion of every GRPO batch
+class ResponseScore:
+    """A completion's reward parts plus what produced them: the matches behind coverage, the redundant pairs
+    behind uniqueness, and the similarity matrices they were read from."""
+
+    parts: RewardParts
+    response: PreparedResponse
+    references: tuple[str, ...]  # reference segments (rows of ``similarity``)
+    similarity: np.ndarray  # references × masked segments, cosine
+    matches: tuple[tuple[int, int], ...]  # (reference row, segment column), in the greedy order
+    self_similarity: np.ndarray  # masked segments × masked segments (empty when there are fewer than two)
+    redundant: tuple[tuple[int, int], ...]  # (kept segment i, redundant segment j)
+
+
+def score_response(
+    cfg: RewardCfg, weights: tuple[float, float], response: PreparedResponse, references: Sequence[str],
+    similarity: np.ndarray, cand_emb: np.ndarray | None,
+) -> ResponseScore:  # fmt: skip
+    """Every term of one completion from its reference × candidate cosines and its candidate embeddings
+    (``cand_emb``, one row per masked segment; unused and may be None with fewer than two segments)."""
+    n_ref, n_c = len(references), len(response.masked)
+    pairs = greedy_pairs(similarity, cfg.coverage_threshold) if n_c else []
+    rate = len(pairs) / n_ref if n_ref and n_c else 0.0
+    if n_c <= 1:
+        self_sim, redundant, u_rate = np.zeros((n_c, n_c)), [], 1.0
+    else:
+        self_sim = cand_emb @ cand_emb.T
+        redundant = redundant_pairs(self_sim, cfg.uniqueness_threshold)
+        u_rate = (n_c - len({j for _, j in redundant})) / n_c
+    cov, uniq = coverage_ladder(rate), uniqueness_ladder(u_rate)
+    valid, fmt = response.layout.valid, response.format.score
+    tag = 0.0 if valid else cfg.tag_penalty
+    total = total_reward(cfg, weights, cov, fmt, tag, uniq)
+    parts = RewardParts(cov, uniq, fmt, tag, total, rate, u_rate, len(pairs), n_ref, n_c, valid)
+    return ResponseScore(parts, response, tuple(references), similarity, tuple(pairs), self_sim, tuple(redundant))
+
+
 class OPRewardScorer:
     """Scores a batch of (prompt text, completion, reference) triples; each distinct sentence is encoded once."""
 
@@ -196,79 +299,69 @@ class OPRewardScorer:
     ) -> list[RewardParts]:  # fmt: skip
         """``keyword_texts[i]`` is the text whose non-stopwords mask completion i (the decoded prompt, or the
         situation alone with the ``situation`` masking option)."""
+        return [d.parts for d in self.score_detailed(keyword_texts, completions, references, prompts_for_errors)]
+
+    def score_detailed(
+        self, keyword_texts: Sequence[str], completions: Sequence[str], references: Sequence[str],
+        prompts_for_errors: Sequence[str] | None = None,
+    ) -> list[ResponseScore]:  # fmt: skip
+        """:meth:`score` with the matches, redundant pairs and similarity matrices of every completion."""
         n = len(completions)
         if not (len(keyword_texts) == len(references) == n):
             raise ValueError(
                 f"lengths differ: {len(keyword_texts)} prompts, {n} completions, {len(references)} references"
             )
-        s = self.cfg
-        index: dict[str, int] = {}
+        index: dict[str, int] = {}  # every distinct sentence of the batch -> its row in the one encode call
+        refs, prepared, cand_ids = self._prepare(keyword_texts, completions, references, prompts_for_errors, index)
+        emb = self.encoder.encode(list(index)).astype(np.float64)  # float64 products: no shape-dependent rounding
+        out: list[ResponseScore | None] = [None] * n
+        for ref, members in self._groups(references).items():
+            # one cosine product per reference group (the G rollouts of a prompt share their references)
+            ref_segments, rid = refs[ref]
+            flat = [c for i in members for c in cand_ids[i]]
+            sim = emb[rid] @ emb[flat].T if flat else np.zeros((len(rid), 0))
+            offset = 0
+            for i in members:
+                ids = cand_ids[i]
+                k = len(ids)
+                cand_emb = emb[ids] if k > 1 else None  # only the uniqueness term of 2+ segments reads it
+                out[i] = score_response(
+                    self.cfg, self.weights, prepared[i], ref_segments, sim[:, offset : offset + k], cand_emb
+                )
+                offset += k
+        return out  # type: ignore[return-value]
+
+    def _prepare(
+        self, keyword_texts: Sequence[str], completions: Sequence[str], references: Sequence[str],
+        prompts_for_errors: Sequence[str] | None, index: dict[str, int],
+    ) -> tuple[dict[str, tuple[list[str], list[int]]], list[PreparedResponse], list[list[int]]]:  # fmt: skip
+        """Validate each distinct reference once (its segments and their rows in ``index``) and prepare every
+        completion (with the rows of its masked segments); every sentence to encode is registered in ``index``."""
 
         def idx(sentence: str) -> int:
             return index.setdefault(sentence, len(index))
 
         kw_cache: dict[str, frozenset[str]] = {}
-        ref_cache: dict[str, list[int]] = {}
-        rows = []
-        for i in range(n):
-            text = completions[i] if isinstance(completions[i], str) else ""
-            ref = references[i]
-            if not isinstance(ref, str) or ref not in ref_cache:
+        refs: dict[str, tuple[list[str], list[int]]] = {}
+        prepared, cand_ids = [], []
+        for i, (kt, text, ref) in enumerate(zip(keyword_texts, completions, references)):
+            if not isinstance(ref, str) or ref not in refs:
                 label = prompts_for_errors[i] if prompts_for_errors is not None else ""
-                ref_cache[ref] = [idx(r) for r in validate_reference(ref, i, label)]
-            layout = check_layout(text)
-            kt = keyword_texts[i]
+                segments = validate_reference(ref, i, label)
+                refs[ref] = (segments, [idx(r) for r in segments])
             if kt not in kw_cache:
                 kw_cache[kt] = keywords(kt)
-            masked = [mask_sentence(c, kw_cache[kt]) for c in split_segments(layout.core)]
-            rows.append((ref, [idx(m) for m in masked], layout.valid, format_score(text)))
+            p = prepare_response(text, kw_cache[kt])
+            prepared.append(p)
+            cand_ids.append([idx(m) for m in p.masked])
+        return refs, prepared, cand_ids
 
-        emb = self.encoder.encode(list(index)).astype(np.float64)  # float64 products: no shape-dependent rounding
-
-        # one cosine product per reference group (the G rollouts of a prompt share their references)
+    @staticmethod
+    def _groups(references: Sequence[str]) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(row[0], []).append(i)
-        cover: dict[int, tuple[int, int]] = {}
-        for ref, members in groups.items():
-            ref_ids = ref_cache[ref]
-            cand_ids = [c for i in members for c in rows[i][1]]
-            sim = emb[ref_ids] @ emb[cand_ids].T if cand_ids else np.zeros((len(ref_ids), 0))
-            offset = 0
-            for i in members:
-                k = len(rows[i][1])
-                matched = greedy_matches(sim[:, offset : offset + k], s.coverage_threshold) if k else 0
-                cover[i] = (matched, len(ref_ids))
-                offset += k
-
-        out = []
-        for i, (_, cand_ids, valid, fmt) in enumerate(rows):
-            matched, n_ref = cover[i]
-            rate = matched / n_ref if n_ref and cand_ids else 0.0
-            n_c = len(cand_ids)
-            if n_c <= 1:
-                u_rate = 1.0
-            else:
-                e = emb[cand_ids]
-                u_rate = (n_c - redundant_count(e @ e.T, s.uniqueness_threshold)) / n_c
-            cov, uniq = coverage_ladder(rate), uniqueness_ladder(u_rate)
-            tag = 0.0 if valid else s.tag_penalty
-            out.append(
-                RewardParts(
-                    cov,
-                    uniq,
-                    fmt,
-                    tag,
-                    total_reward(s, self.weights, cov, fmt, tag, uniq),
-                    rate,
-                    u_rate,
-                    matched,
-                    n_ref,
-                    n_c,
-                    valid,
-                )
-            )
-        return out
+        for i, ref in enumerate(references):
+            groups.setdefault(ref, []).append(i)
+        return groups
 
 
 # ---------------------------------------------------------------- TRL reward function
@@ -346,35 +439,3 @@ def keyword_text_for(situation: str, style: str = "qwen2.5") -> str:
     if style == "situation":
         return situation
     raise ValueError(f"unknown prompt style {style!r} (qwen2.5 | implicit | situation)")
-
-
-def grpo_like_batch(outputs: Any, n_prompts: int, group: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
-    """(situations, completions, references): ``group`` rollouts per prompt built from released outputs (a frame
-    with ``prompt``, ``answer_p`` = core, ``answers`` = summary, ``answer`` = reference), perturbed as sampled
-    rollouts are: subsets and reorderings of the perspective lines, a line borrowed from another situation,
-    a duplicated line, a missing layout, a truncation. Rollout 0 is the released output itself."""
-    rng = np.random.default_rng(seed)
-    rows = outputs.iloc[:n_prompts].to_dict("records")
-    pool = [line for r in outputs.to_dict("records") for line in str(r["answer_p"]).splitlines() if line.strip()]
-    situations, completions, references = [], [], []
-    for r in rows:
-        lines = [x for x in str(r["answer_p"]).splitlines() if x.strip()]
-        for g in range(group):
-            if g:
-                keep = [x for x in lines if rng.random() < 0.85] or lines[:1]
-                rng.shuffle(keep)
-                if rng.random() < 0.2:
-                    keep.insert(int(rng.integers(0, len(keep) + 1)), pool[int(rng.integers(len(pool)))])
-                if rng.random() < 0.15:
-                    keep.append(keep[0])
-            else:
-                keep = lines
-            text = f"<core perspectives>\n{chr(10).join(keep)}\n</core perspectives>\n\n<summary>\n{r['answers']}\n</summary>"
-            if g and rng.random() < 0.15:
-                text = "\n".join(keep) + "\n\n" + str(r["answers"])  # no layout
-            elif g and rng.random() < 0.1:
-                text = text[: int(len(text) * rng.uniform(0.3, 0.9))]  # cut at max completion length
-            situations.append(r["prompt"])
-            completions.append(text)
-            references.append(r["answer"])
-    return situations, completions, references

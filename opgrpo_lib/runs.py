@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import REPO_ROOT, RunConfig
+from .config import RunConfig
+from .paths import REPO_ROOT, default_run_dir
 
 PACKAGES = (
     "torch", "transformers", "trl", "datasets", "peft", "accelerate", "sentence-transformers",
@@ -24,18 +26,32 @@ PACKAGES = (
 )  # fmt: skip
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place (no partial files)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; on success it is renamed into place with the usual file mode
+    (``mkstemp`` creates 0600 files), on failure removed: readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -44,24 +60,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_parquet(df, path: Path) -> None:
     """``df.to_parquet`` through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one profile's run writes (``runs/<profile>`` by default) and its committed results folder."""
+    """Where one run writes: ``root`` (``runs/<profile>`` unless ``--run-dir`` / ``$OPGRPO_RUN_DIR``), its
+    ``results`` and ``figures`` inside it. The committed ``results/<profile>`` changes only via ``opgrpo publish``."""
 
     root: Path
     results: Path
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
 
     @property
     def data(self) -> Path:
@@ -73,18 +86,25 @@ class RunPaths:
         return path
 
 
-def run_paths(cfg: RunConfig, run_dir: str | Path | None = None, results_dir: str | Path | None = None) -> RunPaths:
-    root = Path(run_dir) if run_dir else REPO_ROOT / "runs" / cfg.profile
-    results = Path(results_dir) if results_dir else REPO_ROOT / "results" / cfg.profile
-    root.mkdir(parents=True, exist_ok=True)
-    return RunPaths(root.resolve(), results.resolve())
+def run_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> RunPaths:
+    root = Path(run_dir) if run_dir else default_run_dir(cfg.profile)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"run folder {root}: cannot create it ({exc.strerror or exc})") from None
+    root = root.resolve()
+    return RunPaths(root, root / "results")
 
 
 def resolve_device(cfg: RunConfig) -> str:
-    """ "cuda" when the profile's ``device`` allows it (auto | cuda) and a GPU is present, else "cpu"."""
+    """ "cuda" when the profile's ``device`` allows it (auto | cuda) and a GPU is present, else "cpu";
+    ``device: cuda`` without a GPU is an error, not a silent CPU run."""
     import torch
 
-    return "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise RuntimeError("device: cuda, but torch sees no CUDA GPU here (use device: auto or cpu)")
+    return "cuda" if cfg.device in ("auto", "cuda") and cuda else "cpu"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -143,9 +163,13 @@ def write_manifest(
 ) -> Path:  # fmt: skip
     """Write ``manifest.json`` for one step: config + hash, seeds, versions, device, timings, input digests.
     With ``results``, a copy without input paths goes to ``results/manifests/<step>.json`` (committed)."""
+    from .provenance import STEPS, step_key
+
+    name = next((s.name for s in STEPS.values() if step.endswith(s.name) or s.notebook == step), None)
     manifest = {
         "step": step,
         "profile": cfg.profile,
+        "key": step_key(cfg, name) if name else None,
         "config_hash": cfg.config_hash,
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -172,3 +196,61 @@ def timed(timings: dict[str, float], name: str):
         yield
     finally:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (None = complete): its trainer state must parse
+    and every safetensors file must hold a complete header and data (a kill mid-save truncates them)."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"trainer_state.json unreadable ({type(exc).__name__})"
+    weights = sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("pytorch_model*.bin"))
+    if not weights:
+        return "no weight file"
+    from safetensors import safe_open
+
+    for w in weights:
+        if w.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(w), "np") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
+            return f"{w.name} is incomplete ({str(exc)[:80]})"
+    return None
+
+
+def last_complete_checkpoint(ckpt_dir: Path, log=print) -> str | None:
+    """The newest ``checkpoint-N`` folder that can be resumed from; incomplete newer ones are named and skipped."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and p.is_dir()]
+    for ckpt in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return str(ckpt)
+        log(f"[resume] skipping {ckpt.name}: {problem}")
+    return None
+
+
+def drop_optimizer_states(ckpt_dir: Path) -> int:
+    """Delete optimizer/scheduler states from the checkpoints of a finished run (a finished run never resumes; the
+    weights stay for checkpoint evaluation). Returns the bytes freed."""
+    freed = 0
+    for f in Path(ckpt_dir).glob("checkpoint-*/*"):
+        if f.name in ("optimizer.pt", "scheduler.pt") or f.name.startswith("rng_state"):
+            freed += f.stat().st_size
+            f.unlink()
+    return freed
+
+
+def check_free_disk(path: Path, need_gb: float, what: str) -> None:
+    """Fail before a long step when the disk holding ``path`` has less than ``need_gb`` free."""
+    free = shutil.disk_usage(Path(path)).free / 2**30
+    if free < need_gb:
+        raise OSError(
+            f"{what} needs about {need_gb:.1f} GB free under {path}, only {free:.1f} GB are: free space or use "
+            "--run-dir on a larger disk"
+        )

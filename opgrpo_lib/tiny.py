@@ -135,7 +135,7 @@ def materialize(name: str, root: Path | None = None) -> Path:
     """Build (once, cached by name and version) and return the folder of an in-code tiny model."""
     if name not in BUILDERS:
         raise KeyError(f"unknown tiny model {name!r}; known: {sorted(BUILDERS)}")
-    from .models import models_dir
+    from .paths import models_dir
 
     root = Path(root) if root else models_dir() / "tiny"
     dest = root / name.split(":", 1)[1]

@@ -2,7 +2,8 @@
 
 Our code builds configs, data and reward callables; TRL trains. Two backends behind ``train.backend``:
 ``hf`` (transformers + PEFT LoRA or full fine-tune; CPU or GPU) and ``unsloth`` (GPU only; imported before
-transformers/trl/peft). Rerunning a step resumes from its last checkpoint.
+transformers/trl/peft). A rerun with the same settings is a no-op once finished and resumes from the last complete
+checkpoint otherwise; changed settings start a new run (``provenance.begin``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .config import ConfigError, RunConfig
+from .progress import trainer_callback
 from .prompts import implicit
 from .runs import RunPaths, atomic_write_parquet, atomic_write_text, resolve_device
 
@@ -84,15 +86,13 @@ def ensure_unsloth() -> Any:
 
 def device_kwargs(cfg: RunConfig) -> dict[str, Any]:
     cuda = resolve_device(cfg) == "cuda"
-    if cfg.device == "cuda" and not cuda:
-        raise RuntimeError("profile asks for device: cuda but no CUDA GPU is available")
     import torch
 
     bf16 = cuda and torch.cuda.is_bf16_supported()
     return {"use_cpu": not cuda, "bf16": bf16, "fp16": cuda and not bf16}
 
 
-def load_model(cfg: RunConfig, path: str, for_training: bool = True) -> tuple[Any, Any, Any]:
+def load_model(cfg: RunConfig, path: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config or None) for the configured backend."""
     tc = cfg.train
     if tc.backend == "unsloth":
@@ -109,8 +109,6 @@ def load_model(cfg: RunConfig, path: str, for_training: bool = True) -> tuple[An
                 target_modules=tc.lora.target_modules, use_gradient_checkpointing="unsloth", random_state=cfg.seed,
             )  # fmt: skip
         return model, tok, None
-    if tc.backend != "hf":
-        raise ConfigError(f"train.backend: expected 'hf' or 'unsloth', got {tc.backend!r}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -152,6 +150,26 @@ def sft_target(perspectives: list[dict], summary: str) -> str:
     return f"<core perspectives>\n{core_block(perspectives)}\n</core perspectives>\n\n<summary>\n{summary}\n</summary>"
 
 
+def short_clause(explanation: str, words: int) -> str:
+    """The first sentence of an explanation, cut to at most ``words`` words, without final punctuation."""
+    first = re.split(r"(?<=[.!?])\s+", explanation.strip())[0].rstrip(".!?;:, ")
+    cut = first.split()[:words]
+    return " ".join(cut).rstrip(".!?;:, ")
+
+
+def compact_target(perspectives: list[dict], words: int = 12) -> str:
+    """cpu-profile target (documented deviation): the paper's two-block layout with one short clause per
+    perspective and a one-sentence summary naming every perspective — short enough for a 135M model to finish
+    within its completion budget, and it keeps every name in the summary (the format score's echo rule)."""
+    lines = "\n".join(
+        f"In the perspective of {p['name']}, {short_clause(p['explanation'], words)}." for p in perspectives
+    )
+    names = [p["name"].lower() for p in perspectives]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    summary = f"This situation weighs {listed}."
+    return f"<core perspectives>\n{lines}\n</core perspectives>\n\n<summary>\n{summary}\n</summary>"
+
+
 def capitalise_sentences(text: str) -> str:
     """The authors capitalise each summary sentence (split on sentence punctuation + space)."""
     parts = re.split(r"([.!?]\s+)", text.strip())
@@ -181,11 +199,9 @@ def build_summaries(cfg: RunConfig, train: pd.DataFrame, cache: Path, device: st
     sc = cfg.train.summaries
     if sc.source == "offline":
         return {r["prompt"]: offline_summary(list(r["perspectives"])) for r in train.to_dict("records")}
-    if sc.source != "llm":
-        raise ConfigError(f"train.summaries.source: expected 'llm' or 'offline', got {sc.source!r}")
     from tqdm.auto import tqdm
 
-    from .generate import load_policy, sample
+    from . import lm
     from .models import resolve
 
     done: dict[str, str] = {}
@@ -198,12 +214,13 @@ def build_summaries(cfg: RunConfig, train: pd.DataFrame, cache: Path, device: st
                 continue
     todo = [r for r in train.to_dict("records") if r["prompt"] not in done]
     if todo:
-        policy = load_policy(resolve(sc.model), device)
+        model = lm.load(resolve(sc.model), device)
         with open(cache, "a") as fh:
             for start in tqdm(range(0, len(todo), sc.batch_size), desc="summaries"):
                 batch = todo[start : start + sc.batch_size]
                 prompts = [summary_prompt(r["prompt"], list(r["perspectives"])) for r in batch]
-                outs = sample(policy, prompts, sc.max_new_tokens, sc.temperature, sc.top_p, None, cfg.seed + start)
+                seeds = [lm.row_seed(cfg.seed, r["prompt"]) for r in batch]
+                outs = lm.sample(model, prompts, sc.max_new_tokens, sc.temperature, sc.top_p, None, seeds)
                 for r, o in zip(batch, outs):
                     done[r["prompt"]] = capitalise_sentences(o.split("</think>")[-1].strip())
                     fh.write(json.dumps({"prompt": r["prompt"], "summary": done[r["prompt"]]}) + "\n")
@@ -211,13 +228,21 @@ def build_summaries(cfg: RunConfig, train: pd.DataFrame, cache: Path, device: st
     return done
 
 
-def sft_dataset(train: pd.DataFrame, summaries: dict[str, str]):
+def sft_targets(cfg: RunConfig, train: pd.DataFrame, summaries: dict[str, str]) -> list[str]:
+    """The SFT completion per training row: the paper's target, or the compact one (``train.targets``)."""
+    recs = train.to_dict("records")
+    if cfg.train.targets == "compact":
+        return [compact_target(list(r["perspectives"]), cfg.train.compact_words) for r in recs]
+    return [sft_target(list(r["perspectives"]), summaries[r["prompt"]]) for r in recs]
+
+
+def sft_dataset(train: pd.DataFrame, targets: list[str]):
     from datasets import Dataset
 
     rows = [
         {"prompt": [{"role": "user", "content": implicit(r["prompt"])}],
-         "completion": [{"role": "assistant", "content": sft_target(list(r["perspectives"]), summaries[r["prompt"]])}]}
-        for r in train.to_dict("records")
+         "completion": [{"role": "assistant", "content": t}]}
+        for r, t in zip(train.to_dict("records"), targets)
     ]  # fmt: skip
     return Dataset.from_list(rows)
 
@@ -238,7 +263,8 @@ def check_prompt_lengths(ds, tok, limit: int) -> int:
     max_prompt_length to truncate it)."""
     longest = 0
     for ex in ds:
-        n = len(tok.apply_chat_template(ex["prompt"], tokenize=True, add_generation_prompt=True))
+        text = tok.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
         if n > limit:
             raise ValueError(
                 f"prompt for {ex.get('situation', '?')!r} has {n} tokens > train.max_prompt_length={limit}"
@@ -248,18 +274,61 @@ def check_prompt_lengths(ds, tok, limit: int) -> int:
 
 
 # ---------------------------------------------------------------- training runs
-def _last_checkpoint(path: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(path)) if path.exists() else None
-
-
 def log_frame(history: list[dict]) -> pd.DataFrame:
     rows = [h for h in history if "step" in h and not any(k.startswith("train_") for k in h)]
     return pd.DataFrame(rows)
 
 
-def run_sft(cfg: RunConfig, paths: RunPaths, resume: bool = True) -> dict[str, Any]:
+def _trainer_args(section: dict[str, Any], keep_all: bool) -> dict[str, Any]:
+    """Checkpoint retention: unless the profile says otherwise keep the last 2 (enough to resume past a checkpoint
+    cut by a kill), or all of them when every checkpoint is evaluated."""
+    return section if keep_all or "save_total_limit" in section else {**section, "save_total_limit": 2}
+
+
+def _start(cfg: RunConfig, paths: RunPaths, step: str, force: bool) -> tuple[str, Path]:
+    from .provenance import begin, require_upstream
+
+    require_upstream(cfg, paths.root, step)
+    state = begin(cfg, paths.root, step, force)
+    if state == "finished":
+        print(f"[{step}] finished earlier with these settings: nothing to do (force=True / --force retrains)")
+    return state, paths.step(step)
+
+
+def check_disk(model_path: str, out: Path, section: dict[str, Any], what: str) -> None:
+    """Before a long training step: enough free disk for the checkpoints it keeps (weights + optimizer states, about
+    3x the weights each, plus the final policy), estimated from the size of the starting weights."""
+    from .runs import check_free_disk
+
+    weights = sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else 0
+    if weights:
+        keep = section.get("save_total_limit") or 2
+        check_free_disk(out, weights * (3 * keep + 1) / 2**30 + 0.5, what)
+
+
+def _finish(cfg: RunConfig, paths: RunPaths, step: str, out: Path) -> None:
+    from .provenance import mark
+    from .runs import drop_optimizer_states
+
+    freed = drop_optimizer_states(out / "checkpoints")
+    if freed:
+        print(f"[{step}] finished: dropped optimizer states from the checkpoints ({freed / 2**30:.2f} GB)")
+    mark(out, cfg, step, "finished")
+
+
+def _resume_from(state: str, out: Path) -> str | None:
+    from .runs import last_complete_checkpoint
+
+    return last_complete_checkpoint(out / "checkpoints") if state == "resume" else None
+
+
+def _finished_result(paths: RunPaths, out: Path, log_name: str) -> dict[str, Any]:
+    log_path = paths.results / log_name
+    log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame()
+    return {"policy": out / "policy", "log": log, "skipped": True}
+
+
+def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     """Step 03: SFT of the base policy on implicit prompt → core perspectives + summary."""
     from .data import load_prepared
     from .models import resolve
@@ -267,11 +336,13 @@ def run_sft(cfg: RunConfig, paths: RunPaths, resume: bool = True) -> dict[str, A
 
     tc = cfg.train
     if tc.backend == "unsloth":
-        ensure_unsloth()
+        ensure_unsloth()  # before anything else imports transformers
+    state, out = _start(cfg, paths, "sft", force)
+    if state == "finished":
+        return _finished_result(paths, out, "sft_train_log.csv")
     from trl import SFTConfig, SFTTrainer
 
     validate_trainer_keys("sft", tc.sft, SFTConfig)
-    out = paths.step("sft")
     train, _ = load_prepared(paths.data)
     timings: dict[str, float] = {}
     with timed(timings, "summaries"):
@@ -279,21 +350,35 @@ def run_sft(cfg: RunConfig, paths: RunPaths, resume: bool = True) -> dict[str, A
     atomic_write_parquet(
         pd.DataFrame({"prompt": list(summaries), "summary": list(summaries.values())}), out / "summaries.parquet"
     )
-    ds = sft_dataset(train, summaries)
+    ds = sft_dataset(train, sft_targets(cfg, train, summaries))
+    check_disk(resolve(cfg.models.policy), out, tc.sft, "SFT")
     model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy))
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **device_kwargs(cfg) if tc.backend == "hf" else {},
-        **tc.sft,
+        **_trainer_args(tc.sft, keep_all=False),
     )  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config,
+                         callbacks=[trainer_callback("sft")])  # fmt: skip
     with timed(timings, "train"):
-        trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints") if resume else None)
+        trainer.train(resume_from_checkpoint=_resume_from(state, out))
     policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)
     log = log_frame(trainer.state.log_history)
-    paths.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.results / "sft_train_log.csv", log.to_csv(index=False))
+    if tc.validation_every:  # does the SFT policy finish the layout within the GRPO budget? (greedy, validation)
+        from .estimator import resolve_estimator
+        from .reward import build_reward
+        from .validation import Validator
+
+        with timed(timings, "validation"):
+            reward = build_reward(cfg.reward, resolve_estimator(cfg, paths) if cfg.reward.estimator != "run:estimator"
+                                  else cfg.models.encoder, tokenizer=tok)  # fmt: skip
+            budget = tc.grpo.get("max_completion_length", 256)
+            point = Validator(cfg, paths, reward, budget).score(trainer.model, tok, 0)
+        atomic_write_text(paths.results / "sft_validation.json", json.dumps({**point, "max_new_tokens": budget,
+                          "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}, indent=2))  # fmt: skip
     write_manifest(out, "03_sft", cfg, timings, inputs=[paths.data / "train.parquet"],
                    extra={"backend": tc.backend, "summaries": tc.summaries.source, "rows": len(ds)}, results=paths.results)  # fmt: skip
+    _finish(cfg, paths, "sft", out)
     return {"policy": policy, "log": log, "rows": len(ds)}
 
 
@@ -303,45 +388,59 @@ def grpo_config(cfg: RunConfig, out: Path):
     tc = cfg.train
     validate_trainer_keys("grpo", tc.grpo, GRPOConfig)
     kw = device_kwargs(cfg) if tc.backend == "hf" else {}
-    return GRPOConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **kw, **tc.grpo)
+    grpo = _trainer_args(tc.grpo, keep_all=cfg.eval.checkpoint_rows_per_split > 0)
+    return GRPOConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **kw, **grpo)
 
 
-def run_grpo(cfg: RunConfig, paths: RunPaths, resume: bool = True, callbacks: list | None = None) -> dict[str, Any]:
+def run_grpo(
+    cfg: RunConfig, paths: RunPaths, force: bool = False, callbacks: list | None = None
+) -> dict[str, Any]:  # fmt: skip
     """Step 04: OP-GRPO from the SFT policy (``train.init``) with the OP reward (extra trainer ``callbacks``
     are for benchmarks)."""
     from .data import load_prepared
     from .estimator import resolve_estimator
-    from .generate import resolve_policy
+    from .lm import resolve_policy
     from .reward import build_reward
     from .runs import timed, write_manifest
 
     tc = cfg.train
     if tc.backend == "unsloth":
-        ensure_unsloth()
+        ensure_unsloth()  # before anything else imports transformers
+    state, out = _start(cfg, paths, "grpo", force)
+    if state == "finished":
+        return _finished_result(paths, out, "train_log.csv")
     from trl import GRPOTrainer
 
-    out = paths.step("grpo")
     args = grpo_config(cfg, out)
     train, _ = load_prepared(paths.data)
     ds = grpo_dataset(train, cfg.data.grpo_rows if cfg.data.train_source == "final_train" else None)
     timings: dict[str, float] = {}
     with timed(timings, "load"):
-        model, tok, peft_config = load_model(cfg, resolve_policy(tc.init, cfg, paths))
+        init = resolve_policy(tc.init, cfg, paths.root)
+        keep_all = {"save_total_limit": tc.grpo.get("max_steps", 0) // max(1, tc.grpo.get("save_steps", 1))}
+        check_disk(init, out, tc.grpo if not cfg.eval.checkpoint_rows_per_split else keep_all, "GRPO")
+        model, tok, peft_config = load_model(cfg, init)
         longest = check_prompt_lengths(ds, tok, tc.max_prompt_length)
         device = "cuda" if not args.use_cpu else "cpu"
         reward = build_reward(cfg.reward, resolve_estimator(cfg, paths), tokenizer=tok, device=device)
+    extra = [trainer_callback("grpo"), *(callbacks or [])]
+    if tc.validation_every:
+        from .validation import Validator, curve_callback
+
+        validator = Validator(cfg, paths, reward, args.max_completion_length)
+        extra.append(curve_callback(validator, tc.validation_every, paths.results / "validation_curve.csv"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=peft_config, callbacks=callbacks)  # fmt: skip
+                          peft_config=peft_config, callbacks=extra)  # fmt: skip
     with timed(timings, "train"):
-        trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints") if resume else None)
+        trainer.train(resume_from_checkpoint=_resume_from(state, out))
     policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)
     log = log_frame(trainer.state.log_history)
     if trainer.args.process_index == 0:
-        paths.results.mkdir(parents=True, exist_ok=True)
         atomic_write_text(paths.results / "train_log.csv", log.to_csv(index=False))
         write_manifest(out, "04_grpo", cfg, timings, inputs=[paths.data / "train.parquet"],
                        extra={"backend": tc.backend, "weights": cfg.reward.weights, "longest_prompt_tokens": longest,
                               "world_size": trainer.args.world_size, "prompts": len(ds),
                               "completions_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps
                               * trainer.args.world_size}, results=paths.results)  # fmt: skip
+        _finish(cfg, paths, "grpo", out)
     return {"policy": policy, "log": log}

@@ -6,14 +6,79 @@ python scripts/update_readme.py [--profile cpu] [--check]
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
-from opgrpo_lib.figures import readme_results_table
+import pandas as pd
+
+from opgrpo_lib.figures import main_coverage_table
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _manifest(results: Path, step: str) -> dict[str, Any]:
+    path = results / "manifests" / f"{step}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _hardware(m: dict[str, Any]) -> str:
+    dev = m.get("device", {})
+    if not dev:
+        return "–"
+    return dev.get("gpu") or f"CPU, {dev.get('cpus')} cores"
+
+
+def _minutes(m: dict[str, Any]) -> str:
+    total = sum((m.get("timings_s") or {}).values())
+    return f"{total / 60:.1f} min" if total else "–"
+
+
+def readme_results_table(results: Path) -> str:
+    """The README's results table, rendered from the committed ``results/<profile>/`` files only."""
+    profile = results.name
+    rows = ["| result | value | produced by | hardware | time |", "|---|---|---|---|---|"]
+    est_path = results / "estimator" / "metrics.json"
+    if est_path.exists():
+        est = json.loads(est_path.read_text())
+        m = _manifest(results, "02_estimator")
+        rows.append(
+            f"| estimator held-out triplet accuracy, base → fine-tuned ({est['base_model'].split('/')[-1]}, "
+            f"{est['judge']} judge, n = {est['heldout_triplets']}) | {est['triplet_accuracy_base']:.3f} → "
+            f"{est['triplet_accuracy_finetuned']:.3f} | `02_similarity_estimator` / `opgrpo estimator --profile {profile}` "
+            f"| {_hardware(m)} | {_minutes(m)} |"
+        )
+    log_path = results / "train_log.csv"
+    if log_path.exists():
+        log = pd.read_csv(log_path)
+        k = max(1, min(5, len(log) // 3))
+        first, last = log["op_reward/total"].iloc[:k].mean(), log["op_reward/total"].iloc[-k:].mean()
+        m = _manifest(results, "04_grpo")
+        rows.append(
+            f"| GRPO training reward, mean of first → last {k} of {len(log)} steps | {first:.3f} → {last:.3f} | "
+            f"`04_op_grpo` / `opgrpo train --profile {profile}` | {_hardware(m)} | {_minutes(m)} |"
+        )
+    met_path = results / "eval" / "metrics.csv"
+    if met_path.exists():
+        table = main_coverage_table(pd.read_csv(met_path))
+        m = _manifest(results, "06_evaluate")
+        g = _manifest(results, "05_generate")
+        summary = json.loads((results / "eval" / "eval_summary.json").read_text())
+        for system, part in table.groupby("system", observed=True, sort=False):
+            rows.append(
+                f"| {system}: SBERT relative / absolute accuracy @ {table.attrs['threshold']} "
+                f"({summary['eval_encoder'].split('/')[-1]}), mean over {part['split'].nunique()} splits, "
+                f"n = {int(part['n'].sum())} | {part['relative_accuracy'].mean():.3f} / {part['absolute_accuracy'].mean():.3f} "
+                f"| `05_generate` + `06_evaluate` | {_hardware(g)} | {_minutes(g)} + {_minutes(m)} |"
+            )
+        rows.append(f"| NLI Accuracy@0.33 | {summary['nli']} | `06_evaluate` | – | – |")
+        rows.append(f"| format retries at generation | {summary['retries']} | profile `generate.retries` | – | – |")
+    if len(rows) == 2:
+        rows.append(f"| (no committed results for {profile} yet) | – | `make reproduce PROFILE={profile}` | – | – |")
+    return "\n".join(rows)
 
 
 def block(profile: str) -> str:
@@ -28,7 +93,18 @@ def main() -> int:
     readme = (ROOT / "README.md").read_text()
     new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block(args.profile), readme, flags=re.S)
     if args.check:
-        return 0 if new == readme else 1
+        if new == readme:
+            return 0
+        old_rows = set(readme.splitlines()) - set(new.splitlines())
+        new_rows = set(new.splitlines()) - set(readme.splitlines())
+        print(
+            f"README.md's results block differs from results/{args.profile}/ (run: python scripts/update_readme.py):"
+        )
+        for line in sorted(old_rows):
+            print(f"  README:  {line}")
+        for line in sorted(new_rows):
+            print(f"  results: {line}")
+        return 1
     (ROOT / "README.md").write_text(new)
     return 0
 

@@ -30,7 +30,105 @@ def test_eval_speed_reports_identical_scores(released_dir):
     assert res["identical"] is True and res["rows"] == 6 and "speedup_vs_per_situation" in res
 
 
+def test_tiny_shape_is_the_tiny_lm_architecture():
+    import shapes
+    import torch
+
+    model = shapes.build_model("tiny", vocab_size=800, seed=0)
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (128, 256, 2, 4)
+    assert cfg.num_key_value_heads == 2 and cfg.vocab_size == 800 and cfg.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, 800)
+    again = shapes.build_model("tiny", vocab_size=800, seed=0)
+    assert torch.equal(model.lm_head.weight, again.lm_head.weight)  # seeded
+    with pytest.raises(ValueError, match="vocab_size"):
+        shapes.qwen2_config("tiny")
+
+
+@pytest.mark.parametrize("shape", ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"])
+def test_qwen_shapes_match_published_parameter_counts(shape):
+    """Built on the meta device (no memory): total and non-embedding counts equal the published 0.49B/1.54B/3.09B
+    and 0.36B/1.31B/2.77B to the published precision."""
+    import shapes
+
+    n = shapes.count_parameters(shape)
+    pub = shapes.PUBLISHED[shape]
+    assert round(n["total"] / 1e9, 2) == pub["params"] / 1e9
+    assert round(n["non_embedding"] / 1e9, 2) == pub["non_embedding_params"] / 1e9
+    cfg = shapes.qwen2_config(shape)
+    assert cfg.vocab_size == 151936 and cfg.tie_word_embeddings and cfg.rope_parameters["rope_theta"] == 1e6
+
+
+def test_step_split_and_ratios():
+    import grpo_step
+
+    step = {"start": 0.0, "end": 10.0, "rewards": [(6.0, 6.5, 400)],
+            "records": [("GRPOTrainer.transformers.generate", 0.5, 5.0),
+                        ("GRPOTrainer._get_per_token_logps_and_entropies", 5.1, 5.9),
+                        ("GRPOTrainer._get_per_token_logps_and_entropies", 7.0, 8.0)]}  # fmt: skip
+    s = grpo_step.split_step(step)
+    assert s["generation_s"] == 4.5 and s["training_s"] == 5.5 and s["reward_s"] == 0.5
+    assert s["reference_forward_s"] == pytest.approx(0.8) and s["policy_forward_backward_s"] == 3.5
+    assert s["other_s"] == pytest.approx(10 - 4.5 - 0.5 - 0.8 - 3.5) and s["completion_tokens"] == 400
+    no_profile = grpo_step.split_step({**step, "records": []})
+    assert no_profile["generation_s"] == 6.0 and no_profile["generation_timing"] != "profiled"
+    assert no_profile["reference_forward_s"] is None  # not profiled: unknown, not zero
+    rows = [{"backend": "hf", "status": "ok", "step_s": 30.0, "generation_s": 24.0, "training_s": 6.0,
+             "peak_gpu_mem_gib": 40.0, "completion_tokens_per_s": 1000.0},
+            {"backend": "unsloth", "status": "ok", "step_s": 15.0, "generation_s": 12.0, "training_s": 3.0,
+             "peak_gpu_mem_gib": 30.0, "completion_tokens_per_s": 2000.0},
+            {"backend": "unsloth-4bit", "status": "error", "error": "no bitsandbytes"}]  # fmt: skip
+    r = grpo_step.ratios(rows)
+    assert set(r) == {"unsloth/hf"}
+    assert r["unsloth/hf"]["speedup"] == 2.0 and r["unsloth/hf"]["memory_saving"] == 0.25
+    assert grpo_step.goal(r) == {"speedup_at_least_1.5x": True, "memory_saving_at_least_30pct": False}
+
+
 @pytest.mark.slow
-def test_grpo_step_benchmark_runs_hf_backend():
-    res = run_json("grpo_step.py", "--steps", "2", "--batch", "4", "--completion-length", "8")
-    assert res[0]["backend"] == "hf" and res[0]["steps"] == 2 and res[0]["step_s_mean"] > 0
+def test_grpo_step_cpu_tiny_writes_json(tmp_path):
+    out = tmp_path / "grpo_step_tiny.json"
+    res = run_json("grpo_step.py", "--device", "cpu", "--shape", "tiny", "--out", str(out), "--quiet")
+    assert json.loads(out.read_text()) == res
+    assert res["shape"] == "tiny" and res["device"]["type"] == "cpu" and res["versions"]["trl"]
+    assert res["settings"]["shortened_for_cpu"] and res["settings"]["warmup_steps_excluded"] == 1
+    assert res["settings"]["finetuning"]["method"] == "LoRA" and res["tokenizer"]["name"] == "tiny:causal-lm"
+    assert res["model"]["config"]["hidden_size"] == 128 and res["model"]["parameters"] > 0
+    (row,) = res["rows"]
+    assert row["backend"] == "hf" and row["status"] == "ok", row
+    assert row["steps"] == 3 and row["measured_steps"] == 2 and row["generation_timing"] == "profiled"
+    assert row["step_s"] > 0 and 0 < row["generation_s"] < row["step_s"] and row["training_s"] > 0
+    assert row["reference_forward_s"] > 0  # beta = 0.001: the adapter-disabled reference forward is timed
+    assert row["completion_tokens"] == 8 * 32 and row["completion_tokens_per_s"] > 0
+    assert 0 <= row["reward_share"] < 1 and "peak_gpu_mem_gib" not in row
+    assert res["ratios"] == {} and res["goal"] is None
+
+
+def _synthetic_result(shape, hf_s, un_s):
+    rows = [{"backend": "hf", "status": "ok", "step_s": hf_s, "generation_s": 0.8 * hf_s, "training_s": 0.2 * hf_s,
+             "peak_gpu_mem_gib": 40.0},
+            {"backend": "unsloth", "status": "ok", "step_s": un_s, "generation_s": 0.7 * un_s,
+             "training_s": 0.3 * un_s, "peak_gpu_mem_gib": 25.0},
+            {"backend": "unsloth-4bit", "status": "error", "error": "x"}]  # fmt: skip
+    return {"shape": shape, "device": {"type": "cuda", "name": "NVIDIA H200"}, "rows": rows}
+
+
+def test_gpu_figure_from_synthetic_results(tmp_path):
+    from opgrpo_lib import figures_gpu
+
+    src = tmp_path / "results" / "gpu"
+    src.mkdir(parents=True)
+    assert figures_gpu.build(src, tmp_path / "fig") == []
+    for shape, hf_s, un_s in (("qwen2.5-3b", 30.0, 18.0), ("qwen2.5-1.5b", 20.0, 11.0)):
+        (src / f"grpo_step_{shape}.json").write_text(json.dumps(_synthetic_result(shape, hf_s, un_s)))
+    written = figures_gpu.build(src, tmp_path / "fig")
+    assert sorted(p.name for p in written) == ["grpo_step.csv", "grpo_step.pdf", "grpo_step.png"]
+    assert all(p.stat().st_size > 0 for p in written)
+    df = figures_gpu.load_rows(src)
+    assert list(zip(df["shape"], df["backend"])) == [
+        ("qwen2.5-1.5b", "hf"),
+        ("qwen2.5-1.5b", "unsloth"),
+        ("qwen2.5-3b", "hf"),
+        ("qwen2.5-3b", "unsloth"),
+    ]  # error rows dropped, shapes in size order

@@ -50,7 +50,50 @@ def test_unknown_profile():
         load_profile("nope")
 
 
-def test_bad_weights_name():
-    cfg = load_profile("tiny", {"reward.weights": "late"})
-    with pytest.raises(ConfigError, match="reward.weights"):
-        weight_pair(cfg.reward)
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("device", "gpu", "device: 'gpu' is not one of"),
+        ("reward.weights", "late", "reward.weights: expected 'final'"),
+        ("reward.weights", "nan,inf", "finite"),
+        ("reward.weights", "-1,0.3", ">= 0"),
+        ("reward.mask", "situaton", "reward.mask: 'situaton' is not one of \\['prompt', 'situation'\\]"),
+        ("reward.coverage_threshold", 1.5, "outside the allowed range"),
+        ("reward.coverage_threshold", float("nan"), "not a finite number"),
+        ("train.backend", "hff", "train.backend: 'hff' is not one of"),
+        ("generate.rows_per_split", -3, "generate.rows_per_split: -3 is outside"),
+        (
+            "generate.systems",
+            [{"name": "m", "policy": "policy", "kind": "modplurall"}],
+            "generate.systems\\[0\\].kind",
+        ),
+        (
+            "generate.systems",
+            [{"name": "m", "policy": "policy", "prompt": "implicitt"}],
+            "generate.systems\\[0\\].prompt",
+        ),
+        ("generate.splits", ["5p", "11p"], "generate.splits\\[1\\]: '11p'"),
+        ("eval.sbert_thresholds", [0.7, -0.5], "eval.sbert_thresholds: -0.5 is outside"),
+        ("eval.reference_system", "nobody", "eval.reference_system"),
+        ("estimator.judge", "gpt", "estimator.judge"),
+        ("train.init", "run:sftt", "train.init"),
+    ],
+)
+def test_bad_choice_values_fail_at_load(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("tiny", {key: value})
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\ndata: {eval_per_split: [\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+"):
+        load_profile(bad)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("seed: 1\ndevice: cpu\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: line 3: key 'seed' is given twice"):
+        load_profile(dup)
+
+
+def test_weight_pair_of_explicit_weights():
+    assert weight_pair(load_profile("tiny", {"reward.weights": "0.2,0.1"}).reward) == (0.2, 0.1)

@@ -2,6 +2,7 @@ import hashlib
 import http.server
 import threading
 from functools import partial
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,7 +41,7 @@ def test_cpu_split_sizes_disjoint_and_seeded(cfg_local):
     prep = data.prepare(cfg_local)
     ev = prep.eval.groupby("split").size().to_dict()
     assert ev == {**{s: 100 for s in SPLITS[:-1]}, "gt10p": 200}
-    assert len(prep.train) == 1200 and "gt10p" not in set(prep.train["split"])
+    assert len(prep.train) + len(prep.val) == 1200 and "gt10p" not in set(prep.train["split"])
     assert not set(prep.train["prompt"]) & set(prep.eval["prompt"])
     again = data.prepare(cfg_local)
     assert again.eval["prompt"].tolist() == prep.eval["prompt"].tolist()
@@ -136,8 +137,12 @@ def test_offline_without_data_is_a_clear_error(tmp_path, monkeypatch):
 def test_run_writes_parquet_card_plot_manifest(cfg_local, tmp_path):
     from opgrpo_lib.runs import run_paths
 
-    paths = run_paths(cfg_local, tmp_path / "run", tmp_path / "results")
+    paths = run_paths(cfg_local, tmp_path / "run")
+    committed = Path(__file__).resolve().parents[1] / "results" / cfg_local.profile / "data_card.json"
+    before = committed.read_bytes() if committed.exists() else None
     data.run(cfg_local, paths)
+    after = committed.read_bytes() if committed.exists() else None
+    assert before == after, "--run-dir must leave the repository's results/ untouched"
     for name in (
         "train.parquet",
         "eval.parquet",
@@ -149,4 +154,20 @@ def test_run_writes_parquet_card_plot_manifest(cfg_local, tmp_path):
         assert (paths.data / name).exists(), name
     train, ev = data.load_prepared(paths.data)
     assert len(ev) == 800 and isinstance(ev["perspectives"].iloc[0][0]["name"], str)
-    assert (tmp_path / "results" / "data_card.json").exists()
+    assert (tmp_path / "run" / "results" / "data_card.json").exists()
+    import stat
+
+    mode = stat.S_IMODE((paths.results / "data_card.json").stat().st_mode)
+    assert mode & 0o044, f"results are readable by others (mode {oct(mode)}), not mkstemp's 0600"
+
+
+def test_validation_carve_is_disjoint_from_training_and_evaluation(cfg_local):
+    from opgrpo_lib.config import load_profile
+
+    cfg = load_profile("cpu", {"data.local_dir": cfg_local.data.local_dir, "data.validation_situations": 60})
+    prepared = data.prepare(cfg)
+    train, ev, val = prepared.train, prepared.eval, prepared.val
+    assert len(val) == 60 and prepared.card["validation"]["rows"] == 60
+    assert not set(val["prompt"]) & set(train["prompt"]) and not set(val["prompt"]) & set(ev["prompt"])
+    again = data.prepare(cfg)
+    assert again.val["prompt"].tolist() == val["prompt"].tolist(), "seeded"

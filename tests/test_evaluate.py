@@ -62,13 +62,13 @@ def test_sbert_coverage_hand_computed():
     assert summary["relative_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
     assert summary["std"] == pytest.approx(np.std([1, 1 / 3]))
     assert summary["std_error"] == pytest.approx(np.std([1, 1 / 3]) / np.sqrt(2))
-    assert summary["skipped"] == {"no candidate for prompt": 1}
+    assert summary["skipped"] == {} and summary["missing_candidates"] == 1
 
 
 def test_sbert_skips_empty_sides():
     enc = TableEncoder({"alpha": [1, 0, 0, 0]})
     per, summary = sbert_coverage(REFS, ["   ", "...", None], enc)
-    assert summary["n"] == 0 and summary["skipped"] == {"empty candidate": 2, "no candidate for prompt": 1}
+    assert summary["n"] == 0 and summary["skipped"] == {"empty candidate": 2} and summary["missing_candidates"] == 1
     assert summary["relative_accuracy"] is None
 
 
@@ -91,13 +91,15 @@ def test_nli_protocol_hand_computed():
     }  # fmt: skip
     model = MatrixNLI(t)
     per, summary = nli_overton(REFS, ["First claim. Second claim.", "Only.", None], model)
-    # s1: mean(max(.9,.2), max(.1,.3)) = .6 ; s2: mean(.5,.2,.29) = .33 (not > .33) ; s3: missing → 0
-    assert per["score"].tolist() == pytest.approx([0.6, 0.33, 0.0])
-    assert per["covered"].tolist() == [True, False, False]
-    assert summary["accuracy"] == pytest.approx(1 / 3) and summary["n"] == 3
-    assert summary["missing_outputs_scored_zero"] == 1
-    assert summary["mean_score"] == pytest.approx(0.31)
-    assert model.calls == [7], "one batched call across situations, each distinct pair once"
+    # s1: mean(max(.9,.2), max(.1,.3)) = .6 ; s2: mean(.5,.2,.29) = .33 (not > .33) ; s3: missing → excluded
+    assert per["score"].tolist() == pytest.approx([0.6, 0.33])
+    assert per["covered"].tolist() == [True, False]
+    assert summary["accuracy"] == pytest.approx(1 / 2) and summary["n"] == 2
+    assert summary["missing_candidates"] == 1
+    assert summary["mean_score"] == pytest.approx(0.465)
+    empty, _ = nli_overton(REFS.iloc[:1], [""], model)
+    assert empty["score"].tolist() == [0.0], "an empty output scores 0"
+    assert model.calls[0] == 7, "one batched call across situations, each distinct pair once"
 
 
 def test_situation_score_edges():
@@ -153,13 +155,39 @@ def test_eval_cli_json(opv2_dir, released_dir, tmp_path, minilm_path):
     out = subprocess.run(base + ["sbert", *args, "--candidate-column", "answer_p", "--model", minilm_path,
                                  "--threshold", "0.7"], capture_output=True, text=True, check=True)  # fmt: skip
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["n"] == 20 and res["skipped"] == {"no candidate for prompt": 280}
+    assert res["n"] == 20 and res["missing_candidates"] == 280 and "280 reference rows" in out.stderr
     assert {"n", "hit_all", "absolute_accuracy", "relative_accuracy"} <= set(res)
     assert res["absolute_accuracy"] == res["hit_all"] / 20
     out = subprocess.run(base + ["nli", *args, "--candidate-column", "answers", "--model", "tiny:nli"],
                          capture_output=True, text=True, check=True)  # fmt: skip
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {"n", "accuracy", "mean_score"} <= set(res) and res["n"] == 300
-    assert res["missing_outputs_scored_zero"] == 280
+    assert {"n", "accuracy", "mean_score"} <= set(res) and res["n"] == 20  # the same policy as SBERT
+    assert res["missing_candidates"] == 280
     bad = subprocess.run(base + ["sbert", *args, "--candidate-column", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing column" in bad.stderr
+    for thr in ("1.5", "-0.5", "nan"):
+        bad = subprocess.run(base + ["sbert", *args, "--candidate-column", "answer_p", "--threshold", thr],
+                             capture_output=True, text=True)  # fmt: skip
+        assert bad.returncode == 2 and "[0, 1]" in bad.stderr and "Traceback" not in bad.stderr
+    encoder_as_nli = subprocess.run(base + ["nli", *args, "--candidate-column", "answers", "--model", "tiny:encoder"],
+                                    capture_output=True, text=True)  # fmt: skip
+    assert encoder_as_nli.returncode == 2 and "no entailment label" in encoder_as_nli.stderr
+    assert "Traceback" not in encoder_as_nli.stderr
+    unwritable = subprocess.run(base + ["sbert", *args, "--candidate-column", "answer_p", "--model", minilm_path,
+                                        "--per-row", "/proc/nope/x.csv"], capture_output=True, text=True)  # fmt: skip
+    assert unwritable.returncode == 2 and "--per-row" in unwritable.stderr and "Traceback" not in unwritable.stderr
+
+
+def test_paired_comparisons_per_split_and_pooled():
+    from opgrpo_lib.evaluate import paired_comparisons
+
+    rows = []
+    for split in ("5p", "10p", "6p"):
+        for i in range(10):
+            for system, ratio in (("op_grpo", 0.6 + 0.01 * i), ("sft", 0.5)):
+                rows.append({"prompt": f"{split}-{i}", "split": split, "system": system, "ratio": ratio,
+                             "threshold": 0.7, "text": "core", "evaluator": "independent"})  # fmt: skip
+    comp = paired_comparisons(pd.DataFrame(rows), pd.DataFrame(), "op_grpo", 200, 0)
+    assert set(comp["split"]) == {"5p", "10p", "6p", "all", "5p+10p"}
+    pooled = comp[comp["split"] == "5p+10p"].iloc[0]
+    assert pooled["n"] == 20 and pooled["ci_low"] > 0 and pooled["evaluator"] == "independent"

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from opgrpo_lib.config import GenerateCfg, load_profile
-from opgrpo_lib.generate import generate_rows, resolve_policy
+from opgrpo_lib.generate import generate_rows
+from opgrpo_lib.lm import resolve_policy
 from opgrpo_lib.prompts import render
 from opgrpo_lib.runs import run_paths
 
@@ -13,27 +14,43 @@ VALID = "<core perspectives>\nIn the perspective of A, b.\n</core perspectives>\
 def test_resume_skips_finished_rows_and_repairs_a_cut_line(tmp_path):
     calls = []
 
-    def fn(situations, seed):
+    def fn(situations, attempt):
         calls.append(list(situations))
         return [f"out {s}" for s in situations]
 
     out = tmp_path / "g.jsonl"
     gen = GenerateCfg(batch_size=2)
-    first = generate_rows(fn, [("a", "5p"), ("b", "5p"), ("c", "6p")], "sys", "default", gen, out, 0, progress=False)
+    first = generate_rows(fn, [("a", "5p"), ("b", "5p"), ("c", "6p")], "sys", "default", gen, out, "k", progress=False)
     assert first["text"].tolist() == ["out a", "out b", "out c"] and calls == [["a", "b"], ["c"]]
     assert first["split"].tolist() == ["5p", "5p", "6p"]
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:2]) + '\n{"prompt": "c", "te')  # a crash cut the last line
     calls.clear()
     items = [("a", "5p"), ("b", "5p"), ("c", "6p"), ("d", "6p")]
-    again = generate_rows(fn, items, "sys", "default", gen, out, 0, progress=False)
+    again = generate_rows(fn, items, "sys", "default", gen, out, "k", progress=False)
     assert calls == [["c", "d"]] and again["prompt"].tolist() == ["a", "b", "c", "d"]
+
+
+def test_rows_made_under_another_fingerprint_are_regenerated(tmp_path):
+    """Changed settings or a retrained policy (another key) never reuse old rows; the file keeps only new ones."""
+    out, gen = tmp_path / "g.jsonl", GenerateCfg(batch_size=4)
+    items = [("a", "5p"), ("b", "5p")]
+    generate_rows(lambda sits, attempt: ["old"] * len(sits), items, "s", "default", gen, out, "key1", False)
+    calls = []
+
+    def fn(sits, attempt):
+        calls.append(list(sits))
+        return ["new"] * len(sits)
+
+    df = generate_rows(fn, items, "s", "default", gen, out, "key2", False)
+    assert calls == [["a", "b"]] and df["text"].tolist() == ["new", "new"]
+    assert {json.loads(line)["fingerprint"] for line in out.read_text().splitlines()} == {"key2"}
 
 
 def test_retries_resample_invalid_layouts_only(tmp_path):
     attempts = {}
 
-    def fn(situations, seed):
+    def fn(situations, attempt):
         texts = []
         for s in situations:
             attempts[s] = attempts.get(s, 0) + 1
@@ -41,10 +58,12 @@ def test_retries_resample_invalid_layouts_only(tmp_path):
         return texts
 
     items = [("ok", "5p"), ("late", "5p")]
-    df = generate_rows(fn, items, "s", "default", GenerateCfg(retries=3), tmp_path / "x.jsonl", 0, False)
+    df = generate_rows(fn, items, "s", "default", GenerateCfg(retries=3), tmp_path / "x.jsonl", "k", False)
     assert df["attempts"].tolist() == [1, 3] and df["valid_format"].all()
     assert df.loc[0, "core"] == "In the perspective of A, b." and df.loc[0, "summary"] == "A."
-    off = generate_rows(fn, [("never", "5p")], "s", "default", GenerateCfg(retries=0), tmp_path / "y.jsonl", 0, False)
+    off = generate_rows(
+        fn, [("never", "5p")], "s", "default", GenerateCfg(retries=0), tmp_path / "y.jsonl", "k", False
+    )
     assert off["attempts"].tolist() == [1] and not off["valid_format"].any()
     assert off.loc[0, "core"] == "no layout"  # invalid layout: the whole text is the core text
     rec = json.loads((tmp_path / "y.jsonl").read_text().splitlines()[0])
@@ -69,7 +88,7 @@ def test_prompt_templates():
 def test_missing_trained_policy_names_the_notebook(tmp_path):
     cfg = load_profile("tiny")
     with pytest.raises(FileNotFoundError, match="04_op_grpo"):
-        resolve_policy("run:grpo", cfg, run_paths(cfg, tmp_path))
+        resolve_policy("run:grpo", cfg, run_paths(cfg, tmp_path).root)
 
 
 @pytest.mark.slow
@@ -82,7 +101,7 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
     ]
     # the trained systems and checkpoint coverage are covered by test_pipeline
     cfg = load_profile("tiny", {"generate.systems": untrained, "eval.checkpoint_rows_per_split": 0})
-    paths = run_paths(cfg, tmp_path / "run", tmp_path / "results")
+    paths = run_paths(cfg, tmp_path / "run")
     data.run(cfg, paths)
     out = generate.run(cfg, paths, progress=False)
     assert set(out["system"]) == {"base_implicit", "base_explicit", "modplural", "base_implicit@plain"}
@@ -92,8 +111,37 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
     assert {"sbert", "nli", "tokens"} <= set(m["metric"])
     sb = m[m.metric == "sbert"]
     assert sb["n"].sum() > 0 and sb["relative_accuracy"].dropna().between(0, 1).all()
-    assert (tmp_path / "results" / "eval" / "sbert_per_sample.parquet").exists()
+    assert (paths.results / "eval" / "sbert_per_sample.parquet").exists()
+    assert (paths.results / "generations" / "base_implicit.jsonl").exists()
     assert res["summary"]["retries"] == 1 and res["summary"]["nli"] == "ran with tiny:nli"
     off = {"models.nli": None, "generate.systems": untrained, "eval.checkpoint_rows_per_split": 0}
     nli_off = evaluate.run(load_profile("tiny", off), paths, progress=False)
     assert nli_off["summary"]["nli"].startswith("skipped") and "nli" not in set(nli_off["metrics"]["metric"])
+
+
+def test_sampling_is_per_row_independent_of_batch_and_reproducible():
+    """A row's sample depends on (seed, its text, attempt) only: alone, in a batch, in another order, rerun."""
+    from opgrpo_lib import lm
+    from opgrpo_lib.models import resolve
+
+    model = lm.load(resolve("tiny:causal-lm"))
+    msgs = ["In the perspective of care, people", "A longer situation about honesty, duty and many other things", "x"]
+    seeds = [lm.row_seed(0, m) for m in msgs]
+    batch = lm.sample(model, msgs, 16, 1.0, 0.9, seeds=seeds)
+    alone = [lm.sample(model, [m], 16, 1.0, 0.9, seeds=[s])[0] for m, s in zip(msgs, seeds)]
+    reordered = lm.sample(model, msgs[::-1], 16, 1.0, 0.9, seeds=seeds[::-1])[::-1]
+    assert batch == alone == reordered == lm.sample(model, msgs, 16, 1.0, 0.9, seeds=seeds)
+    other = lm.sample(model, msgs, 16, 1.0, 0.9, seeds=[lm.row_seed(1, m) for m in msgs])
+    assert other != batch, "another seed gives another sample"
+
+
+def test_split_rows_override_rows_per_split():
+    import pandas as pd
+
+    from opgrpo_lib.generate import eval_items
+
+    ev = pd.DataFrame(
+        {"prompt": [f"{s}-{i}" for s in ("5p", "6p") for i in range(5)], "split": ["5p"] * 5 + ["6p"] * 5}
+    )
+    items = eval_items(ev, GenerateCfg(rows_per_split=2, split_rows={"5p": 4}, splits=["5p", "6p"]))
+    assert [p for p, _ in items] == ["5p-0", "5p-1", "5p-2", "5p-3", "6p-0", "6p-1"]

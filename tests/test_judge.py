@@ -54,7 +54,7 @@ def server(monkeypatch):
 
 
 def settings(url, **kw):
-    return JudgeCfg(enabled=True, base_url=url, api_key_env="JUDGE_TEST_KEY", backoff_s=0.01, max_retries=2, **kw)
+    return JudgeCfg(enabled=True, base_url=url, api_key_env="JUDGE_TEST_KEY", max_retries=2, **kw)
 
 
 def test_judge_scores_caches_and_counts(server, tmp_path):

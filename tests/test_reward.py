@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import reference_reward as ref
+from common import grpo_like_batch  # benchmarks/common.py (on pytest's pythonpath)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,6 @@ from opgrpo_lib.reward import (
     coverage_ladder,
     format_score,
     greedy_matches,
-    grpo_like_batch,
     keyword_text_for,
     redundant_count,
     uniqueness_ladder,

@@ -100,3 +100,30 @@ def test_grpo_ddp_two_cpu_processes(tmp_path, opv2_dir):
     manifest = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["completions_per_step"] == 8
     assert (tmp_path / "run" / "grpo" / "policy" / "config.json").exists()
+
+
+def test_disk_check_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from opgrpo_lib import train
+    from opgrpo_lib.models import resolve
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 1024))  # 1 kB free
+    with pytest.raises(OSError, match="needs about .* GB free"):
+        train.check_disk(resolve("tiny:causal-lm"), tmp_path, {}, "GRPO")
+
+
+def test_compact_targets_keep_the_layout_and_every_name():
+    from opgrpo_lib.reward import format_parts
+    from opgrpo_lib.text import check_layout
+    from opgrpo_lib.train import compact_target
+
+    persp = [{"name": "Honesty", "explanation": "Returning the wallet intact reflects truthfulness and integrity. More."},
+             {"name": "Duty to respect property", "explanation": "People have a duty not to keep what belongs to others"}]  # fmt: skip
+    text = compact_target(persp, words=5)
+    assert check_layout(text).valid
+    assert "In the perspective of Honesty, Returning the wallet intact reflects." in text
+    parts = format_parts(text)
+    assert parts.score == 2.0 and not parts.missing_from_summary

@@ -12,11 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
-def test_grpo_steps_on_gpu(backend):
+def test_grpo_steps_on_gpu(backend, tmp_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "grpo_step.py"), "--backends", backend, "--steps", "2", "--json"],
+        [sys.executable, str(ROOT / "benchmarks" / "grpo_step.py"), "--shape", "tiny", "--backends", backend,
+         "--steps", "2", "--batch", "8", "--generations", "4", "--completion-length", "64", "--quiet",
+         "--out", str(tmp_path / "grpo_step_tiny.json"), "--json"],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
-    res = json.loads(out.stdout.strip().splitlines()[-1])[0]
-    assert "error" not in res, res
-    assert res["device"] == "cuda" and res["steps"] == 2 and res["peak_gpu_mem_gb"] > 0
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    (row,) = res["rows"]
+    assert row["status"] == "ok", row
+    assert res["device"]["type"] == "cuda" and row["steps"] == 2 and row["peak_gpu_mem_gib"] > 0

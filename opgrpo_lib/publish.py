@@ -1,0 +1,46 @@
+"""``opgrpo publish``: make a finished run's results the committed ones (``results/<profile>``), regenerate the
+committed figures from them and, for the README's profile, the README's results table. A plain ``make reproduce``
+never writes there, so a user's own run cannot silently disagree with (or dirty) the committed numbers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from .config import RunConfig
+from .paths import REPO_ROOT, committed_figures, committed_results
+from .provenance import STEPS, is_current
+from .runs import run_paths
+
+README_PROFILE = "cpu"
+
+
+def publish(cfg: RunConfig, run_dir: str | None = None) -> list[str]:
+    """Copy ``<run>/results`` over ``results/<profile>`` (refusing an unfinished or stale run) and rebuild the
+    committed figures; returns what was done, line by line."""
+    from .figures import build_all, logged_results
+
+    paths = run_paths(cfg, run_dir)
+    stale = [s for s in STEPS if s != "figures" and not is_current(cfg, paths.root, s)]
+    if stale:
+        raise RuntimeError(
+            f"{paths.root}: steps {stale} are not finished with the current settings and code; run `opgrpo reproduce "
+            f"--profile {cfg.profile}` first"
+        )
+    dest = committed_results(cfg.profile)
+    staging = dest.with_name(f".{dest.name}.publishing")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(paths.results, staging)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    lines = [f"results: {paths.results} -> {dest}"]
+    figs = committed_figures(cfg.profile)
+    shutil.rmtree(figs, ignore_errors=True)
+    build_all(dest, figs, logged_results())
+    lines.append(f"figures: {figs}")
+    if cfg.profile == README_PROFILE:
+        subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "update_readme.py"), "--profile", cfg.profile],
+                       check=True)  # fmt: skip
+        lines.append("README.md results table regenerated")
+    return lines

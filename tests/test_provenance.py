@@ -1,0 +1,82 @@
+"""Provenance keys: which settings and code each step's key covers, and what a change invalidates."""
+
+import json
+
+import pytest
+
+from opgrpo_lib import provenance
+from opgrpo_lib.config import load_profile
+from opgrpo_lib.provenance import STEPS, begin, changes, code_closure, mark, recorded, require_upstream, step_key
+
+ORDER = ["data", "estimator", "sft", "grpo", "generate", "evaluate", "figures"]
+
+
+def _invalidated(override: dict) -> list[str]:
+    off = {"train.validation_every": 0}  # the validation curve makes training depend on the evaluator too
+    base, new = load_profile("tiny", off), load_profile("tiny", {**off, **override})
+    return [s for s in ORDER if step_key(base, s) != step_key(new, s)]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"eval.bootstrap_reps": 500}, ["evaluate", "figures"]),
+        ({"generate.max_new_tokens": 8}, ["generate", "evaluate", "figures"]),
+        ({"train.grpo.learning_rate": 2e-3}, ["grpo", "generate", "evaluate", "figures"]),
+        ({"reward.weights": "early"}, ["grpo", "generate", "evaluate", "figures"]),
+        ({"estimator.scale": 60.0}, ["estimator", "grpo", "generate", "evaluate", "figures"]),
+        ({"train.sft.learning_rate": 1e-3}, ["sft", "grpo", "generate", "evaluate", "figures"]),
+        ({"data.eval_per_split": 4}, ORDER),
+    ],
+)
+def test_a_change_invalidates_exactly_its_step_and_downstream(override, expected):
+    assert _invalidated(override) == expected
+
+
+def test_validation_curve_settings_are_in_the_training_keys_only_when_on():
+    on, off = load_profile("tiny"), load_profile("tiny", {"train.validation_every": 0})
+    changed = {"models.eval_encoder": "sentence-transformers/all-MiniLM-L6-v2"}
+    assert step_key(load_profile("tiny", changed), "grpo") != step_key(on, "grpo")
+    changed_off = load_profile("tiny", {"train.validation_every": 0, **changed})
+    assert step_key(changed_off, "grpo") == step_key(off, "grpo") and step_key(changed_off, "sft") == step_key(
+        off, "sft"
+    )
+
+
+def test_code_fingerprint_follows_imports():
+    assert "train" not in code_closure("figures") and "figures" not in code_closure("train")
+    assert {"reward", "text", "config"} <= set(code_closure("train"))
+    assert "lm" in code_closure("generate")
+
+
+def test_begin_finished_resume_and_new_run(tmp_path, capsys):
+    cfg = load_profile("tiny")
+    assert begin(cfg, tmp_path, "sft") == "fresh"
+    (tmp_path / "sft" / "checkpoints").mkdir()
+    assert begin(cfg, tmp_path, "sft") == "resume"  # same key, not finished
+    mark(tmp_path / "sft", cfg, "sft", "finished")
+    assert begin(cfg, tmp_path, "sft") == "finished"
+    new = load_profile("tiny", {"train.sft.learning_rate": 1e-3})
+    assert begin(new, tmp_path, "sft") == "fresh"
+    out = capsys.readouterr().out
+    assert "train.sft.learning_rate: 0.01 -> 0.001" in out and (tmp_path / "sft.previous" / "checkpoints").exists()
+    assert recorded(tmp_path / "sft")["status"] == "running"
+
+
+def test_upstream_made_with_other_settings_is_refused(tmp_path):
+    cfg = load_profile("tiny")
+    with pytest.raises(provenance.StaleUpstream, match="run notebook 01_data_prep"):
+        require_upstream(cfg, tmp_path, "sft")
+    (tmp_path / "data").mkdir()
+    mark(tmp_path / "data", load_profile("tiny", {"data.max_train_rows": 10}), "data", "finished")
+    with pytest.raises(provenance.StaleUpstream, match="data.max_train_rows: 10 -> 40"):
+        require_upstream(cfg, tmp_path, "sft")
+    mark(tmp_path / "data", cfg, "data", "finished")
+    assert require_upstream(cfg, tmp_path, "sft") == {"data": step_key(cfg, "data")}
+
+
+def test_changes_are_readable():
+    assert changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == ["a.c: 2 -> 3"]
+    assert json.loads(json.dumps(provenance.step_inputs(load_profile("tiny"), "grpo")))["upstream"].keys() == {
+        "data", "estimator", "sft"}  # fmt: skip
+    assert set(STEPS) == set(ORDER)
