@@ -19,8 +19,18 @@ def _overrides(pairs: Sequence[str]) -> dict:
         if "=" not in pair:
             raise SystemExit(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = _number_or(yaml.safe_load(value))
     return out
+
+
+def _number_or(value):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; on the command line it is meant as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _cfg(args):

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -432,11 +433,25 @@ def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -
     return cfg
 
 
+_FLOATISH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _check_trainer_values(section_name: str, values: dict[str, Any]) -> None:
+    """TRL keys pass through untyped; catch YAML 1.1's ``1e-4``-is-a-string trap here, not in the optimizer."""
+    for key, value in values.items():
+        if isinstance(value, str) and _FLOATISH.match(value):
+            raise ConfigError(
+                f"train.{section_name}.{key}: {value!r} is a string in YAML; write it with a dot (e.g. 1.0e-4)"
+            )
+
+
 def validate(cfg: RunConfig) -> None:
     """Checks that span several keys or need parsing; every message names the dotted key and allowed values."""
     from .prompts import TEMPLATES
 
     weight_pair(cfg.reward)
+    _check_trainer_values("sft", cfg.train.sft)
+    _check_trainer_values("grpo", cfg.train.grpo)
     names = [s.name for s in cfg.generate.systems]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

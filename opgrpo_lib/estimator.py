@@ -48,20 +48,10 @@ class LLMJudge:
     name = "llm"
 
     def __init__(self, model_id: str, device: str | None = None, batch_size: int = 16):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        from . import lm
         from .models import resolve
 
-        path = resolve(model_id)
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        dtype = torch.float16 if device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-        if device:
-            self.model.to(device)
+        self.lm = lm.load(resolve(model_id), device)
         self.batch_size = batch_size
 
     @staticmethod
@@ -70,21 +60,15 @@ class LLMJudge:
         return "yes" in tail.lower()
 
     def same(self, pairs):
-        import torch
         from tqdm.auto import tqdm
+
+        from . import lm
 
         prompts = [JUDGE_PROMPT.format(a=a, b=b) for _, a, _, b in pairs]
         out = []
-        for start in tqdm(
-            range(0, len(prompts), self.batch_size), desc="LLM judge", disable=len(prompts) <= 4 * self.batch_size
-        ):
-            batch = prompts[start : start + self.batch_size]
-            enc = self.tok(batch, return_tensors="pt", padding=True).to(self.model.device)
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    **enc, do_sample=False, max_new_tokens=10, pad_token_id=self.tok.pad_token_id
-                )
-            texts = self.tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        steps = range(0, len(prompts), self.batch_size)
+        for start in tqdm(steps, desc="LLM judge", disable=len(prompts) <= 4 * self.batch_size):
+            texts = lm.sample(self.lm, prompts[start : start + self.batch_size], 10, 0.0, chat=False)  # greedy
             out += [self.verdict("Answer:" + t) for t in texts]
         return out
 
@@ -641,23 +625,76 @@ def resolve_estimator(cfg: RunConfig, paths: RunPaths) -> str:
     return resolve(cfg.reward.estimator)
 
 
+def _previous_result(paths: RunPaths) -> dict[str, Any]:
+    res_dir = paths.results / "estimator"
+    return {"metrics": json.loads((res_dir / "metrics.json").read_text()), "skipped": True,
+            "curves": pd.read_csv(res_dir / "calibration.csv"), "model": paths.root / "estimator" / "model",
+            "plots": {p.stem: p for p in sorted(res_dir.glob("*.png"))}}  # fmt: skip
+
+
+def evaluate_estimators(
+    cfg: RunConfig, encoders: dict[str, Any], trip_held: pd.DataFrame, held: pd.DataFrame, outputs: Any
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict | None]:  # fmt: skip
+    """Held-out triplet similarities, alignment curves, accuracy per triplet kind and (with released outputs) how
+    well each encoder separates matched from unmatched (reference, output line) pairs."""
+    from .reward import keyword_text_for
+
+    sims = pd.concat(
+        [triplet_similarities(enc, trip_held).assign(model=name, kind=trip_held["kind"].to_numpy())
+         for name, enc in encoders.items()], ignore_index=True,
+    )  # fmt: skip
+    by_kind = {m: {k: triplet_accuracy(part[part.kind == k]) for k in KINDS if (part.kind == k).any()}
+               for m, part in sims.groupby("model", sort=False)}  # fmt: skip
+    separation_held = None
+    if outputs is not None:  # held-out TRAINING situations that have a released output
+        kw_text = (lambda s: keyword_text_for(s, "qwen2.5")) if cfg.reward.mask == "prompt" else None
+        separation_held = {
+            view: {name: separation(enc, pairs, cfg.reward.coverage_threshold) for name, enc in encoders.items()}
+            for view, pairs in (("mining", reference_output_pairs(held, outputs, "mining")),
+                                ("reward", reference_output_pairs(held, outputs, "reward", kw_text)))
+        }  # fmt: skip
+    curves = pd.concat(
+        [
+            alignment_curve(part, cfg.estimator.thresholds).assign(model=m)
+            for m, part in sims.groupby("model", sort=False)
+        ],
+        ignore_index=True,
+    )
+    return sims, curves, by_kind, separation_held
+
+
+def _deviation(ec, rep_fit) -> str | None:
+    if ec.judge == "llm" and ec.candidates == "references":
+        return None
+    parts = (
+        []
+        if ec.judge == "llm"
+        else ["offline name judge: same perspective name = same perspective; the paper confirms pairs with Qwen3-8B"]
+    )
+    if ec.candidates != "references":
+        parts.append(
+            "offline pool: each training situation's references plus the authors' released 3B output lines "
+            "of the same situation (5p/10p), where the paper mines within ValuePrism answers"
+        )
+    if ec.cross_situation and ec.judge == "names":
+        parts.append(f"fallback: same-name reference of another situation ({rep_fit.across_situations} triplets)")
+    return "; ".join(parts)  # fmt: skip
+
+
 def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     """Mine triplets from the training situations (a seeded held-out share kept apart), fine-tune, evaluate base
     vs fine-tuned; write ``<run>/estimator/`` and small results under ``<run>/results/estimator/``. A rerun with
     the same settings is a no-op once finished (``force`` redoes it)."""
     from .data import load_prepared
     from .provenance import begin, mark, require_upstream
-    from .reward import SentenceEncoder, keyword_text_for
+    from .reward import SentenceEncoder
     from .runs import atomic_write_parquet, resolve_device, timed, write_manifest
 
     require_upstream(cfg, paths.root, "estimator")
     state = begin(cfg, paths.root, "estimator", force)
     if state == "finished":
         print("[estimator] finished earlier with these settings: nothing to do (force=True / --force redoes it)")
-        res_dir = paths.results / "estimator"
-        return {"metrics": json.loads((res_dir / "metrics.json").read_text()), "skipped": True,
-                "curves": pd.read_csv(res_dir / "calibration.csv"), "model": paths.root / "estimator" / "model",
-                "plots": {p.stem: p for p in sorted(res_dir.glob("*.png"))}}  # fmt: skip
+        return _previous_result(paths)
     ec = cfg.estimator
     device = resolve_device(cfg)
     train, evaluation = load_prepared(paths.data)
@@ -694,26 +731,8 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
         final = finetune(trip_fit, cfg.models.encoder, out_dir, cfg, device, resume=state == "resume")
     tuned = SentenceEncoder(str(final), device=device, batch_size=cfg.reward.batch_size)
     with timed(timings, "evaluate"):
-        sims = pd.concat(
-            [triplet_similarities(enc, trip_held).assign(model=name, kind=trip_held["kind"].to_numpy())
-             for name, enc in (("base", base), ("fine-tuned", tuned))],
-            ignore_index=True,
-        )  # fmt: skip
-        by_kind = {m: {k: triplet_accuracy(part[part.kind == k]) for k in KINDS if (part.kind == k).any()}
-                   for m, part in sims.groupby("model", sort=False)}  # fmt: skip
-        separation_held = None
-        if outputs is not None:  # held-out TRAINING situations that have a released output
-            kw_text = (lambda s: keyword_text_for(s, "qwen2.5")) if cfg.reward.mask == "prompt" else None
-            separation_held = {
-                view: {name: separation(enc, pairs, cfg.reward.coverage_threshold)
-                       for name, enc in (("base", base), ("fine-tuned", tuned))}
-                for view, pairs in (("mining", reference_output_pairs(held, outputs, "mining")),
-                                    ("reward", reference_output_pairs(held, outputs, "reward", kw_text)))
-            }  # fmt: skip
-        curves = pd.concat(
-            [alignment_curve(part, ec.thresholds).assign(model=m) for m, part in sims.groupby("model", sort=False)],
-            ignore_index=True,
-        )
+        sims, curves, by_kind, separation_held = evaluate_estimators(cfg, {"base": base, "fine-tuned": tuned},
+                                                                     trip_held, held, outputs)  # fmt: skip
     metrics = {
         "profile": cfg.profile, "base_model": cfg.models.encoder, "judge": ec.judge,
         "judge_model": ec.judge_model if ec.judge == "llm" else None, "scale": ec.scale,
@@ -732,15 +751,7 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
             "(step 05 generates them for evaluation situations only), so outputs vs base-model outputs is not "
             "measured here."
         ),
-        "deviation": None if ec.judge == "llm" and ec.candidates == "references" else "; ".join(
-            ([] if ec.judge == "llm" else [
-                "offline name judge: same perspective name = same perspective; the paper confirms pairs with Qwen3-8B"])
-            + ([] if ec.candidates == "references" else [
-                "offline pool: each training situation's references plus the authors' released 3B output lines of "
-                "the same situation (5p/10p), where the paper mines within ValuePrism answers"])
-            + ([f"fallback: same-name reference of another situation ({rep_fit.across_situations} triplets)"]
-               if ec.cross_situation and ec.judge == "names" else [])
-        ),
+        "deviation": _deviation(ec, rep_fit),
     }  # fmt: skip
     atomic_write_text(res_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     atomic_write_text(res_dir / "calibration.csv", curves.to_csv(index=False))

@@ -105,6 +105,8 @@ def _build_smollm2(dest: Path) -> Path:
         cfg_path.write_text(json.dumps(cfg, indent=2))
         model.generation_config.save_pretrained(staging)
         save_model(model, str(staging / "model.safetensors"))  # save_pretrained refuses gguf-quantised models
+        # SmolLM2 is a BPE tokenizer: transformers warns on every load that the clean-up step would corrupt it
+        tok.clean_up_tokenization_spaces = False
         tok.save_pretrained(staging)
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(staging), dest)
@@ -136,6 +138,13 @@ OFFLINE: dict[str, OfflineModel] = {
 }  # fmt: skip
 
 
+BUILD_VERSION = "2"  # bump when a builder changes what it writes: existing folders are rebuilt
+
+
+def _marker_text(spec: OfflineModel) -> str:
+    return f"{spec.sha256} build {BUILD_VERSION}\n"
+
+
 def _built_marker(folder: Path) -> Path:
     return folder / ".opgrpo_built"
 
@@ -148,11 +157,12 @@ def build(hub_id: str, force: bool = False) -> Path:
     dest = models_dir() / spec.folder
     if spec.in_place:
         return spec.builder(dest)
-    if _built_marker(dest).exists() and not force:
+    marker = _built_marker(dest)
+    if marker.exists() and marker.read_text() == _marker_text(spec) and not force:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     out = spec.builder(dest)
-    _built_marker(out).write_text(spec.sha256 + "\n")
+    _built_marker(out).write_text(_marker_text(spec))
     return out
 
 
@@ -167,7 +177,8 @@ def local_path(hub_id: str) -> Path | None:
         except ModelUnavailable:
             return None
     dest = models_dir() / spec.folder
-    return dest if _built_marker(dest).exists() else None
+    marker = _built_marker(dest)
+    return dest if marker.exists() and marker.read_text() == _marker_text(spec) else None
 
 
 def resolve(name: str) -> str:

@@ -135,7 +135,8 @@ class _Watcher(threading.Thread):
         return msg
 
     def run(self) -> None:
-        pos, last_print = 0, time.time()
+        pos = self.path.stat().st_size if self.path.exists() else 0  # events of earlier notebooks are not news
+        last_print = time.time()
         while not self.stop.wait(2.0):
             if self.path.exists():
                 with open(self.path) as fh:
@@ -178,9 +179,13 @@ def execute(nb: Path, out_nb: Path, params: dict, progress_file: Path) -> None:
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail = []
+        failing = False  # papermill's traceback of a failed cell: summarised by StepFailed instead
         for line in proc.stdout:
             if line.strip() and not any(n in line for n in NOISE):
                 tail = (tail + [line.rstrip()])[-20:]
+                failing = failing or any(m in line for m in ("Traceback", "Exception encountered", "Error"))
+                if not failing:
+                    print(f"  [{nb.stem}] {line.rstrip()}", flush=True)  # a real warning from papermill/the kernel
         rc = proc.wait()
     finally:
         watcher.stop.set()
@@ -219,11 +224,11 @@ def headline(results: Path) -> dict[str, float]:
 
 def summary_text(profile: str, root: Path, report: list[dict]) -> str:
     lines = [f"\nopgrpo reproduce — profile {profile}, run folder {root}", ""]
-    lines.append(f"  {'step':<26}{'status':<9}{'wall':>9}  peak memory")
+    lines.append(f"  {'step':<32}{'status':<9}{'wall':>9}  peak memory")
     for r in report:
         wall = _fmt(r["wall_s"]) if "wall_s" in r else "-"
         step = _step_of(Path(r["notebook"]))
-        lines.append(f"  {r['notebook']:<26}{r['status']:<9}{wall:>9}  {_peak_memory(root, step)}")
+        lines.append(f"  {r['notebook']:<32}{r['status']:<9}{wall:>9}  {_peak_memory(root, step)}")
     ours, committed = headline(root / "results"), headline(committed_results(profile))
     if ours:
         lines += ["", "  SBERT relative accuracy (pooled) this run vs committed results/" + profile]

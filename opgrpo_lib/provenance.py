@@ -74,7 +74,8 @@ STEPS: dict[str, StepSpec] = {
     for s in (
         StepSpec("data", "01_data_prep", "data", _keys("seed", "data"), lambda c: ()),
         StepSpec("estimator", "02_similarity_estimator", "estimator",
-                 _keys("seed", "device", "models.encoder", "estimator", "reward.batch_size"), lambda c: ("data",)),
+                 _keys("seed", "device", "models.encoder", "estimator", "reward.batch_size", "reward.mask",
+                       "reward.coverage_threshold"), lambda c: ("data",)),
         StepSpec("sft", "03_sft", "train",
                  lambda c: (*_TRAIN_COMMON, "train.summaries", "train.targets", "train.compact_words", "train.sft",
                             *_validation(c, "train.grpo.max_completion_length", "reward", "models.encoder")),
@@ -196,9 +197,15 @@ def recorded(step_dir: Path) -> dict[str, Any] | None:
 
 
 def mark(step_dir: Path, cfg: RunConfig, step: str, status: Literal["running", "finished"]) -> dict[str, Any]:
+    """Record a step's status. "finished" keeps the key recorded when the step started (the code and settings
+    it ran with), so an edit made while it ran cannot be claimed by its output."""
     from .runs import atomic_write_text
 
-    rec = {"key": step_key(cfg, step), "status": status, "inputs": step_inputs(cfg, step)}
+    started = recorded(step_dir) if status == "finished" else None
+    if started and started.get("status") == "running":
+        rec = {**started, "status": status}
+    else:
+        rec = {"key": step_key(cfg, step), "status": status, "inputs": step_inputs(cfg, step)}
     atomic_write_text(Path(step_dir) / FINGERPRINT, json.dumps(rec, indent=1, default=str))
     return rec
 

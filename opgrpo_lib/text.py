@@ -24,8 +24,6 @@ _LEADING_OPEN_SUMMARY_RE = re.compile(r"\s*<summary>", re.IGNORECASE)
 _CLOSE_SUMMARY_RE = re.compile(r"</summary>", re.IGNORECASE)
 _FINAL_CLOSE_SUMMARY_RE = re.compile(r"</summary>\s*\Z", re.IGNORECASE)
 # Non-strict block search of the rule-based format score (the spec; computed by _first_block without backtracking).
-CORE_RE = re.compile(r"<core\s+perspectives>\s*(.*?)\s*</core\s+perspectives>", re.IGNORECASE | re.DOTALL)
-SUMMARY_RE = re.compile(r"<summary>\s*(.*?)\s*</summary>", re.IGNORECASE | re.DOTALL)
 # A segment starts at the start of the text or right after a newline followed by the perspective prefix.
 SEGMENT_SPLIT_RE = re.compile(r"(?:^|\n)(?=(?:From|In) the perspective of )", re.IGNORECASE)
 PERSPECTIVE_NAME_RE = re.compile(r"(?:^|\s)(?:From|In) the perspective of ([^,.\n]+)", re.IGNORECASE)

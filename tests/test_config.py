@@ -97,3 +97,12 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
 
 def test_weight_pair_of_explicit_weights():
     assert weight_pair(load_profile("tiny", {"reward.weights": "0.2,0.1"}).reward) == (0.2, 0.1)
+
+
+def test_yaml_float_without_dot_in_trainer_keys_is_caught():
+    with pytest.raises(ConfigError, match="train.sft.learning_rate: '1e-4' is a string in YAML"):
+        load_profile("tiny", {"train.sft.learning_rate": "1e-4"})
+    from opgrpo_lib.cli import _overrides
+
+    assert _overrides(["train.sft.learning_rate=1e-4", "seed=3", "device=cpu"]) == {
+        "train.sft.learning_rate": 1e-4, "seed": 3, "device": "cpu"}  # fmt: skip

@@ -100,12 +100,17 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
         s for s in load_profile("tiny").to_dict()["generate"]["systems"] if not s["policy"].startswith("run:")
     ]
     # the trained systems and checkpoint coverage are covered by test_pipeline
-    cfg = load_profile("tiny", {"generate.systems": untrained, "eval.checkpoint_rows_per_split": 0})
+    untrained_only = {
+        "generate.systems": untrained,
+        "eval.reference_system": "base_implicit",
+        "eval.estimator_coverage": False,
+    }
+    cfg = load_profile("tiny", {**untrained_only, "eval.checkpoint_rows_per_split": 0})
     paths = run_paths(cfg, tmp_path / "run")
     data.run(cfg, paths)
     out = generate.run(cfg, paths, progress=False)
     assert set(out["system"]) == {"base_implicit", "base_explicit", "modplural", "base_implicit@plain"}
-    assert (out.groupby(["system", "split"]).size() == 2).all()
+    assert out.groupby(["system", "split"]).size().unstack()[["5p", "gt10p"]].eq([3, 2]).all().all()  # split_rows
     res = evaluate.run(cfg, paths, progress=False)
     m = res["metrics"]
     assert {"sbert", "nli", "tokens"} <= set(m["metric"])
@@ -114,7 +119,7 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
     assert (paths.results / "eval" / "sbert_per_sample.parquet").exists()
     assert (paths.results / "generations" / "base_implicit.jsonl").exists()
     assert res["summary"]["retries"] == 1 and res["summary"]["nli"] == "ran with tiny:nli"
-    off = {"models.nli": None, "generate.systems": untrained, "eval.checkpoint_rows_per_split": 0}
+    off = {"models.nli": None, **untrained_only, "eval.checkpoint_rows_per_split": 0}
     nli_off = evaluate.run(load_profile("tiny", off), paths, progress=False)
     assert nli_off["summary"]["nli"].startswith("skipped") and "nli" not in set(nli_off["metrics"]["metric"])
 

@@ -80,3 +80,10 @@ def test_changes_are_readable():
     assert json.loads(json.dumps(provenance.step_inputs(load_profile("tiny"), "grpo")))["upstream"].keys() == {
         "data", "estimator", "sft"}  # fmt: skip
     assert set(STEPS) == set(ORDER)
+
+
+def test_finished_keeps_the_key_the_step_started_with(tmp_path):
+    a, b = load_profile("tiny"), load_profile("tiny", {"train.sft.learning_rate": 1e-3})
+    (tmp_path / "sft").mkdir()
+    mark(tmp_path / "sft", a, "sft", "running")
+    assert mark(tmp_path / "sft", b, "sft", "finished")["key"] == step_key(a, "sft")
