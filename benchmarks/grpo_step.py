@@ -271,15 +271,9 @@ def one(work: Path, backend: str) -> dict:
 
 # ---------------------------------------------------------------- parent
 def versions() -> dict:
-    from importlib import metadata
+    from opgrpo_lib.provenance import package_versions
 
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **package_versions(VERSIONED)}
 
 
 def run_child(cmd: list[str], timeout: float | None, quiet: bool) -> tuple[int, str]:

@@ -12,7 +12,6 @@ papermill).
 
 from __future__ import annotations
 
-import hashlib
 import html
 import io
 import json
@@ -27,20 +26,17 @@ from typing import Any
 import numpy as np
 
 from .config import SPLITS, RewardCfg, RunConfig
+from .estimator import RELEASED_FILES, released_path
 from .reward import Encoder, OPRewardScorer, ResponseScore, SentenceEncoder, keyword_text_for, reward_terms
 from .text import keywords, parse_perspectives
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 # The authors' released OP-GRPO Qwen2.5-3B outputs (summary format, 30 RL steps) on test_5p / test_10p, same row
-# order as those files; fetched like the OP-V2 files: a local folder first, then the cache, then the pinned commit.
+# order as those files; located and hash-checked by the estimator's loader (``estimator.released_path``: the
+# ``estimator.released_dir`` folder, $OPGRPO_DATA_DIR, the cache, then the pinned commit). $OPGRPO_RELEASED_DIR
+# replaces the folder tried first.
 ENV_RELEASED_DIR = "OPGRPO_RELEASED_DIR"
-RELEASED_BASE_URL = "https://raw.githubusercontent.com/fuyu12345/Overton-Pluralistic-GRPO"
-RELEASED_COMMIT = "f1561f5adeb94a24f76a495ae58dc9118c9f0974"
-RELEASED_FILES = {  # split -> (file in benchmark_new/extract/, sha256)
-    "5p": ("grpo_eval_summaries_clean.csv", "fd4f0407c15d2edc9eef738e32b35f68a9ac1f47bda8bdc575f7f02dbdc56678"),
-    "10p": ("grpo_eval_summaries_clean_10p.csv", "311461f15eafdc52fef6aaba62bb8aa1adecd0b66696566dae15baf27073eedc"),
-}
 RELEASED_LABEL = "authors' released OP-GRPO 3B output"
 _KEY_RE = re.compile(r"^(?P<split>" + "|".join(SPLITS) + r"):(?P<row>\d+)$")
 
@@ -107,37 +103,13 @@ def load_situation(cfg: RunConfig, key: int | str, reference: str | None = None)
 
 
 def _released_path(cfg: RunConfig, split: str) -> Path:
-    from . import data
-    from .runs import atomic_write_bytes
+    import dataclasses
 
-    name, sha = RELEASED_FILES[split]
-    ldir = data.local_dir(cfg)
-    candidates = [Path(os.environ[ENV_RELEASED_DIR]) / name] if os.environ.get(ENV_RELEASED_DIR) else []
-    candidates += [ldir.parent / "opv2-released-outputs" / name] if ldir is not None else []
-    cached = data.cache_dir() / "released" / RELEASED_COMMIT / name
-    for path in [*candidates, cached]:
-        if path.exists():
-            got = hashlib.sha256(path.read_bytes()).hexdigest()
-            if got != sha:
-                raise data.DataIntegrityError(f"{path}: sha256 {got} != pinned {sha}")
-            return path
-    if not cfg.data.download:
-        raise FileNotFoundError(f"{name} not found (tried {[str(p) for p in [*candidates, cached]]})")
-    import urllib.request
-
-    url = f"{RELEASED_BASE_URL}/{RELEASED_COMMIT}/benchmark_new/extract/{name}"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (pinned https URL)
-            payload = resp.read()
-    except OSError as exc:
-        raise FileNotFoundError(
-            f"{name}: not found locally and the download failed ({exc}); set {ENV_RELEASED_DIR}"
-        ) from exc
-    got = hashlib.sha256(payload).hexdigest()
-    if got != sha:
-        raise data.DataIntegrityError(f"{name} from {url}: sha256 {got} != pinned {sha}")
-    atomic_write_bytes(cached, payload)
-    return cached
+    if os.environ.get(ENV_RELEASED_DIR):
+        cfg = dataclasses.replace(
+            cfg, estimator=dataclasses.replace(cfg.estimator, released_dir=os.environ[ENV_RELEASED_DIR])
+        )
+    return released_path(RELEASED_FILES[split], cfg)
 
 
 def two_block(core: str, summary: str) -> str:
