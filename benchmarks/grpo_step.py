@@ -13,6 +13,13 @@ counted. Each backend runs in its own process (Unsloth must be imported before t
     python benchmarks/grpo_step.py --shape qwen2.5-3b             # CUDA: hf + unsloth at the paper's settings,
                                                                   # writes results/gpu/grpo_step_qwen2.5-3b.json
     python benchmarks/grpo_step.py --shape qwen2.5-3b --backends hf unsloth unsloth-4bit --steps 4
+    python benchmarks/grpo_step.py --device cpu --profile cpu --model runs/cpu/sft/policy --reward op \
+        --estimator runs/cpu/estimator/model --data runs/cpu/data/train.parquet   # the cpu profile's own step
+
+``--profile cpu`` takes every GRPO setting from ``configs/cpu.yaml`` (no CPU shortening); ``--model`` benchmarks
+trained weights (e.g. the SFT policy GRPO starts from, so completions end where they really end) instead of a
+random shape; ``--data`` uses real training rows (a prepared ``train.parquet``) instead of synthetic ones, so the
+reward scores real references.
 
 Tokenizer: the qwen2.5-* shapes keep Qwen's 151,936-entry vocabulary (embedding and LM head cost as the real
 model) while prompts are tokenised by the SmolLM2 tokenizer (49,152 entries, same ChatML turn markers), the only
@@ -63,10 +70,13 @@ SITUATIONS = [
 ANSWER = "In the perspective of Honesty, telling the truth matters.\nIn the perspective of Care, people may be hurt."
 
 
-def synthetic_frame(rows: int):
-    """OP-V2-shaped training rows (prompt = a situation; answer = a reference core block)."""
+def synthetic_frame(rows: int, data: str | None = None):
+    """OP-V2-shaped training rows (prompt = a situation; answer = a reference core block); the first ``rows`` of a
+    prepared ``train.parquet`` when ``data`` is given."""
     import pandas as pd
 
+    if data:
+        return pd.read_parquet(data).iloc[:rows][["prompt", "answer"]]
     return pd.DataFrame(
         {"prompt": [f"{SITUATIONS[i % len(SITUATIONS)]} (case {i})" for i in range(rows)], "answer": [ANSWER] * rows}
     )
@@ -74,12 +84,61 @@ def synthetic_frame(rows: int):
 
 # ---------------------------------------------------------------- child: build the model once
 def prepare(work: Path) -> None:
+    s = json.loads((work / "settings.json").read_text())
+    if s["model"]:
+        info = trained_model(Path(s["model"]), work / "model")
+    else:
+        info = random_model(s, work)
+    from transformers import AutoTokenizer
+
+    from opgrpo_lib.train import grpo_dataset
+
+    tok = AutoTokenizer.from_pretrained(str(work / "model"))
+    ds = grpo_dataset(synthetic_frame(s["rows"], s["data"]))
+    lengths = [
+        len(tok(tok.apply_chat_template(x["prompt"], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        for x in ds
+    ]  # fmt: skip
+    info["prompt_tokens"] = {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)}
+    if s["device"] == "cuda":
+        import torch
+
+        p = torch.cuda.get_device_properties(0)
+        info["device"] = {"type": "cuda", "name": p.name, "count": torch.cuda.device_count(),
+                          "total_memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
+                          "cuda": torch.version.cuda}  # fmt: skip
+    else:
+        import torch
+
+        info["device"] = {
+            "type": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        }
+    (work / "model.json").write_text(json.dumps(info, indent=1))
+
+
+def trained_model(src: Path, dest: Path) -> dict:
+    """Benchmark trained weights: ``dest`` links to ``src`` (a saved model folder with its tokenizer)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not (src / "config.json").exists():
+        raise SystemExit(f"--model {src}: no config.json there (a saved model folder, e.g. runs/cpu/sft/policy)")
+    dest.symlink_to(src.resolve(), target_is_directory=True)
+    conf = AutoConfig.from_pretrained(str(src))
+    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads")  # fmt: skip
+    return {"weights": "trained", "config_source": str(src), "config": {k: getattr(conf, k, None) for k in keys},
+            "tokenizer": {"name": str(src), "vocab_size": len(AutoTokenizer.from_pretrained(str(src)))}}  # fmt: skip
+
+
+def random_model(s: dict, work: Path) -> dict:
+    """Build ``s["shape"]`` with random weights in ``work/model`` (the tokenizer: tiny's or SmolLM2's)."""
     import torch
     from shapes import save_random_model
 
     from opgrpo_lib.models import resolve
 
-    s = json.loads((work / "settings.json").read_text())
     name = s["tokenizer"]
     if name == "auto":
         name = "tiny:causal-lm" if s["shape"] == "tiny" else SMOLLM2
@@ -101,29 +160,7 @@ def prepare(work: Path) -> None:
             f"embedding and LM head cost is the real model's); prompt token ids come from the "
             f"{info['tokenizer']['vocab_size']}-entry {name} tokenizer, and sampled ids beyond it decode to nothing"
         )
-    from transformers import AutoTokenizer
-
-    from opgrpo_lib.train import grpo_dataset
-
-    tok = AutoTokenizer.from_pretrained(str(work / "model"))
-    ds = grpo_dataset(synthetic_frame(s["rows"]))
-    lengths = [
-        len(tok(tok.apply_chat_template(x["prompt"], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-        for x in ds
-    ]  # fmt: skip
-    info["prompt_tokens"] = {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)}
-    if cuda:
-        p = torch.cuda.get_device_properties(0)
-        info["device"] = {"type": "cuda", "name": p.name, "count": torch.cuda.device_count(),
-                          "total_memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
-                          "cuda": torch.version.cuda}  # fmt: skip
-    else:
-        info["device"] = {
-            "type": "cpu",
-            "name": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-        }
-    (work / "model.json").write_text(json.dumps(info, indent=1))
+    return info
 
 
 # ---------------------------------------------------------------- child: one backend
@@ -188,12 +225,12 @@ def one(work: Path, backend: str) -> dict:
     overrides = {"seed": s["seed"], "device": s["device"], "train.backend": backend.split("-")[0],
                  "train.load_in_4bit": backend == "unsloth-4bit", "train.use_vllm": False,
                  "train.lora.enabled": not s["full_finetune"], "train.grpo": grpo}  # fmt: skip
-    cfg = load_profile("paper", overrides)
+    cfg = load_profile(s["profile"], overrides)
     args = train.grpo_config(cfg, work / backend)
     t0 = time.perf_counter()
     model, tok, peft_config = train.load_model(cfg, str(work / "model"))
     load_s = time.perf_counter() - t0
-    ds = train.grpo_dataset(synthetic_frame(s["rows"]))
+    ds = train.grpo_dataset(synthetic_frame(s["rows"], s["data"]))
 
     reward_calls: list[tuple[float, float, int]] = []  # (start, end, completion tokens)
     if s["reward"] == "op":
@@ -370,6 +407,9 @@ def print_report(res: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"])
+    p.add_argument("--profile", default="paper", choices=["paper", "cpu"], help="whose train.grpo settings")
+    p.add_argument("--model", help="a saved model folder to benchmark instead of a random --shape")
+    p.add_argument("--data", help="a prepared train.parquet (prompt, answer) instead of synthetic rows")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: hf unsloth on CUDA, hf on CPU")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per backend, the first one not counted")
@@ -379,7 +419,11 @@ def main() -> None:
     p.add_argument("--reward", default="length", choices=["length", "op"])
     p.add_argument("--estimator", default="tiny:encoder", help="encoder of the op reward")
     p.add_argument("--tokenizer", default="auto", help=f"default: tiny's for tiny, else {SMOLLM2}")
-    p.add_argument("--full-finetune", action="store_true", help="no LoRA (the paper profile's own setting)")
+    p.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="no LoRA (the paper profile's own setting; --profile cpu follows its train.lora)",
+    )
     p.add_argument("--seed", type=int, help="default: the paper profile's seed")
     p.add_argument(
         "--out", help="JSON path (default: results/gpu/grpo_step_<shape>.json on CUDA, runs/benchmarks/ on CPU)"
@@ -413,13 +457,16 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     from opgrpo_lib.config import load_profile
 
-    paper = load_profile("paper")
-    g = paper.train.grpo
-    short = args.device == "cpu"
+    prof = load_profile(args.profile)
+    g = prof.train.grpo
+    short = args.device == "cpu" and args.profile == "paper"
+    if args.model:
+        args.shape = Path(args.model).resolve().parent.name + "-" + Path(args.model).name  # e.g. sft-policy
     settings = {
         "shape": args.shape, "device": args.device, "tokenizer": args.tokenizer, "reward": args.reward,
-        "estimator": args.estimator, "full_finetune": args.full_finetune,
-        "seed": paper.seed if args.seed is None else args.seed, "steps": max(2, args.steps),
+        "estimator": args.estimator, "full_finetune": args.full_finetune or (args.profile == "cpu" and not prof.train.lora.enabled),
+        "profile": args.profile, "model": args.model, "data": args.data,
+        "seed": prof.seed if args.seed is None else args.seed, "steps": max(2, args.steps),
         "batch": args.batch or (CPU_SETTINGS["batch"] if short else g["per_device_train_batch_size"]),
         "generations": args.generations or (CPU_SETTINGS["generations"] if short else g["num_generations"]),
         "completion_length": args.completion_length
@@ -460,7 +507,7 @@ def main() -> None:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     rat = ratios(rows)
-    lora = paper.train.lora
+    lora = prof.train.lora
     res = {
         "benchmark": "grpo_step",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -471,7 +518,9 @@ def main() -> None:
         "tokenizer": model["tokenizer"],
         "settings": {
             "trainer": "trl.GRPOTrainer (HF generate, no vLLM)",
-            "profile": "paper (configs/paper.yaml train.grpo) with one generation per optimizer step",
+            "profile": f"{args.profile} (configs/{args.profile}.yaml train.grpo) with one generation per optimizer step",
+            "model_weights": "trained: " + args.model if args.model else "random",
+            "rows": args.data or "synthetic",
             "per_device_train_batch_size": settings["batch"], "num_generations": settings["generations"],
             "prompts_per_step": settings["batch"] // settings["generations"],
             "max_completion_length": settings["completion_length"],
@@ -481,8 +530,8 @@ def main() -> None:
             "gradient_accumulation_steps": 1, "steps_per_generation": 1,
             "steps": settings["steps"], "warmup_steps_excluded": 1,
             **{k: g.get(k) for k in ("temperature", "top_p", "beta", "loss_type", "learning_rate",
-                                     "gradient_checkpointing")},
-            "finetuning": "full" if args.full_finetune else {"method": "LoRA", "r": lora.r, "alpha": lora.alpha,
+                                     "gradient_checkpointing", "mask_truncated_completions")},
+            "finetuning": "full" if settings["full_finetune"] else {"method": "LoRA", "r": lora.r, "alpha": lora.alpha,
                                                              "dropout": lora.dropout,
                                                              "target_modules": lora.target_modules},
             "reward": args.reward,

@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from . import figures_gpu  # noqa: E402
 from .config import REPO_ROOT, SPLITS  # noqa: E402
 from .reward import COMPONENTS  # noqa: E402
+from .sweep import best_points  # noqa: E402
 
 PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
 ENV_LOGGED = "OPGRPO_LOGGED_RESULTS"
@@ -159,13 +160,49 @@ def fig_coverage_vs_perspectives(table: pd.DataFrame, logged: pd.DataFrame | Non
     return fig
 
 
+def _validation_panels(axes: Any, validation: pd.DataFrame) -> None:
+    """Validation curve (same held-out situations, greedy, every K steps): coverage under the independent evaluator
+    against the reward's own coverage ladder; output length against the clipped and valid-layout rates."""
+    v = validation.sort_values("step")
+    ax = axes[0]
+    ax.plot(v["step"], v["sbert_relative_accuracy"], marker="o", color="black", label="independent SBERT")
+    ax.set_ylabel("SBERT relative accuracy (independent)")
+    twin = ax.twinx()
+    twin.plot(v["step"], v["coverage_ladder"], marker="s", color="tab:red", label="reward coverage ladder")
+    twin.set_ylabel("coverage ladder (reward's estimator)", color="tab:red")
+    ax.set_title(f"validation (n = {int(v['n'].iloc[0])}, greedy)", fontsize=8)
+    ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=6, loc="lower left")
+    ax = axes[1]
+    ax.plot(v["step"], v["mean_tokens"], marker="o", color="black", label="mean tokens")
+    ax.set_ylabel("mean output tokens")
+    twin = ax.twinx()
+    twin.plot(v["step"], v["clipped_ratio"], marker="^", color="tab:orange", label="clipped")
+    twin.plot(v["step"], v["valid_format_rate"], marker="v", color="tab:green", label="valid layout")
+    twin.set_ylim(-0.05, 1.05)
+    twin.set_ylabel("rate")
+    ax.set_title("validation: length and layout", fontsize=8)
+    ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=6, loc="center left")
+    for a in axes:
+        a.set_xlabel("GRPO step")
+
+
 def fig_training_dynamics(
-    train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None
-) -> plt.Figure:
-    """Total reward and each component per GRPO step; coverage of saved checkpoints vs RL step (ours, and the
-    authors' logged step ablation)."""
+    train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None,
+    validation: pd.DataFrame | None = None,
+) -> plt.Figure:  # fmt: skip
+    """Each reward component per GRPO step (training prompts differ from step to step), the validation curve when
+    there is one (the same held-out prompts at every point: the curve settings are chosen on), and coverage of saved
+    checkpoints vs RL step (ours, and the authors' logged step ablation)."""
     comps = [c for c in COMPONENTS if f"op_reward/{c}" in train_log]
-    fig, axes = plt.subplots(1, len(comps) + 1, figsize=(3.0 * (len(comps) + 1), 3.0), squeeze=False)
+    cols = max(len(comps), 3)
+    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.4), squeeze=False)
+    if validation is not None and not validation.empty:
+        _validation_panels(axes[1][:2], validation)
+    else:
+        axes[1][0].axis("off")
+        axes[1][1].axis("off")
+    for ax in list(axes[0][len(comps) :]) + list(axes[1][3:]):
+        ax.axis("off")
     for ax, c in zip(axes[0], comps):
         y = train_log[f"op_reward/{c}"]
         ax.plot(train_log["step"], y, alpha=0.35)
@@ -173,7 +210,7 @@ def fig_training_dynamics(
             ax.plot(train_log["step"], y.rolling(5, min_periods=1).mean(), linewidth=2)
         ax.set_title(c)
         ax.set_xlabel("GRPO step")
-    ax = axes[0][-1]
+    ax = axes[1][2]
     if checkpoints is not None and not checkpoints.empty:
         mean = checkpoints.groupby("step")["relative_accuracy"].mean()
         ax.plot(mean.index, mean.values, marker="s", color="black", linewidth=2, label="ours (mean over splits)")
@@ -195,6 +232,30 @@ def fig_training_dynamics(
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
+    """Every tried GRPO setting's validation curve: independent coverage and the reward's ladder vs step."""
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2))
+    for name, part in table.groupby("setting", sort=False):
+        part = part.sort_values("step")
+        style = {"linewidth": 2.5 if part["chosen"].iloc[0] else 1.2, "marker": "o", "label": name}
+        axes[0].plot(part["step"], part["sbert_relative_accuracy"], **style)
+        axes[1].plot(part["step"], part["coverage_ladder"], **style)
+        axes[2].plot(part["step"], part["mean_tokens"], **style)
+    for ax, title in zip(axes, ("independent SBERT (validation)", "reward coverage ladder", "mean output tokens")):
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("GRPO step")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _sweep_outputs(table: pd.DataFrame, out: Path) -> list[Path]:
+    files = save_figure(fig_validation_sweep(table), out / "validation_sweep")
+    return files + write_table(best_points(table), out / "tables" / "validation_sweep",
+                               "GRPO settings tried on the validation carve (final and best point per setting; "
+                               "independent SBERT relative accuracy)")  # fmt: skip
 
 
 def fig_estimator(calibration: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
@@ -265,10 +326,14 @@ def headline_table(metrics: pd.DataFrame, ours: str = "op_grpo") -> pd.DataFrame
         raise MissingInputs(f"no {ours} results (run notebooks 04–06)")
     rows = []
     for base in means.index.drop(ours):
-        claim = {"modplural": PAPER_CLAIMS["ModPlural"]}.get(base)
+        claim, note = None, ""
+        if base == "modplural" and len(nli):
+            claim, note = PAPER_CLAIMS["ModPlural"], "vs ModPlural (NLI)"
+        elif base == "modplural":  # an SBERT ratio is not the paper's NLI number: never side by side
+            note = "the paper's +19.1 % is NLI Accuracy@0.33; this row is SBERT, not comparable"
         rows.append({"baseline": base, "metric": name, "ours": means[ours], "baseline_value": means[base],
                      "relative_gain": relative_gain(means[ours], means[base]), "paper_claim": claim,
-                     "paper_claim_note": "vs ModPlural (NLI)" if claim is not None else ""})  # fmt: skip
+                     "paper_claim_note": note})  # fmt: skip
     rows.append({"baseline": "GPT-OSS-20B", "metric": "NLI Accuracy@0.33", "ours": None, "baseline_value": None,
                  "relative_gain": None, "paper_claim": PAPER_CLAIMS["GPT-OSS-20B"],
                  "paper_claim_note": "not reproduced: GPT-OSS-20B outputs/NLI are not available"})  # fmt: skip
@@ -350,6 +415,8 @@ class Inputs:
     train_log: pd.DataFrame | None
     calibration: pd.DataFrame | None
     checkpoints: pd.DataFrame | None
+    validation: pd.DataFrame | None
+    sweep: pd.DataFrame | None
     estimator: dict[str, Any] | None
     ablations: dict[str, pd.DataFrame]
     logged: pd.DataFrame | None
@@ -363,6 +430,8 @@ class Inputs:
             train_log=_read_csv(results / "train_log.csv"),
             calibration=_read_csv(results / "estimator" / "calibration.csv"),
             checkpoints=_read_csv(results / "eval" / "checkpoint_coverage.csv"),
+            validation=_read_csv(results / "validation_curve.csv"),
+            sweep=_read_csv(results / "sweep" / "validation_sweep.csv"),
             estimator=_read_json(results / "estimator" / "metrics.json"),
             ablations={p.parent.name: pd.read_csv(p) for p in sorted((results / "ablations").glob("*/train_log.csv"))},
             logged=logged,
@@ -410,8 +479,10 @@ FIGURES: list[tuple[str, Any]] = [
     ("coverage vs perspectives", lambda inp, out: save_figure(fig_coverage_vs_perspectives(
         main_coverage_table(inp.need("metrics", EVAL)), logged_main(inp.logged)), out / "coverage_vs_perspectives")),
     ("training dynamics", lambda inp, out: save_figure(fig_training_dynamics(
-        inp.need("train_log", "results/train_log.csv: run notebook 04_op_grpo"), inp.logged_steps, inp.checkpoints),
-        out / "training_dynamics")),
+        inp.need("train_log", "results/train_log.csv: run notebook 04_op_grpo"), inp.logged_steps, inp.checkpoints,
+        inp.validation), out / "training_dynamics")),
+    ("validation sweep", lambda inp, out: _sweep_outputs(inp.need(
+        "sweep", "results/sweep/validation_sweep.csv: scripts/validation_sweep.py over the tried runs"), out)),
     ("similarity estimator", lambda inp, out: save_figure(fig_estimator(
         inp.need("calibration", "results/estimator/calibration.csv: run notebook 02"),
         inp.need("estimator", "results/estimator/metrics.json: run notebook 02")), out / "similarity_estimator")),

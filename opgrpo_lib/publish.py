@@ -14,6 +14,7 @@ from .provenance import STEPS, is_current
 from .runs import run_paths
 
 README_PROFILE = "cpu"
+HAND_RUN = ("sweep", "benchmarks")  # scripts/validation_sweep.py, benchmarks/grpo_step.py --profile <profile>
 
 
 def publish(cfg: RunConfig, run_dir: str | None = None) -> list[str]:
@@ -32,6 +33,9 @@ def publish(cfg: RunConfig, run_dir: str | None = None) -> list[str]:
     staging = dest.with_name(f".{dest.name}.publishing")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(paths.results, staging)
+    for hand_run in HAND_RUN:  # made by hand, not by a run: kept unless this run brings its own
+        if not (staging / hand_run).exists() and (dest / hand_run).exists():
+            shutil.copytree(dest / hand_run, staging / hand_run)
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
     lines = [f"results: {paths.results} -> {dest}"]

@@ -37,6 +37,31 @@ def _minutes(m: dict[str, Any]) -> str:
     return f"{total / 60:.1f} min" if total else "–"
 
 
+def comparison_rows(results: Path, pooled: str = "5p+10p") -> list[str]:
+    """The headline: paired bootstrap differences on the pooled 5p+10p situations, under the independent evaluator
+    and under the reward's own estimator, side by side."""
+    path = results / "eval" / "comparisons.csv"
+    if not path.exists():
+        return []
+    comp = pd.read_csv(path)
+    comp = comp[(comp["split"] == pooled) & (comp["metric"] == "sbert")]
+    rows = []
+    for (system, baseline), part in comp.groupby(["system", "baseline"], sort=False):
+        cells = []
+        for evaluator in ("independent", "estimator"):
+            r = part[part["evaluator"] == evaluator]
+            if not r.empty:
+                r = r.iloc[0]
+                cells.append(f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+        n = int(part["n"].iloc[0])
+        rows.append(
+            f"| {system} − {baseline}, SBERT relative accuracy, pooled {pooled} (n = {n} paired situations), "
+            f"95 % paired-bootstrap CI: independent / reward's estimator | {' / '.join(cells)} | `06_evaluate` "
+            f"(`eval/comparisons.csv`) | – | – |"
+        )
+    return rows
+
+
 def readme_results_table(results: Path) -> str:
     """The README's results table, rendered from the committed ``results/<profile>/`` files only."""
     profile = results.name
@@ -74,6 +99,7 @@ def readme_results_table(results: Path) -> str:
                 f"n = {int(part['n'].sum())} | {part['relative_accuracy'].mean():.3f} / {part['absolute_accuracy'].mean():.3f} "
                 f"| `05_generate` + `06_evaluate` | {_hardware(g)} | {_minutes(g)} + {_minutes(m)} |"
             )
+        rows += comparison_rows(results)
         rows.append(f"| NLI Accuracy@0.33 | {summary['nli']} | `06_evaluate` | – | – |")
         rows.append(f"| format retries at generation | {summary['retries']} | profile `generate.retries` | – | – |")
     if len(rows) == 2:

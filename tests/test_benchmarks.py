@@ -105,6 +105,29 @@ def test_grpo_step_cpu_tiny_writes_json(tmp_path):
     assert res["ratios"] == {} and res["goal"] is None
 
 
+@pytest.mark.slow
+def test_grpo_step_with_trained_weights_real_rows_and_the_cpu_profile(tmp_path):
+    """``--profile cpu --model --data``: the cpu profile's settings (full fine-tuning, its beta and completion
+    budget), the given weights and training rows, and the real OP reward."""
+    import pandas as pd
+
+    from opgrpo_lib.models import resolve
+
+    rows = tmp_path / "train.parquet"
+    pd.DataFrame({"prompt": [f"Keeping a promise {i}" for i in range(8)],
+                  "answer": ["In the perspective of Honesty, a word given binds.\nIn the perspective of Care, others rely on it."] * 8}).to_parquet(rows)  # fmt: skip
+    out = tmp_path / "step.json"
+    res = run_json("grpo_step.py", "--device", "cpu", "--profile", "cpu", "--model", resolve("tiny:causal-lm"),
+                   "--data", str(rows), "--reward", "op", "--completion-length", "16", "--out", str(out), "--quiet")  # fmt: skip
+    st = res["settings"]
+    assert st["profile"].startswith("cpu") and st["model_weights"].startswith("trained") and st["rows"] == str(rows)
+    assert st["finetuning"] == "full" and st["beta"] == 0.001 and st["shortened_for_cpu"]  # 16 of 320 tokens
+    assert (st["per_device_train_batch_size"], st["num_generations"], st["max_completion_length"]) == (8, 4, 16)
+    (row,) = res["rows"]
+    assert row["status"] == "ok" and row["reward_s"] > 0 and row["reference_forward_s"] > 0, row
+    assert res["model"]["weights"] == "trained" and res["tokenizer"]["vocab_size"] > 0
+
+
 def _synthetic_result(shape, hf_s, un_s):
     rows = [{"backend": "hf", "status": "ok", "step_s": hf_s, "generation_s": 0.8 * hf_s, "training_s": 0.2 * hf_s,
              "peak_gpu_mem_gib": 40.0},

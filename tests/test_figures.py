@@ -152,3 +152,11 @@ def test_committed_figures_are_up_to_date(tmp_path):
     assert len(compared) > 5
     for f in compared:
         assert (committed / f).read_bytes() == (tmp_path / "f" / f).read_bytes(), f"{f}: run `make figures`"
+
+
+def test_headline_never_puts_an_sbert_ratio_beside_the_papers_nli_claim(tmp_path):
+    metrics = synthetic_results(tmp_path / "results")
+    head = figures.headline_table(metrics[metrics.metric != "nli"])
+    mp = head[head.baseline == "modplural"].iloc[0]
+    assert mp["metric"] == "SBERT relative accuracy" and pd.isna(mp["paper_claim"])
+    assert "not comparable" in mp["paper_claim_note"]
