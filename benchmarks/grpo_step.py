@@ -84,6 +84,8 @@ def synthetic_frame(rows: int, data: str | None = None):
 
 # ---------------------------------------------------------------- child: build the model once
 def prepare(work: Path) -> None:
+    import torch
+
     s = json.loads((work / "settings.json").read_text())
     if s["model"]:
         info = trained_model(Path(s["model"]), work / "model")
@@ -101,15 +103,11 @@ def prepare(work: Path) -> None:
     ]  # fmt: skip
     info["prompt_tokens"] = {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)}
     if s["device"] == "cuda":
-        import torch
-
         p = torch.cuda.get_device_properties(0)
         info["device"] = {"type": "cuda", "name": p.name, "count": torch.cuda.device_count(),
                           "total_memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
                           "cuda": torch.version.cuda}  # fmt: skip
     else:
-        import torch
-
         info["device"] = {
             "type": "cpu",
             "name": platform.processor() or platform.machine(),

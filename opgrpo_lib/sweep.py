@@ -16,8 +16,6 @@ import pandas as pd
 # the settings a row reports (train.grpo keys; reward weights are reported as a whole)
 SETTING_KEYS = ("learning_rate", "beta", "num_generations", "per_device_train_batch_size", "max_steps",
                 "max_completion_length", "temperature", "mask_truncated_completions", "loss_type")  # fmt: skip
-CURVE_COLUMNS = ("step", "n", "mean_reward", "coverage_ladder", "sbert_relative_accuracy", "valid_format_rate",
-                 "clipped_ratio", "mean_tokens")  # fmt: skip
 
 
 def run_settings(run_dir: Path) -> dict:
@@ -51,7 +49,7 @@ def collect(runs: dict[str, Path], chosen: str | None = None) -> pd.DataFrame:
         curve_csv = Path(run_dir) / "results" / "validation_curve.csv"
         if not curve_csv.exists():
             raise FileNotFoundError(f"{curve_csv}: the run has no validation curve (set train.validation_every)")
-        curve = pd.read_csv(curve_csv)[list(CURVE_COLUMNS)]
+        curve = pd.read_csv(curve_csv)  # the columns of validation.Validator.score
         log_csv = Path(run_dir) / "results" / "train_log.csv"
         if log_csv.exists():  # how far the policy moved and how long training outputs got, up to each point
             log = pd.read_csv(log_csv)
