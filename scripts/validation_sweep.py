@@ -27,7 +27,10 @@ def main() -> None:
         if not sep or not name:
             p.error(f"--run {item!r}: expected NAME=RUN_DIR")
         runs[name] = Path(path)
-    table = collect(runs, a.chosen)
+    try:
+        table = collect(runs, a.chosen)
+    except (FileNotFoundError, ValueError) as exc:  # a wrong folder or curves that cannot be compared: one line
+        p.error(str(exc))
     summary = best_points(table)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out / "validation_sweep.csv", table.to_csv(index=False))

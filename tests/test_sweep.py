@@ -2,6 +2,9 @@
 the figures, and kept by ``publish`` when the published run has none."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -88,3 +91,10 @@ def test_publish_keeps_the_committed_sweep(tmp_path, monkeypatch):
     (paths.results / "sweep" / "validation_sweep.csv").write_text(new)
     publish.publish(cfg, str(tmp_path / "run"))
     assert (dest / "sweep" / "validation_sweep.csv").read_text() == new
+
+
+def test_script_reports_a_bad_run_folder_in_one_line(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "validation_sweep.py"
+    out = subprocess.run([sys.executable, str(script), "--run", f"A={tmp_path / 'nowhere'}", "--out", str(tmp_path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "not a GRPO run folder" in out.stderr and "Traceback" not in out.stderr
