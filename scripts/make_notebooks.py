@@ -18,7 +18,7 @@ REF = "main"
 # exist for tests and mirrors.
 BOOTSTRAP = (
     "# Colab only: get the repo at the notebook's ref and install what this runtime needs (does nothing elsewhere).\n"
-    "# Safe to rerun, also after \"Restart session\": an existing clone is updated, not cloned again.\n"
+    '# Safe to rerun, also after "Restart session": an existing clone is updated, not cloned again.\n'
     "import os, shutil, subprocess, sys\n"
     'if "google.colab" in sys.modules:\n'
     f'    repo = os.environ.get("OPGRPO_REPO", "https://github.com/{REPO}.git")\n'
@@ -31,10 +31,10 @@ BOOTSTRAP = (
     '    gpu = shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0\n'
     '    extras = "notebooks,models" + (",gpu" if gpu else "")\n'
     '    stamp, want = os.path.join(root, ".colab-installed"), git("rev-parse", "HEAD").stdout.strip() + " " + extras\n'
-    '    if not os.path.exists(stamp) or open(stamp).read() != want:\n'
+    "    if not os.path.exists(stamp) or open(stamp).read() != want:\n"
     '        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{root}[{extras}]"], check=True)\n'
     '        open(stamp, "w").write(want)\n'
-    '    print(f"opgrpo at {want.split()[0][:10]} in {root}, extras [{extras}] ({\'GPU\' if gpu else \'no GPU\'})")\n'
+    "    print(f\"opgrpo at {want.split()[0][:10]} in {root}, extras [{extras}] ({'GPU' if gpu else 'no GPU'})\")\n"
     "    sys.path.insert(0, root)"
 )
 SETUP = (
@@ -156,8 +156,9 @@ notebook(
     "01 · OP-V2 data",
     "Fetches the OP-V2 files (local folder first, else the authors' repository at a pinned commit, hash-checked), "
     "parses every answer into ordered perspectives and writes the train/eval splits.\n\n"
-    "**Reads:** `test_*.csv` (and `final_train.csv` for `paper`). " + WHERE +
-    "`R/data/{train,eval}.parquet`, `R/data/data_card.{json,md}`, `R/data/perspectives_per_row.png`, "
+    "**Reads:** `test_*.csv` (and `final_train.csv` for `paper`). "
+    + WHERE
+    + "`R/data/{train,eval}.parquet`, `R/data/data_card.{json,md}`, `R/data/perspectives_per_row.png`, "
     "`R/results/data_card.json`.\n\n"
     "**Time:** seconds on every profile (`cpu`: 0.7 s measured, `results/cpu/manifests/01_data.json`).\n\n"
     "**Look at:** the data card (rows per split, how many situations were carved out for training, the parsing "
@@ -270,8 +271,9 @@ notebook(
     "SBERT coverage (relative / absolute accuracy, the authors' logged metric) with an evaluator different from the "
     "reward's estimator, the NLI Overton benchmark (Accuracy@0.33; skipped with a plain statement where no NLI model "
     "exists), token efficiency, paired bootstrap comparisons and the optional LLM judge.\n\n"
-    "**Reads:** `R/generate/outputs.parquet`, the evaluation references. " + WHERE +
-    "`R/results/eval/{metrics.csv,comparisons.csv,eval_summary.json,*_per_sample.parquet}`.\n\n"
+    "**Reads:** `R/generate/outputs.parquet`, the evaluation references. "
+    + WHERE
+    + "`R/results/eval/{metrics.csv,comparisons.csv,eval_summary.json,*_per_sample.parquet}`.\n\n"
     f"**Time:** {TIMES['06']}\n\n"
     "**Look at:** `comparisons` — OP-GRPO minus each baseline on the same situations with its 95 % CI, under the "
     "independent evaluator and under the reward's own estimator (the headline; notebook 07 draws it).",
@@ -303,7 +305,7 @@ notebook(
         (
             "code",
             "from pathlib import Path\nfrom IPython.display import Markdown, display\n\n"
-            'display(Markdown(f"**Shown:** {figs[\'source_note\']}"))\n'
+            "display(Markdown(f\"**Shown:** {figs['source_note']}\"))\n"
             'display(Markdown((Path(figs["out_dir"]) / "INDEX.md").read_text()))',
         ),
         ("md", "## Figures and tables\n\nThe headline first: OP-GRPO minus each baseline on the same situations."),
