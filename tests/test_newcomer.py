@@ -1,0 +1,126 @@
+"""The entry points as a newcomer meets them: a fresh clone (tracked files only: no runs/, no models/, no figures
+made here) next to shared/, notebooks 00 and 07 executed as they are, and the Colab bootstrap run twice."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    """The tracked files of this checkout (as a clone would have them), with shared/ beside it as on this machine."""
+    repo = tmp_path / "clone" / "opgrpo"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / rel)
+    shared = ROOT.parent / "shared"
+    if shared.is_dir():
+        (repo.parent / "shared").symlink_to(shared)
+    assert not (repo / "runs").exists() and not (repo / "models").exists()
+    return repo
+
+
+def execute(repo: Path, name: str, monkeypatch, **parameters) -> nbformat.NotebookNode:
+    import papermill as pm
+
+    monkeypatch.setenv("PYTHONPATH", str(repo))  # the kernel imports the clone's library, not this checkout's
+    monkeypatch.delenv("OPGRPO_RUN_DIR", raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    out = repo.parent / f"{name}.out.ipynb"
+    pm.execute_notebook(str(repo / "notebooks" / f"{name}.ipynb"), str(out), parameters=parameters, cwd=str(repo),
+                        kernel_name="python3", progress_bar=False)  # fmt: skip
+    return nbformat.read(out, as_version=4)
+
+
+def outputs(nb: nbformat.NotebookNode, mime: str) -> list[str]:
+    return [o["data"][mime] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if mime in o.get("data", {})]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_figures_notebook_on_a_fresh_clone_shows_the_committed_results(tmp_path, monkeypatch):
+    repo = fresh_clone(tmp_path)
+    run = tmp_path / "run"
+    nb = execute(repo, "07_figures_and_tables", monkeypatch, profile="cpu", run_dir=str(run))
+    pngs = outputs(nb, "image/png")
+    md = "\n".join(outputs(nb, "text/markdown"))
+    committed = {p.name for p in (repo / "figures" / "cpu").glob("*.png")}
+    assert len(pngs) == len(committed) >= 6, "every committed figure is shown"
+    assert "committed results/cpu" in md and "headline comparisons" in md
+    assert "| op_grpo | sft |" in md or "| sbert | 5p+10p |" in md, "tables are rendered, not only named"
+    assert "missing inputs" not in md.split("headline gains")[0].split("| headline comparisons |")[1][:40]
+    for png in committed:  # the same inputs give the committed figures byte for byte
+        assert (run / "figures" / png).read_bytes() == (repo / "figures" / "cpu" / png).read_bytes(), png
+    assert not (repo / "runs").exists(), "nothing written into the clone"
+
+
+@pytest.mark.slow
+def test_reward_explorer_notebook_on_a_fresh_clone(tmp_path, monkeypatch):
+    repo = fresh_clone(tmp_path)
+    if not (repo.parent / "shared" / "data" / "opv2").is_dir() and not os.environ.get("OPGRPO_DATA_DIR"):
+        pytest.skip("OP-V2 data not available offline (../shared/data/opv2 or $OPGRPO_DATA_DIR)")
+    monkeypatch.setenv("OPGRPO_MODELS_DIR", str(ROOT / "models"))  # the offline MiniLM, as `make models` builds it
+    nb = execute(repo, "00_explore_reward", monkeypatch, profile="cpu", run_dir=str(tmp_path / "run"),
+                 interactive=False)  # fmt: skip
+    assert len(outputs(nb, "image/png")) == 1, "the similarity heatmap and weighted terms are shown"
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "5p:0" in text and "total" in text and "interactive explorer off" in text
+    assert (tmp_path / "run" / "explain" / "explanation.png").exists() and not (repo / "runs").exists()
+
+
+def _bootstrap_source() -> str:
+    nb = nbformat.read(ROOT / "notebooks" / "07_figures_and_tables.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def _run_bootstrap(tmp_path: Path, gpu: bool) -> tuple[str, list[str]]:
+    """Run the Colab cell as Colab would (google.colab imported), pip recorded instead of run; git for real
+    against a clone of this repository."""
+    bin_dir = tmp_path / ("bin-gpu" if gpu else "bin")
+    bin_dir.mkdir(exist_ok=True)
+    if gpu:
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-0)'\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    log = tmp_path / "pip.log"
+    driver = (
+        "import subprocess, sys, types\n"
+        "sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+        "real = subprocess.run\n"
+        "def run(cmd, *a, **k):\n"
+        "    if isinstance(cmd, list) and cmd[1:3] == ['-m', 'pip']:\n"
+        f"        open({str(log)!r}, 'a').write(' '.join(cmd[3:]) + '\\n')\n"
+        "        return subprocess.CompletedProcess(cmd, 0)\n"
+        "    return real(cmd, *a, **k)\n"
+        "subprocess.run = run\n"
+        f"exec(compile(open({str(tmp_path / 'cell.py')!r}).read(), 'bootstrap', 'exec'))\n"
+    )
+    (tmp_path / "cell.py").write_text(_bootstrap_source())
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OPGRPO_REPO": str(ROOT),
+           "OPGRPO_COLAB_DIR": str(tmp_path / "content" / "opgrpo")}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return out.stdout, log.read_text().splitlines() if log.exists() else []
+
+
+def test_colab_bootstrap_is_idempotent_and_installs_gpu_only_with_a_gpu(tmp_path):
+    ref = "main"
+    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip(f"no {ref} branch in this checkout to clone from")
+    first, pip = _run_bootstrap(tmp_path, gpu=False)
+    assert "no GPU" in first and len(pip) == 1 and pip[0].endswith("[notebooks,models]"), pip
+    second, pip = _run_bootstrap(tmp_path, gpu=False)  # "Restart session" and run again: no clone, no reinstall
+    assert "no GPU" in second and len(pip) == 1, "the same commit with the same extras is not reinstalled"
+    third, pip = _run_bootstrap(tmp_path, gpu=True)
+    assert "GPU" in third and len(pip) == 2 and pip[1].endswith("[notebooks,models,gpu]"), pip
+    head = subprocess.run(["git", "-C", str(tmp_path / "content" / "opgrpo"), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert head == subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True).stdout.strip()
