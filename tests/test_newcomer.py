@@ -124,3 +124,12 @@ def test_colab_bootstrap_is_idempotent_and_installs_gpu_only_with_a_gpu(tmp_path
     head = subprocess.run(["git", "-C", str(tmp_path / "content" / "opgrpo"), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert head == subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_readme_colab_badge_opens_a_notebook_that_needs_no_run():
+    """The badge opens one of the notebooks the tests above execute on a fresh clone with no run folder."""
+    import re
+
+    badge = re.search(r"colab\.research\.google\.com/github/[^)]*/notebooks/([0-9a-z_]+)\.ipynb\)",
+                      (ROOT / "README.md").read_text())  # fmt: skip
+    assert badge and badge.group(1) in {"00_explore_reward", "07_figures_and_tables"}
