@@ -702,15 +702,25 @@ def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) 
 
 def results_source(cfg, paths) -> tuple[Path, str]:
     """(results folder, sentence saying which): the run's own ``<run>/results`` when the run has evaluated
-    (``eval/metrics.csv``), else the committed ``results/<profile>`` (a fresh clone, Binder, Colab)."""
+    (``eval/metrics.csv``), else the committed ``results/<profile>``, else (a profile nothing was published for yet,
+    e.g. ``paper`` on a fresh GPU runtime) the committed ``results/cpu`` — so a fresh clone, Binder or Colab always
+    shows numbers, labelled with where they come from."""
     own = Path(paths.results)
-    committed = REPO_ROOT / "results" / cfg.profile
-    if (own / "eval" / "metrics.csv").exists() or not committed.is_dir():
+    evaluated = lambda p: (p / "eval" / "metrics.csv").exists()  # noqa: E731
+    if evaluated(own):
         return own, f"the run's results ({own})"
-    return committed, (
-        f"the committed results/{cfg.profile} (this run has no evaluation yet: {own / 'eval' / 'metrics.csv'} "
-        "is missing; run notebooks 01-06 to see your own numbers)"
+    why = (
+        f"this run has no evaluation yet: {own / 'eval' / 'metrics.csv'} is missing; run notebooks 01-06 to see yours"
     )
+    for profile in dict.fromkeys([cfg.profile, "cpu"]):
+        committed = REPO_ROOT / "results" / profile
+        if evaluated(committed):
+            other = "" if profile == cfg.profile else f", profile {profile}: none are committed for {cfg.profile}"
+            return committed, f"the committed results/{profile} ({why}{other})"
+    committed = REPO_ROOT / "results" / cfg.profile
+    if committed.is_dir():
+        return committed, f"the committed results/{cfg.profile} ({why})"
+    return own, f"the run's results ({own}; nothing evaluated yet, nothing committed for {cfg.profile})"
 
 
 def gallery(out_dir: str | Path) -> list[tuple[str, Path]]:

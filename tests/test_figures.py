@@ -239,3 +239,6 @@ def test_figures_come_from_the_run_when_it_has_results_else_the_committed_ones(t
     synthetic_results(tmp_path / "run" / "results")  # the run has evaluated: its own results win
     source, note = figures.results_source(cfg, paths)
     assert source == tmp_path / "run" / "results" and "the run's results" in note
+    paper = load_profile("paper")  # nothing committed for paper (a fresh GPU runtime): the committed cpu numbers
+    source, note = figures.results_source(paper, run_paths(paper, tmp_path / "run-paper"))
+    assert source == repo / "results" / "cpu" and "none are committed for paper" in note
