@@ -133,3 +133,83 @@ def test_the_readme_colab_badge_opens_a_notebook_that_needs_no_run():
     badge = re.search(r"colab\.research\.google\.com/github/[^)]*/notebooks/([0-9a-z_]+)\.ipynb\)",
                       (ROOT / "README.md").read_text())  # fmt: skip
     assert badge and badge.group(1) in {"00_explore_reward", "07_figures_and_tables"}
+
+
+@pytest.mark.slow
+def test_explorer_widgets_in_jupyterlab_with_headless_chromium(tmp_path):
+    """JupyterLab on a fresh clone, notebook 00 run from the browser: the widgets render, picking another row updates
+    header and totals, a bad row is put back with a message, the button label is not cut off. Optional: needs the
+    `browser` extra (selenium) and Debian's chromium + chromium-driver (`apt-get install chromium chromium-driver`)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install '.[browser]'")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    repo = fresh_clone(tmp_path)
+    if not (repo.parent / "shared" / "data" / "opv2").is_dir():
+        pytest.skip("OP-V2 data not available offline")
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OPGRPO_MODELS_DIR": str(ROOT / "models"),
+           "OPGRPO_RUN_DIR": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
+    log = open(tmp_path / "jupyter.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+                               "--ServerApp.ip=127.0.0.1", "--ServerApp.token=t", f"--ServerApp.root_dir={repo}",
+                               "--LabApp.expose_app_in_browser=True", "--allow-root"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    drv = None
+    try:
+        for _ in range(240):  # the server is up when its API answers
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token=t", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1400,1200",
+        ):
+            opts.add_argument(arg)
+        drv = webdriver.Chrome(service=webdriver.ChromeService(chromedriver), options=opts)
+        drv.get(f"http://127.0.0.1:{port}/lab/tree/notebooks/00_explore_reward.ipynb?token=t")
+        wait = WebDriverWait(drv, 600, poll_frequency=1)
+        ready = "const a = window.jupyterapp; const w = a && a.shell.currentWidget; return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle')"
+        wait.until(lambda d: d.execute_script(ready))
+        drv.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+        def status(d):
+            found = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".widget-html") if "total" in e.text]
+            return found[0] if found else ""
+
+        wait.until(lambda d: "A: total" in status(d) and "B: total" in status(d))
+        label = drv.find_element(By.XPATH, "//button[contains(., 'released output')]")
+        assert drv.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth + 1", label)
+        row = drv.find_element(By.CSS_SELECTOR, ".widget-text input[type=number]")
+        row.send_keys(Keys.CONTROL, "a")
+        row.send_keys("1", Keys.ENTER)
+        wait.until(lambda d: "(5p:1)" in d.page_source and "B cleared" in d.page_source and "A: total" in status(d))
+        row.send_keys(Keys.CONTROL, "a")
+        row.send_keys("9999", Keys.ENTER)
+        wait.until(lambda d: "no parsed row 9999" in d.page_source)
+        wait.until(lambda d: row.get_attribute("value") == "1")
+        assert "(5p:1)" in drv.page_source
+        drv.save_screenshot(str(tmp_path / "explorer.png"))
+    finally:
+        if drv is not None:
+            drv.quit()
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
