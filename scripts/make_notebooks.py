@@ -81,18 +81,20 @@ WHERE = (
     "**Writes** (R = the run folder, `runs/<profile>/` unless `run_dir` says otherwise; the committed `results/` and "
     "`figures/` change only with `make publish`): "
 )
-# Measured times (results/cpu/manifests/*.json timings_s for cpu, a tiny chain here, 2-core CPU); paper: estimates.
+# Measured times: cpu from results/cpu/manifests/*.json (timings_s); tiny from one `opgrpo reproduce --profile tiny`
+# here (2 CPU cores shared with other jobs: an idle machine is faster); paper: estimates (no GPU run yet).
 TIMES = {
-    "02": "`tiny` seconds; `cpu` 1.4 min measured (mining 41 s, fine-tuning 32 s, evaluation 9 s); `paper` ~1 h "
+    "02": "`tiny` 1.0 min; `cpu` 1.4 min measured (mining 41 s, fine-tuning 32 s, evaluation 9 s); `paper` ~1 h "
     "on one GPU (estimate; mining with the Qwen3-8B judge dominates).",
-    "03": "`tiny` under a minute; `cpu` 8.1 min measured (training 6.7 min, validation 1.4 min); `paper` ~1 h with "
+    "03": "`tiny` 4.4 min (SFT on the in-code tiny LM); `cpu` 8.1 min measured (training 6.7 min, validation 1.4 min); `paper` ~1 h with "
     "the Qwen3-14B summaries (estimate).",
-    "04": "`tiny` under a minute; `cpu` 23.8 min measured for 8 steps + 2 validation points while three other jobs "
+    "04": "`tiny` 1.5 min; `cpu` 23.8 min measured for 8 steps + 2 validation points while three other jobs "
     "shared the two cores (~48 s per step alone); `paper` ~5-10 h for 150 RL rounds on one 80 GB GPU (estimate).",
-    "05": "`tiny` under a minute; `cpu` ~58 min for 4 systems × 300 outputs (2.4-3.5 s per output measured, batch 48 "
+    "05": "`tiny` 2.4 min (6 systems); `cpu` ~58 min for 4 systems × 300 outputs (2.4-3.5 s per output measured, batch 48 "
     "on both cores; rows are reused on a rerun); `paper` ~1 h (estimate).",
-    "06": "`tiny` under a minute; `cpu` 12.4 min measured (SBERT scoring 12.3 min); `paper` ~1 h with NLI (estimate).",
-    "07": "under a minute on every profile (about 20 s for the committed `cpu` results here; no GPU, no model).",
+    "06": "`tiny` 1.3 min (checkpoint curve included); `cpu` 12.4 min measured (SBERT scoring 12.3 min); `paper` ~1 h with NLI (estimate).",
+    "07": "under a minute on every profile (`tiny` 32 s as a notebook; about 20 s for the committed `cpu` results "
+    "here; no GPU, no model).",
 }
 PLAIN_ANSWER = (
     "Drinking alcohol as a Christian is a personal decision. The Bible does not forbid alcohol, but it warns "
