@@ -490,7 +490,7 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     headline_pool = "5p+10p" if (c["split"] == "5p+10p").any() else "all"
     ref = str(c["system"].iloc[0])
     baselines = _ordered(set(c["baseline"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 1.5 + 1.05 * len(baselines)),
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(5.2 * len(panels), 12.5), 1.5 + 1.05 * len(baselines)),
                              sharey=True, squeeze=False, layout="constrained")  # fmt: skip
     sizes: dict[str, int] = {}
     for ax, (metric, evaluator) in zip(axes[0], panels):
