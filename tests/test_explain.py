@@ -185,6 +185,28 @@ def test_explorer_updates(opv2_dir, released_dir):
     assert w["load"].disabled and w["state"]["situation"].split == "6p"
 
 
+def test_explorer_stays_consistent(opv2_dir, released_dir):
+    """A bad row puts the box back on the situation shown (with a message); B's default text, written for one
+    situation, is dropped when the situation changes; labels fit; figure and total come from the same computation."""
+    pytest.importorskip("ipywidgets")
+    cfg = load_profile("tiny")
+    plain = "Drinking is a personal decision."
+    box = explain.build_explorer(cfg, explain.load_situation(cfg, "5p:0"), ["released", plain], encoder=TopicEncoder())
+    w = box.explorer
+    assert "B: total" in w["status"].value and w["b"].value == plain and not w["run"].disabled
+    image, status = w["image"].value, w["status"].value
+    w["row"].value = 9999  # no such row: view and box stay on 5p:0, a message says why
+    assert w["row"].value == 0 and w["state"]["situation"].key == "5p:0" and "no parsed row 9999" in w["note"].value
+    assert w["image"].value == image and w["status"].value == status
+    w["row"].value = 1
+    assert w["state"]["situation"].key == "5p:1" and w["b"].value == "" and "B cleared" in w["note"].value
+    assert "B: total" not in w["status"].value and w["run"].description == "Explain"
+    w["b"].value = "In the perspective of Law, the law decides."  # the user's own B is kept across situations
+    w["row"].value = 2
+    assert w["b"].value.startswith("In the perspective of Law") and "B: total" in w["status"].value
+    assert w["load"].layout.width == "auto" and w["split"].style.description_width == "initial"
+
+
 # ------------------------------------------------------------------ equal to `opgrpo reward` (MiniLM)
 def _reward_cli(tmp_path, prompt, texts, minilm_path, opv2_dir, name="scores.csv"):
     comps = tmp_path / f"{name}.in.csv"

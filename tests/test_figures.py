@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,7 +33,13 @@ def synthetic_results(root):
     pd.DataFrame(rows).to_csv(root / "eval" / "metrics.csv", index=False)
     judge = {"status": "ran", "model": "judge", "systems": {"op_grpo": {a: 4.0 for a in ("helpfulness", "clarity",
              "factuality", "depth", "engagement")}}}  # fmt: skip
-    (root / "eval" / "eval_summary.json").write_text(json.dumps({"judge": judge}))
+    (root / "eval" / "eval_summary.json").write_text(json.dumps({"judge": judge, "eval_encoder": "x/indep"}))
+    comps = [{"metric": "sbert", "split": split, "evaluator": ev, "threshold": 0.7, "system": "op_grpo",
+              "baseline": base, "n": 200 if split == "5p+10p" else 300, "diff": d, "ci_low": d - 0.03,
+              "ci_high": d + 0.03, "p_value": 0.01}
+             for split in ("all", "5p+10p") for ev in ("independent", "estimator")
+             for base, d in (("sft", -0.04), ("base_implicit", 0.12), ("modplural", 0.2))]  # fmt: skip
+    pd.DataFrame(comps).to_csv(root / "eval" / "comparisons.csv", index=False)
     steps = np.arange(1, 21)
     log = pd.DataFrame({"step": steps, **{f"op_reward/{c}": rng.uniform(0, 1, 20) for c in figures.COMPONENTS}})
     log.to_csv(root / "train_log.csv", index=False)
@@ -76,7 +83,7 @@ def test_headline_uses_nli_and_lists_paper_claims(tmp_path):
 def test_every_figure_builds_and_missing_inputs_are_named(tmp_path):
     synthetic_results(tmp_path / "results")
     statuses = {s.name: s for s in figures.build_all(tmp_path / "results", tmp_path / "figs", None)}
-    for name in ("main coverage table", "coverage vs perspectives", "training dynamics", "similarity estimator",
+    for name in ("headline comparisons", "main coverage table", "coverage vs perspectives", "training dynamics", "similarity estimator",
                  "core vs summary", "token efficiency", "LLM judge", "headline gains"):  # fmt: skip
         assert statuses[name].status == "written", statuses[name]
     assert statuses["reward ablation"].status == "missing inputs" and "ablations" in statuses["reward ablation"].note
@@ -160,3 +167,78 @@ def test_headline_never_puts_an_sbert_ratio_beside_the_papers_nli_claim(tmp_path
     mp = head[head.baseline == "modplural"].iloc[0]
     assert mp["metric"] == "SBERT relative accuracy" and pd.isna(mp["paper_claim"])
     assert "not comparable" in mp["paper_claim_note"]
+
+
+def test_headline_figure_draws_every_comparison_with_its_ci_in_the_systems_colours(tmp_path):
+    synthetic_results(tmp_path / "results")
+    comps = pd.read_csv(tmp_path / "results" / "eval" / "comparisons.csv")
+    fig = figures.fig_comparisons(comps, {"eval_encoder": "x/indep"})
+    axes = fig.axes
+    assert [a.get_title().split("\n")[0] for a in axes] == ["SBERT @ 0.7: independent evaluator",
+                                                            "SBERT @ 0.7: the reward's own estimator"]  # fmt: skip
+    assert "indep" in axes[0].get_title()
+    for ax, ev in zip(axes, ("independent", "estimator")):
+        labels = [t.get_text() for t in ax.texts]
+        for r in comps[comps.evaluator == ev].itertuples():
+            assert f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" in labels
+        colours = {tuple(c.get_color()) if not isinstance(c.get_color(), str) else c.get_color()
+                   for c in ax.lines if c.get_marker() == "o"}  # fmt: skip
+        assert {figures.SYSTEM_COLORS[b].lower() for b in ("sft", "base_implicit", "modplural")} <= {
+            matplotlib.colors.to_hex(c) for c in colours
+        }
+    assert figures.STYLE["font.size"] >= 9 and fig.get_size_inches()[0] <= 12
+
+
+def test_one_colour_per_system_in_every_figure(tmp_path):
+    metrics = synthetic_results(tmp_path / "results")
+    table = figures.main_coverage_table(metrics)
+    cov = figures.fig_coverage_vs_perspectives(table)
+    line_colours = {ln.get_label(): matplotlib.colors.to_hex(ln.get_color()) for ln in cov.axes[0].lines}
+    tok = figures.fig_tokens(metrics)
+    bar_colours = {
+        c.get_label(): matplotlib.colors.to_hex(c.patches[0].get_facecolor()) for c in tok.axes[0].containers
+    }
+    for system in ("op_grpo", "sft", "base_implicit", "modplural"):
+        assert line_colours[system] == bar_colours[system] == figures.SYSTEM_COLORS[system].lower()
+    # legends sit outside the axes (below them), never over the data
+    for fig in (cov, tok):
+        legend = fig.axes[0].get_legend()
+        fig.canvas.draw()
+        assert legend.get_window_extent().y1 <= fig.axes[0].get_window_extent().y0 + 1
+
+
+def test_no_twin_axes_in_training_figures(tmp_path):
+    synthetic_results(tmp_path / "results")
+    val = pd.DataFrame({"step": [0, 8, 16], "n": 40, "sbert_relative_accuracy": [0.302, 0.306, 0.3],
+                        "coverage_ladder": [0.95, 1.05, 1.1], "mean_tokens": [191.0, 203.0, 210.0],
+                        "clipped_ratio": [0.0, 0.0, 0.05], "valid_format_rate": [1.0, 1.0, 0.97]})  # fmt: skip
+    fig = figures.fig_validation_curve(val)
+    assert len(fig.axes) == 4 and all(len(a.lines) >= 1 for a in fig.axes)
+    lo, hi = fig.axes[0].get_ylim()
+    assert hi - lo >= 0.1 - 1e-9, "a 0.004 change must not look steep"
+    log = pd.read_csv(tmp_path / "results" / "train_log.csv")
+    assert len(figures.fig_training_dynamics(log).axes) == 6
+
+
+def test_figures_come_from_the_run_when_it_has_results_else_the_committed_ones(tmp_path, monkeypatch):
+    from opgrpo_lib.config import load_profile
+    from opgrpo_lib.runs import run_paths
+
+    repo = tmp_path / "repo"
+    synthetic_results(repo / "results" / "cpu")
+    monkeypatch.setattr(figures, "REPO_ROOT", repo)
+    cfg = load_profile("cpu")
+    paths = run_paths(cfg, tmp_path / "run")
+    source, note = figures.results_source(cfg, paths)
+    assert source == repo / "results" / "cpu" and "committed results/cpu" in note
+    out = figures.run(cfg, paths)
+    assert out["source"] == str(repo / "results" / "cpu") and (tmp_path / "run" / "figures" / "INDEX.md").exists()
+    shown = figures.gallery(out["out_dir"])
+    assert shown[0][1].name == "headline_comparisons.png" and any(p.suffix == ".md" for _, p in shown)
+    assert any("Paired comparisons" in caption for caption, _ in shown)
+    synthetic_results(tmp_path / "run" / "results")  # the run has evaluated: its own results win
+    source, note = figures.results_source(cfg, paths)
+    assert source == tmp_path / "run" / "results" and "the run's results" in note
+    paper = load_profile("paper")  # nothing committed for paper (a fresh GPU runtime): the committed cpu numbers
+    source, note = figures.results_source(paper, run_paths(paper, tmp_path / "run-paper"))
+    assert source == repo / "results" / "cpu" and "none are committed for paper" in note

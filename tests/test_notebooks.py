@@ -76,7 +76,7 @@ def test_colab_ref_resolves_in_this_repository():
     ref = re.search(r'^REF = "([^"]+)"', (root / "scripts" / "make_notebooks.py").read_text(), re.M).group(1)
     for path in NOTEBOOKS:
         text = path.read_text()
-        assert f"checkout -q {ref}" in text and f"/blob/{ref}/notebooks/{path.name}" in text
+        assert f'\\"origin\\", \\"{ref}\\"' in text and f"/blob/{ref}/notebooks/{path.name}" in text
     shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=root, capture_output=True, text=True)
     found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=root,
                            capture_output=True, text=True)  # fmt: skip
