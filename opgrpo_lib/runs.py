@@ -235,11 +235,12 @@ def last_complete_checkpoint(ckpt_dir: Path, log=print) -> str | None:
     return None
 
 
-def drop_optimizer_states(ckpt_dir: Path) -> int:
+def drop_optimizer_states(ckpt_dir: Path, nested: bool = True) -> int:
     """Delete optimizer/scheduler states from the checkpoints of a finished run (a finished run never resumes; the
-    weights stay for checkpoint evaluation). Returns the bytes freed."""
+    weights stay for checkpoint evaluation), or from one checkpoint folder (``nested=False``). Returns the bytes
+    freed."""
     freed = 0
-    for f in Path(ckpt_dir).glob("checkpoint-*/*"):
+    for f in Path(ckpt_dir).glob("checkpoint-*/*" if nested else "*"):
         if f.name in ("optimizer.pt", "scheduler.pt") or f.name.startswith("rng_state"):
             freed += f.stat().st_size
             f.unlink()
