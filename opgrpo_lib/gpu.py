@@ -21,6 +21,9 @@ GIB = 2**30
 # CUDA context, allocator fragmentation, the reward's sentence encoder and small buffers (not modelled part by part)
 OVERHEAD_GIB = 2.0
 # Usable memory of the GPUs the README names (GiB as torch reports total_memory)
+# A profile "fits" a card when its computed peak is at most this share of the card's memory (the model is not
+# measured yet: 10 % for what it leaves out)
+MARGIN = 0.9
 GPUS_GIB = {"T4": 14.7, "L4": 22.0, "A100-40G": 39.4, "A100-80G": 79.1, "H100-80G": 79.1, "H200": 139.8}
 
 
@@ -137,6 +140,8 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
       (0.5 B/param with ``load_in_4bit``) and fp32 adapters.
     * gradients: one per trainable weight in its dtype (freed, ``set_to_none``, before the next generation).
     * optimizer: AdamW's two moments in the trainable weights' dtype.
+    * compute copies: with fp32 masters, autocast caches a bf16 copy of every weight it casts while a forward runs
+      (2 B/param, freed when the forward's autocast region ends).
     * reference model (GRPO, ``beta > 0``, full fine-tuning only; LoRA disables the adapter instead): 16 bit.
     * KV cache of one ``generate`` call: ``generation_call`` sequences x (prompt + completion) tokens x
       :meth:`Shape.kv_bytes_per_token` (bf16).
@@ -149,6 +154,7 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
     lora = tc.lora.enabled
     unsloth = tc.backend == "unsloth"
     master = 2 if tc.precision == "bf16" else 4
+    copies = 0
     if lora:
         base = 0.5 if tc.load_in_4bit else 2
         trainable = shape.lora_parameters(tc.lora.r, tc.lora.target_modules)
@@ -158,6 +164,7 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
     else:
         trainable = n
         weights = n * master
+        copies = n * 2 if master == 4 else 0
         grads = n * master
         optim = n * 2 * master
     if step == "grpo":
@@ -179,10 +186,10 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
     layer = micro * seq * (8 * h + 4 * shape.intermediate_size) * 2
     logits = micro * logit_tokens * shape.vocab_size * 8 // (16 if unsloth else 1)
     activations = checkpoints + layer + logits
-    parts = {"weights": weights, "gradients": grads, "optimizer": optim, "reference": reference, "kv_cache": kv,
+    parts = {"weights": weights, "compute_copies": copies, "gradients": grads, "optimizer": optim, "reference": reference, "kv_cache": kv,
              "activations": activations}  # fmt: skip
-    generation_phase = weights + optim + reference + kv
-    training_phase = weights + grads + optim + reference + activations
+    generation_phase = weights + copies + optim + reference + kv
+    training_phase = weights + copies + grads + optim + reference + activations
     gib = {k: round(v / GIB, 2) for k, v in parts.items()}
     peak = max(generation_phase, training_phase) / GIB + OVERHEAD_GIB
     return {
@@ -199,6 +206,10 @@ def peak_gib(cfg) -> float | None:
     if shape is None:
         return None
     return max(memory(cfg, shape, "sft")["peak_gib"], memory(cfg, shape, "grpo")["peak_gib"])
+
+
+def fits(peak: float, capacity_gib: float) -> bool:
+    return peak <= MARGIN * capacity_gib
 
 
 # ---------------------------------------------------------------- disk
@@ -284,3 +295,59 @@ def gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0)
+
+
+# ---------------------------------------------------------------- report
+def report(profile: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Memory (SFT and GRPO) and disk of a profile's training steps, and which named GPUs it fits."""
+    from .config import load_profile
+
+    cfg = load_profile(profile, overrides)
+    shape = shape_of(cfg.models.policy)
+    if shape is None:
+        raise ValueError(f"{profile}: the shape of models.policy={cfg.models.policy!r} is unknown here")
+    g = cfg.train.grpo
+    keep = g.get("max_steps", 0) // max(1, g.get("save_steps", 1)) if cfg.eval.checkpoint_rows_per_split else None
+    out: dict[str, Any] = {"profile": profile, "policy": cfg.models.policy, "backend": cfg.train.backend,
+                           "precision": cfg.train.precision, "lora": cfg.train.lora.enabled}  # fmt: skip
+    for step in ("sft", "grpo"):
+        out[step] = {
+            "memory": memory(cfg, shape, step),
+            "disk": disk(cfg, shape, step, keep if step == "grpo" else None),
+        }
+    peak = max(out["sft"]["memory"]["peak_gib"], out["grpo"]["memory"]["peak_gib"])
+    out["peak_gib"] = peak
+    out["fits"] = {name: fits(peak, cap) for name, cap in GPUS_GIB.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="computed GPU memory and disk of a profile's training steps")
+    p.add_argument("--profile", default="paper")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE override (YAML value)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    r = report(args.profile, overrides)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"{r['profile']}: {r['policy']} ({r['backend']}, precision {r['precision']}, "
+          f"{'LoRA' if r['lora'] else 'full fine-tuning'}) - computed, not measured")  # fmt: skip
+    for step in ("sft", "grpo"):
+        m, d = r[step]["memory"], r[step]["disk"]
+        parts = ", ".join(f"{k} {v}" for k, v in m["parts_gib"].items())
+        print(f"  {step}: peak {m['peak_gib']} GiB (generation {m['generation_phase_gib']}, training "
+              f"{m['training_phase_gib']}, + {m['overhead_gib']} overhead); {parts}")  # fmt: skip
+        print(f"        disk {d['total_gb']} GiB ({d['checkpoints']} checkpoints x {d['checkpoint_gb']}, optimizer "
+              f"{d['optimizer_gb']} in the last, final policy {d['final_gb']})")  # fmt: skip
+    print("  fits: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["fits"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -102,6 +102,10 @@ def resolve_device(cfg: RunConfig) -> str:
     import torch
 
     cuda = torch.cuda.is_available()
+    if cfg.device in ("auto", "cuda") and not cuda:
+        from .gpu import require_usable_gpu
+
+        require_usable_gpu()  # a visible GPU torch cannot use: say why instead of running on the CPU
     if cfg.device == "cuda" and not cuda:
         raise RuntimeError("device: cuda, but torch sees no CUDA GPU here (use device: auto or cpu)")
     return "cuda" if cfg.device in ("auto", "cuda") and cuda else "cpu"

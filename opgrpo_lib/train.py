@@ -69,6 +69,9 @@ def ensure_unsloth() -> Any:
     from importlib.util import find_spec
 
     if not cuda_available():
+        from .gpu import require_usable_gpu
+
+        require_usable_gpu()  # visible but unusable: say why (torch build / driver)
         raise RuntimeError("train.backend=unsloth needs a CUDA GPU; use backend: hf on this machine")
     if find_spec("unsloth") is None:
         raise RuntimeError("train.backend=unsloth needs the [gpu] extra: pip install -e '.[gpu]'")
