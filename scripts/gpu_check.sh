@@ -12,7 +12,8 @@
 #   3. LoRA (train.lora), 40 completions of up to 200 tokens per step, unsloth then hf:
 #      $OUT/grpo_step_qwen2.5-3b-lora.json
 # Each backend process is killed at its share of the budget and keeps the steps it measured. Knobs:
-# GPU_CHECK_BUDGET_S (default 330), LORA_S (70), SHAPE (qwen2.5-3b), BACKENDS ("unsloth hf").
+# GPU_CHECK_BUDGET_S (default 330), LORA_S (70), BUILD_S (40: building the random 3B model), SHAPE (qwen2.5-3b),
+# BACKENDS ("unsloth hf"). Expected: ~10 s install, ~20 s probe, ~250 s full fine-tuning, ~65 s LoRA.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -44,10 +45,11 @@ else
   PROBE="unsloth trl peft datasets"
   FULL=()  # the paper profile's step: 160 completions, micro-batch 20, generation chunk 160, 800 tokens
   LORA=(--batch 40 --completion-length 200)  # 4 prompts x 10, shorter completions: LoRA fits its ~35 s per backend
-  [ -f .whl/tokenizer-smollm2/tokenizer.json ] || fail "no .whl/tokenizer-smollm2: run scripts/fetch_gpu_wheels.py here and carry .whl"
-  ls .whl/*.whl >/dev/null 2>&1 || fail "no wheels in .whl/: run scripts/fetch_gpu_wheels.py here and carry .whl"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || fail "installing .whl/*.whl failed"
+  WHL=${WHL:-.whl}
+  [ -f "$WHL/tokenizer-smollm2/tokenizer.json" ] || fail "no $WHL/tokenizer-smollm2: run scripts/fetch_gpu_wheels.py here and carry .whl"
+  ls "$WHL"/*.whl >/dev/null 2>&1 || fail "no wheels in $WHL/: run scripts/fetch_gpu_wheels.py here and carry .whl"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl \
+    || fail "installing $WHL/*.whl failed"
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || fail "no NVIDIA GPU (nvidia-smi)"
   note "wheels installed"
@@ -91,7 +93,7 @@ trap 'rm -rf "$WORK"' EXIT
 run_phase() {  # name, seconds for the whole phase, grpo_step.py arguments...
   local name=$1 seconds=$2
   shift 2
-  local per=$((seconds / ${#BACKENDS[@]}))
+  local per=$(((seconds - ${BUILD_S:-0}) / ${#BACKENDS[@]}))  # BUILD_S: kept for building the model (first phase)
   if [ "$per" -lt 30 ]; then
     note "skipping $name: $(left) s left of the ${BUDGET} s budget"
     return
@@ -104,7 +106,7 @@ run_phase() {  # name, seconds for the whole phase, grpo_step.py arguments...
 # but LORA_S (default 70 s), 3. LoRA the rest
 LORA_S=${LORA_S:-70}
 [ "$DRY" = 1 ] && LORA_S=$(($(left) / 2))
-run_phase "full fine-tuning" $(($(left) - LORA_S)) --full-finetune "${FULL[@]}" --out "$OUT_DIR/grpo_step_${SHAPE}.json"
+BUILD_S=${BUILD_S:-40} run_phase "full fine-tuning" $(($(left) - LORA_S)) --full-finetune "${FULL[@]}" --out "$OUT_DIR/grpo_step_${SHAPE}.json"
 run_phase "LoRA" $(($(left) - 5)) "${LORA[@]}" --out "$OUT_DIR/grpo_step_${SHAPE}-lora.json"
 ls "$OUT_DIR"/grpo_step_*.json >/dev/null 2>&1 || fail "no benchmark result was written"
 echo '{"status": "done"}' >"$OUT_DIR/status.json"

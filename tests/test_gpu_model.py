@@ -93,6 +93,13 @@ def test_disk_counts_what_is_written():
 
 
 def test_gpu_small_profile_fits_a_t4_and_keeps_per_prompt_settings():
+    from trl import GRPOConfig, SFTConfig
+
+    from opgrpo_lib.train import validate_trainer_keys
+
+    small = load_profile("gpu-small")
+    validate_trainer_keys("grpo", small.train.grpo, GRPOConfig)
+    validate_trainer_keys("sft", small.train.sft, SFTConfig)
     r = gpu.report("gpu-small")
     assert r["fits"]["T4"] and r["lora"]
     g, paper = load_profile("gpu-small").train.grpo, load_profile("paper").train.grpo
@@ -166,3 +173,22 @@ def test_cli_says_why_in_one_line_on_a_visible_unusable_gpu(tmp_path):
         assert out.returncode == 2, out.stderr[-2000:]
         lines = [x for x in out.stderr.splitlines() if x.strip()]
         assert len(lines) == 1 and "is visible but torch cannot use it" in lines[0] and "CPU-only build" in lines[0]
+
+
+def test_readme_gpu_numbers_are_the_computed_ones():
+    """The README's GPU memory/disk figures are this model's output (rounded), marked computed, not measured."""
+    text = (ROOT / "README.md").read_text()
+    paper, one_call, small = (
+        gpu.report("paper"),
+        gpu.report("paper", {"train.generation_chunk": 0}),
+        gpu.report("gpu-small"),
+    )
+    assert f"**~{round(paper['peak_gib'])} GiB**" in text
+    assert (
+        f"peak at ~{round(one_call['peak_gib'])} GiB" in text and f"~{round(small['peak_gib'])} GiB computed" in text
+    )
+    assert (
+        f"SFT ~{round(paper['sft']['disk']['total_gb'])} GiB, GRPO ~{round(paper['grpo']['disk']['total_gb'])} GiB"
+        in text
+    )
+    assert "computed, not measured" in text

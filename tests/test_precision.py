@@ -22,17 +22,20 @@ def varied_reward(prompts, completions, completion_ids=None, **kw):
     return [float(sum(c) % 7) for c in completion_ids]
 
 
-def one_grpo_step(precision: str, tmp_path: Path) -> tuple[float, train.Precision, object]:
+def one_grpo_step(precision: str, tmp_path: Path, backend: str = "hf", device: str = "cpu"):
     """Fraction of trainable weights one GRPO step of the tiny LM changes, loaded as the paper profile loads its
-    policy on a bf16 GPU (hf backend: the unsloth backend cannot run on a CPU; its arguments are checked below)."""
+    policy on a bf16 GPU. On the CPU: the hf backend with the GPU's precision plan (the unsloth backend cannot run on
+    a CPU; its arguments are checked below); ``tests/gpu`` runs the same with ``backend="unsloth"`` on CUDA."""
+    if backend == "unsloth":
+        train.ensure_unsloth()
     from trl import GRPOTrainer
 
-    cfg = load_profile("paper", {"device": "cpu", "train.backend": "hf", "train.precision": precision,
+    cfg = load_profile("paper", {"device": device, "train.backend": backend, "train.precision": precision,
                                  "train.grpo": SHORT})  # fmt: skip
     assert cfg.train.grpo["learning_rate"] == 1e-6 and not cfg.train.lora.enabled  # the paper's rate, full FT
-    plan = train.precision_plan(cfg, device="cuda", bf16_supported=True)
+    plan = train.precision_plan(cfg, device="cuda", bf16_supported=True if device == "cpu" else None)
     args = train.grpo_config(cfg, tmp_path, plan)
-    assert args.bf16 and args.use_cpu  # bf16 autocast, on the CPU
+    assert args.bf16 and (args.use_cpu or device == "cuda")  # bf16 autocast (on the CPU here)
     model, tok, _ = train.load_model(cfg, resolve("tiny:causal-lm"), plan)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     ds = train.grpo_dataset(pd.DataFrame({"prompt": ["Eating meat", "Lying to a friend"], "answer": ["x", "y"]}))
