@@ -444,7 +444,7 @@ def main() -> None:
         type=int,
         help="completions per generate call (default: the profile's train.generation_chunk, 0 = all in one call)",
     )
-    p.add_argument("--label", help="name of the result in the JSON and file name (default: --shape, + '-lora')")
+    p.add_argument("--label", help="name of the result in the JSON and its default file name (default: --shape)")
     p.add_argument("--generations", type=int, help="completions per prompt (paper: 10; CPU default 4)")
     p.add_argument("--completion-length", type=int, help="max completion tokens (paper: 800; CPU default 32)")
     p.add_argument("--reward", default="length", choices=["length", "op"])
@@ -511,7 +511,7 @@ def main() -> None:
         p.error("--batch must be a multiple of --micro-batch")
     settings["micro_batch"] = micro
     settings["chunk"] = prof.train.generation_chunk if args.chunk is None else args.chunk
-    label = args.label or args.shape + ("" if settings["full_finetune"] else "-lora")
+    label = args.label or args.shape
     settings["rows"] = max(16, settings["batch"] // settings["generations"] * settings["steps"])
     backends = args.backends or (["hf", "unsloth"] if args.device == "cuda" else ["hf"])
     out = (

@@ -512,7 +512,9 @@ def grpo_config(cfg: RunConfig, out: Path, plan: Precision | None = None):
     plan = plan or precision_plan(cfg)
     kw = _backend_flags(cfg, plan)
     grpo = _trainer_args(tc.grpo, keep_all=cfg.eval.checkpoint_rows_per_split > 0)
-    if "model_init_kwargs" not in grpo:
+    if "model_init_kwargs" not in grpo and not tc.lora.enabled and float(grpo.get("beta", 0.0)) > 0:
+        # TRL then warns that model_init_kwargs is ignored for an instantiated model: it still builds the reference
+        # model with it (trl/trainer/grpo_trainer.py, "Reference model")
         grpo = {**grpo, "model_init_kwargs": {"dtype": plan.reference_dtype}}
     return GRPOConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **kw, **grpo)
 

@@ -107,7 +107,7 @@ run_phase() {  # name, seconds for the whole phase, grpo_step.py arguments...
 LORA_S=${LORA_S:-70}
 [ "$DRY" = 1 ] && LORA_S=$(($(left) / 2))
 BUILD_S=${BUILD_S:-40} run_phase "full fine-tuning" $(($(left) - LORA_S)) --full-finetune "${FULL[@]}" --out "$OUT_DIR/grpo_step_${SHAPE}.json"
-run_phase "LoRA" $(($(left) - 5)) "${LORA[@]}" --out "$OUT_DIR/grpo_step_${SHAPE}-lora.json"
+run_phase "LoRA" $(($(left) - 5)) "${LORA[@]}" --label "${SHAPE}-lora" --out "$OUT_DIR/grpo_step_${SHAPE}-lora.json"
 ls "$OUT_DIR"/grpo_step_*.json >/dev/null 2>&1 || fail "no benchmark result was written"
 echo '{"status": "done"}' >"$OUT_DIR/status.json"
 note "done; results in $OUT_DIR"

@@ -42,4 +42,5 @@ def test_dry_run_end_to_end_on_the_cpu(tmp_path):
     st = full["settings"]
     assert (st["completions_per_step"], st["per_device_train_batch_size"], st["generation_chunk"]) == (8, 4, 4)
     assert st["gradient_accumulation_steps"] == 2 and st["finetuning"] == "full"
+    assert (full["shape"], lora["shape"]) == ("tiny", "tiny-lora")
     assert (out / "gpu_check.log").read_text().count("== ") == 2  # both phases ran
