@@ -54,7 +54,7 @@ lint: setup ## ruff check + format check
 	$(BIN)/ruff check opgrpo_lib tests scripts benchmarks
 	$(BIN)/ruff format --check opgrpo_lib tests scripts benchmarks
 
-reproduce: models ## run notebooks 01→07 for PROFILE (auto: paper with CUDA + [gpu], else cpu)
+reproduce: models ## run notebooks 01→07 for PROFILE (auto: by the GPU and its free memory: paper, gpu-small or cpu)
 	$(BIN)/opgrpo reproduce --profile $(PROFILE)
 
 smoke: setup ## the reproduce chain on the tiny profile (minutes on 2 cores)

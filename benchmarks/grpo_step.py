@@ -1,16 +1,18 @@
 """GRPO step cost per backend: s/step (generation / training), completion tokens/s and peak GPU memory.
 
-Plain TRL (``hf``: transformers + PEFT LoRA) against Unsloth (``unsloth``; ``unsloth-4bit`` = the same with the
-base weights in 4 bit) on the same randomly initialised model of a chosen shape (``benchmarks/shapes.py``: tiny or
+Plain TRL (``hf``: transformers + PEFT) against Unsloth (``unsloth``; ``unsloth-4bit`` = the same with the base
+weights in 4 bit) on the same randomly initialised model of a chosen shape (``benchmarks/shapes.py``: tiny or
 Qwen2.5-0.5B/1.5B/3B-Instruct's architecture), the same prompts, seed and settings: TRL's ``GRPOTrainer`` with the
-paper profile's GRPO settings (``configs/paper.yaml``: per-device batch 40 = 4 prompts x 10 generations, 800-token
-completions, temperature 1, beta 0.001, dapo loss, gradient checkpointing) and ``train.lora``'s LoRA settings
-(``opgrpo_lib.config.LoraCfg``), loaded through ``opgrpo_lib.train.load_model`` (our training code path). One
-optimizer step = one generation of ``--batch`` completions + one policy update; the first (warm-up) step is not
-counted. Each backend runs in its own process (Unsloth must be imported before transformers/trl/peft).
+paper profile's GRPO settings (``configs/paper.yaml``: one optimizer step = 160 completions = 16 prompts x 10
+generations, micro-batches of 20, generated 160 per call, 800-token completions, temperature 1, beta 0.001, dapo
+loss, gradient checkpointing), LoRA from ``train.lora`` or full fine-tuning (``--full-finetune``, fp32 masters +
+bf16 autocast), loaded through ``opgrpo_lib.train.load_model`` with the profile's precision plan (our training code
+path). One optimizer step = one generation of ``--batch`` completions + one policy update; the first (warm-up) step
+is not counted. Each backend runs in its own process (Unsloth must be imported before transformers/trl/peft); the
+JSON is rewritten after each backend.
 
     python benchmarks/grpo_step.py --device cpu --shape tiny     # CPU smoke, shortened settings, < 1 min
-    python benchmarks/grpo_step.py --shape qwen2.5-3b             # CUDA: hf + unsloth at the paper's settings,
+    python benchmarks/grpo_step.py --shape qwen2.5-3b --full-finetune   # CUDA: hf + unsloth, the paper's step,
                                                                   # writes results/gpu/grpo_step_qwen2.5-3b.json
     python benchmarks/grpo_step.py --shape qwen2.5-3b --backends hf unsloth unsloth-4bit --steps 4
     python benchmarks/grpo_step.py --device cpu --profile cpu --model runs/cpu/sft/policy --reward op \
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import json
 import os
@@ -84,9 +87,13 @@ def synthetic_frame(rows: int, data: str | None = None):
 
 # ---------------------------------------------------------------- child: build the model once
 def prepare(work: Path) -> None:
+    s = json.loads((work / "settings.json").read_text())
+    if (work / "model.json").exists() and (work / "model" / "config.json").exists():
+        built = json.loads((work / "model.json").read_text())
+        if built.get("built_for") == [s["shape"], s["model"], s["tokenizer"], s["device"]]:
+            return  # the same model, built by an earlier run in this --work-dir (gpu_check.sh: full FT, then LoRA)
     import torch
 
-    s = json.loads((work / "settings.json").read_text())
     if s["model"]:
         info = trained_model(Path(s["model"]), work / "model")
     else:
@@ -113,6 +120,7 @@ def prepare(work: Path) -> None:
             "name": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
         }
+    info["built_for"] = [s["shape"], s["model"], s["tokenizer"], s["device"]]
     (work / "model.json").write_text(json.dumps(info, indent=1))
 
 
@@ -216,17 +224,20 @@ def one(work: Path, backend: str) -> dict:
     profiling.ProfilingContext._log_metrics = _record
     cuda = s["device"] == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    grpo = {"per_device_train_batch_size": s["batch"], "num_generations": s["generations"],
-            "max_completion_length": s["completion_length"], "gradient_accumulation_steps": 1,
-            "steps_per_generation": 1, "max_steps": s["steps"], "save_strategy": "no", "logging_steps": 1,
+    accumulation = s["batch"] // s["micro_batch"]  # micro-batches per optimizer step; one generation per step
+    grpo = {"per_device_train_batch_size": s["micro_batch"], "num_generations": s["generations"],
+            "max_completion_length": s["completion_length"], "gradient_accumulation_steps": accumulation,
+            "steps_per_generation": accumulation, "max_steps": s["steps"], "save_strategy": "no", "logging_steps": 1,
             "disable_tqdm": True}  # fmt: skip
     overrides = {"seed": s["seed"], "device": s["device"], "train.backend": backend.split("-")[0],
                  "train.load_in_4bit": backend == "unsloth-4bit", "train.use_vllm": False,
-                 "train.lora.enabled": not s["full_finetune"], "train.grpo": grpo}  # fmt: skip
+                 "train.lora.enabled": not s["full_finetune"], "train.generation_chunk": s["chunk"],
+                 "train.grpo": grpo}  # fmt: skip
     cfg = load_profile(s["profile"], overrides)
-    args = train.grpo_config(cfg, work / backend)
+    plan = train.precision_plan(cfg)
+    args = train.grpo_config(cfg, work / backend, plan)
     t0 = time.perf_counter()
-    model, tok, peft_config = train.load_model(cfg, str(work / "model"))
+    model, tok, peft_config = train.load_model(cfg, str(work / "model"), plan)
     load_s = time.perf_counter() - t0
     ds = train.grpo_dataset(synthetic_frame(s["rows"], s["data"]))
 
@@ -258,10 +269,15 @@ def one(work: Path, backend: str) -> dict:
 
         parts = [split_step(x) for x in steps]
         measured = parts[1:]  # the first step (warm-up: kernels, compilation, allocator) is not counted
+        warmup_only = not measured and bool(parts)
+        if warmup_only:  # cut by the time budget after one step: report it, marked (an upper bound)
+            measured = parts
         row = {"backend": backend, "status": status, "load_in_4bit": backend == "unsloth-4bit", "steps": len(parts),
                "measured_steps": len(measured), "load_s": round(load_s, 2),
                "first_step_s": round(parts[0]["step_s"], 3) if parts else None,
-               "step_times_s": [round(p["step_s"], 3) for p in parts]}  # fmt: skip
+               "step_times_s": [round(p["step_s"], 3) for p in parts], "warmup_only": warmup_only,
+               "finetuning": "full" if s["full_finetune"] else "lora", "precision": dataclasses.asdict(plan),
+               "trainable_dtype": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad})}  # fmt: skip
         for key in ("step_s", "generation_s", "training_s", "reward_s", "reference_forward_s",
                     "policy_forward_backward_s", "other_s", "completion_tokens"):  # fmt: skip
             row[key] = _mean([p[key] for p in measured])
@@ -278,6 +294,7 @@ def one(work: Path, backend: str) -> dict:
             row["model_gpu_mem_gib"] = round(resident / 2**30, 3)
             row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             row["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+        row["computed_peak_gib"], row["computed_parts_gib"] = computed["peak_gib"], computed["parts_gib"]
         row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
         row["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         return row
@@ -296,6 +313,11 @@ def one(work: Path, backend: str) -> dict:
 
     trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=[StepTimer()])  # fmt: skip
+    train.check_trainable_dtype(trainer.model, plan)  # fp32 masters (full FT) / fp32 adapters (LoRA)
+    from opgrpo_lib.gpu import memory, shape_of
+
+    computed = memory(cfg, shape_of(str(work / "model")), "grpo")  # what opgrpo_lib.gpu predicts for this run
+    train.chunk_generation(trainer.model, s["chunk"])
     if cuda:
         sync()
         resident = torch.cuda.memory_allocated()
@@ -411,7 +433,18 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: hf unsloth on CUDA, hf on CPU")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per backend, the first one not counted")
-    p.add_argument("--batch", type=int, help="completions per step (paper: 40 on CUDA; CPU default 8)")
+    p.add_argument("--batch", type=int, help="completions per optimizer step (paper: 160 on CUDA; CPU default 8)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        help="completions per forward/backward (default: the profile's per_device_train_batch_size, at most --batch)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        help="completions per generate call (default: the profile's train.generation_chunk, 0 = all in one call)",
+    )
+    p.add_argument("--label", help="name of the result in the JSON and its default file name (default: --shape)")
     p.add_argument("--generations", type=int, help="completions per prompt (paper: 10; CPU default 4)")
     p.add_argument("--completion-length", type=int, help="max completion tokens (paper: 800; CPU default 32)")
     p.add_argument("--reward", default="length", choices=["length", "op"])
@@ -465,19 +498,26 @@ def main() -> None:
         "estimator": args.estimator, "full_finetune": args.full_finetune or (args.profile == "cpu" and not prof.train.lora.enabled),
         "profile": args.profile, "model": args.model, "data": args.data,
         "seed": prof.seed if args.seed is None else args.seed, "steps": max(2, args.steps),
-        "batch": args.batch or (CPU_SETTINGS["batch"] if short else g["per_device_train_batch_size"]),
+        "batch": args.batch or (CPU_SETTINGS["batch"] if short
+                                else g["per_device_train_batch_size"] * g.get("gradient_accumulation_steps", 1)),
         "generations": args.generations or (CPU_SETTINGS["generations"] if short else g["num_generations"]),
         "completion_length": args.completion_length
         or (CPU_SETTINGS["completion_length"] if short else g["max_completion_length"]),
     }  # fmt: skip
     if settings["batch"] % settings["generations"]:
         p.error("--batch must be a multiple of --generations")
+    micro = args.micro_batch or min(settings["batch"], g["per_device_train_batch_size"])
+    if settings["batch"] % micro:
+        p.error("--batch must be a multiple of --micro-batch")
+    settings["micro_batch"] = micro
+    settings["chunk"] = prof.train.generation_chunk if args.chunk is None else args.chunk
+    label = args.label or args.shape
     settings["rows"] = max(16, settings["batch"] // settings["generations"] * settings["steps"])
     backends = args.backends or (["hf", "unsloth"] if args.device == "cuda" else ["hf"])
     out = (
         Path(args.out)
         if args.out
-        else ROOT / ("results/gpu" if args.device == "cuda" else "runs/benchmarks") / (f"grpo_step_{args.shape}.json")
+        else ROOT / ("results/gpu" if args.device == "cuda" else "runs/benchmarks") / (f"grpo_step_{label}.json")
     )
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="grpo_step_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -490,42 +530,64 @@ def main() -> None:
             raise SystemExit(f"building the {args.shape} model failed:\n{tail}")
         model = json.loads((work / "model.json").read_text())
         prepare_s = time.perf_counter() - t0
-        rows = []
+        rows: list[dict] = []
         for backend in backends:
-            result = work / f"result_{backend}.json"
+            result, partial = work / f"result_{backend}.json", work / f"partial_{backend}.json"
+            for old in (result, partial):  # an earlier run in this --work-dir (other settings) is not this one
+                old.unlink(missing_ok=True)
             rc, tail = run_child([*me, "--child", backend], args.timeout, args.quiet)
-            partial = work / f"partial_{backend}.json"
             if result.exists():
                 rows.append(json.loads(result.read_text()))
             elif partial.exists():  # killed at --timeout (or crashed) after some steps: keep what was measured
                 rows.append({**json.loads(partial.read_text()), "error": f"exit code {rc}: {tail[-1000:]}"})
             else:
                 rows.append({"backend": backend, "status": "error", "error": f"exit code {rc}: {tail[-2000:]}"})
+            res = result_json(args, prof, settings, label, model, prepare_s, rows, t0)
+            write_atomic(out, res)  # every backend's row lands as soon as it is measured
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    print_report(res)
+    print(f"wrote {out}")
+    if args.json:
+        print(json.dumps(res))
+
+
+def write_atomic(path: Path, res: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def result_json(args, prof, settings: dict, label: str, model: dict, prepare_s: float, rows: list[dict],
+                t0: float) -> dict:  # fmt: skip
+    g, lora = prof.train.grpo, prof.train.lora
     rat = ratios(rows)
-    lora = prof.train.lora
-    res = {
+    return {
         "benchmark": "grpo_step",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "shape": args.shape,
-        "device": model.pop("device"),
+        "shape": label,
+        "model_shape": args.shape,
+        "device": model["device"],
         "versions": versions(),
-        "model": {k: v for k, v in model.items() if k not in ("tokenizer", "prompt_tokens")},
+        "model": {k: v for k, v in model.items() if k not in ("tokenizer", "prompt_tokens", "device", "built_for")},
         "tokenizer": model["tokenizer"],
         "settings": {
             "trainer": "trl.GRPOTrainer (HF generate, no vLLM)",
-            "profile": f"{args.profile} (configs/{args.profile}.yaml train.grpo) with one generation per optimizer step",
+            "profile": f"{args.profile} (configs/{args.profile}.yaml train.grpo), one generation per optimizer step",
             "model_weights": "trained: " + args.model if args.model else "random",
             "rows": args.data or "synthetic",
-            "per_device_train_batch_size": settings["batch"], "num_generations": settings["generations"],
+            "completions_per_step": settings["batch"], "per_device_train_batch_size": settings["micro_batch"],
+            "gradient_accumulation_steps": settings["batch"] // settings["micro_batch"],
+            "steps_per_generation": settings["batch"] // settings["micro_batch"],
+            "generation_chunk": settings["chunk"], "num_generations": settings["generations"],
             "prompts_per_step": settings["batch"] // settings["generations"],
             "max_completion_length": settings["completion_length"],
             "shortened_for_cpu": args.device == "cpu" and (settings["batch"], settings["generations"],
                                                               settings["completion_length"]) != (
-                g["per_device_train_batch_size"], g["num_generations"], g["max_completion_length"]),
-            "gradient_accumulation_steps": 1, "steps_per_generation": 1,
+                g["per_device_train_batch_size"] * g.get("gradient_accumulation_steps", 1), g["num_generations"],
+                g["max_completion_length"]),
             "steps": settings["steps"], "warmup_steps_excluded": 1,
             **{k: g.get(k) for k in ("temperature", "top_p", "beta", "loss_type", "learning_rate",
                                      "gradient_checkpointing", "mask_truncated_completions")},
@@ -543,12 +605,6 @@ def main() -> None:
         "goal": goal(rat),
         "wall_s": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    print_report(res)
-    print(f"wrote {out}")
-    if args.json:
-        print(json.dumps(res))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,13 @@ class TrainCfg:
     init: str = "run:sft"  # GRPO starts from the SFT policy (or "policy" = the base model, or a path)
     lora: LoraCfg = field(default_factory=LoraCfg)
     load_in_4bit: bool = False
+    # Full fine-tuning on a GPU: mixed = fp32 master weights + bf16 (fp16 without bf16) autocast, as the authors
+    # (verl/FSDP mixed precision); bf16 = 16-bit weights only (half the weight/optimizer memory, but most updates at
+    # lr 1e-6 round away). LoRA keeps its adapters in fp32 either way; the CPU trains in fp32.
+    precision: Literal["mixed", "bf16"] = "mixed"
+    # Completions per generate call within a GRPO generation batch (0 = TRL's one call for the whole batch): bounds
+    # the KV cache without changing the round (same prompts, samples, optimizer steps).
+    generation_chunk: int = bounded(0, 0)
     use_vllm: bool = False  # unsloth fast generation (vLLM) when installed
     max_seq_length: int = bounded(1400, 1)  # unsloth: prompt (<= 512) + completion (800)
     max_prompt_length: int = bounded(512, 1)  # checked on the data (TRL 1.x has no max_prompt_length)

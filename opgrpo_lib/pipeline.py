@@ -41,18 +41,41 @@ NOISE = (
 HEARTBEAT_S = 60.0
 
 
+GPU_PROFILES = ("paper", "gpu-small")  # largest first; auto picks the first whose computed peak fits the free memory
+
+
 def default_profile() -> tuple[str, str]:
-    """(profile, reason): ``paper`` when a CUDA GPU and the ``[gpu]`` extra are present, else ``cpu``."""
+    """(profile, reason) for ``PROFILE=auto`` / ``profile = "auto"``: with a usable CUDA GPU and the ``[gpu]``
+    extra, the first of :data:`GPU_PROFILES` whose computed peak memory (``gpu.peak_gib``) fits the card's free
+    memory, else ``cpu`` with the reason. A GPU that is visible but unusable by torch is an error (one line), not a
+    silent CPU run."""
     from importlib.util import find_spec
 
-    if find_spec("torch") is not None:
-        import torch
+    from . import gpu
 
-        if torch.cuda.is_available():
-            if find_spec("unsloth") is not None:
-                return "paper", f"CUDA GPU ({torch.cuda.get_device_name(0)}) and unsloth found"
-            return "cpu", "CUDA GPU found but the [gpu] extra (unsloth) is not installed"
-    return "cpu", "no CUDA GPU"
+    if find_spec("torch") is None:
+        return "cpu", "torch is not installed"
+    gpu.require_usable_gpu()
+    if not gpu.cuda_usable():
+        return "cpu", "no CUDA GPU"
+    name = gpu.gpu_name()
+    if find_spec("unsloth") is None:
+        return (
+            "cpu",
+            f"CUDA GPU ({name}) found but the [gpu] extra (unsloth) is not installed: pip install -e '.[gpu]'",
+        )
+    free = gpu.free_gib()
+    needs = []
+    for prof in GPU_PROFILES:
+        need = gpu.peak_gib(load_profile(prof))
+        needs.append(f"{prof} {need:.1f} GiB" if need is not None else f"{prof} unknown (policy shape unknown)")
+        if need is not None and gpu.fits(need, free):
+            return (
+                prof,
+                f"{name} with {free:.1f} GiB free; {prof} needs about {need:.1f} GiB (computed, + 10 % margin)",
+            )
+    return "cpu", (f"{name} has {free:.1f} GiB free, less than any GPU profile needs ({', '.join(needs)}, computed): "
+                   "running the cpu profile; free GPU memory or set PROFILE / profile explicitly")  # fmt: skip
 
 
 def resolve_profile(profile: str) -> str:

@@ -56,7 +56,7 @@ def policy_steps(cfg: RunConfig) -> tuple[str, ...]:
 
 
 _TRAIN_COMMON = ("seed", "device", "models.policy", "train.backend", "train.lora", "train.load_in_4bit",
-                 "train.max_seq_length", "train.merge_adapter")  # fmt: skip
+                 "train.max_seq_length", "train.merge_adapter", "train.precision")  # fmt: skip
 _VALIDATION = ("train.validation_every", "train.validation_rows", "models.eval_encoder", "eval.sbert_thresholds")
 
 
@@ -82,7 +82,7 @@ STEPS: dict[str, StepSpec] = {
                  lambda c: ("data",)),
         StepSpec("grpo", "04_op_grpo", "train",
                  lambda c: (*_TRAIN_COMMON, "train.init", "train.use_vllm", "train.max_prompt_length", "train.grpo",
-                            "reward", "data.grpo_rows", *_validation(c)), _grpo_upstream),
+                            "train.generation_chunk", "reward", "data.grpo_rows", *_validation(c)), _grpo_upstream),
         StepSpec("generate", "05_generate", "generate", _keys("seed", "device", "models.policy", "generate"),
                  lambda c: ("data", *policy_steps(c))),
         StepSpec("evaluate", "06_evaluate", "evaluate",

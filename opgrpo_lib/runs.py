@@ -102,6 +102,10 @@ def resolve_device(cfg: RunConfig) -> str:
     import torch
 
     cuda = torch.cuda.is_available()
+    if cfg.device in ("auto", "cuda") and not cuda:
+        from .gpu import require_usable_gpu
+
+        require_usable_gpu()  # a visible GPU torch cannot use: say why instead of running on the CPU
     if cfg.device == "cuda" and not cuda:
         raise RuntimeError("device: cuda, but torch sees no CUDA GPU here (use device: auto or cpu)")
     return "cuda" if cfg.device in ("auto", "cuda") and cuda else "cpu"
@@ -235,11 +239,12 @@ def last_complete_checkpoint(ckpt_dir: Path, log=print) -> str | None:
     return None
 
 
-def drop_optimizer_states(ckpt_dir: Path) -> int:
+def drop_optimizer_states(ckpt_dir: Path, nested: bool = True) -> int:
     """Delete optimizer/scheduler states from the checkpoints of a finished run (a finished run never resumes; the
-    weights stay for checkpoint evaluation). Returns the bytes freed."""
+    weights stay for checkpoint evaluation), or from one checkpoint folder (``nested=False``). Returns the bytes
+    freed."""
     freed = 0
-    for f in Path(ckpt_dir).glob("checkpoint-*/*"):
+    for f in Path(ckpt_dir).glob("checkpoint-*/*" if nested else "*"):
         if f.name in ("optimizer.pt", "scheduler.pt") or f.name.startswith("rng_state"):
             freed += f.stat().st_size
             f.unlink()

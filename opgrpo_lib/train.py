@@ -69,6 +69,9 @@ def ensure_unsloth() -> Any:
     from importlib.util import find_spec
 
     if not cuda_available():
+        from .gpu import require_usable_gpu
+
+        require_usable_gpu()  # visible but unusable: say why (torch build / driver)
         raise RuntimeError("train.backend=unsloth needs a CUDA GPU; use backend: hf on this machine")
     if find_spec("unsloth") is None:
         raise RuntimeError("train.backend=unsloth needs the [gpu] extra: pip install -e '.[gpu]'")
@@ -84,24 +87,83 @@ def ensure_unsloth() -> Any:
     return unsloth
 
 
-def device_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    cuda = resolve_device(cfg) == "cuda"
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How weights are stored and computed on the device a run gets (``train.precision``)."""
+
+    load_dtype: str  # dtype the policy is loaded in (hf backend)
+    compute_dtype: str  # autocast / Unsloth dtype
+    autocast: bool  # Trainer bf16/fp16 flag (mixed precision over the loaded weights)
+    reference_dtype: str  # GRPO reference model (full fine-tuning, beta > 0)
+    master: str  # dtype the trainable weights are updated in
+
+    def trainer_flags(self) -> dict[str, bool]:
+        return {"bf16": self.autocast and self.compute_dtype == "bfloat16",
+                "fp16": self.autocast and self.compute_dtype == "float16"}  # fmt: skip
+
+    def unsloth_kwargs(self, cfg: RunConfig) -> dict[str, Any]:
+        """FastLanguageModel.from_pretrained precision arguments (unsloth 2026.10.9, models/vision.py ~4026 and
+        unsloth_zoo/training_utils.py prepare_model_for_training): full fine-tuning with
+        ``float32_mixed_precision=True`` upcasts every trainable weight to fp32 and its trainer patch turns on
+        bf16 autocast; ``False`` (its default for bf16) keeps bf16 weights without autocast."""
+        import torch
+
+        kw: dict[str, Any] = {"dtype": getattr(torch, self.compute_dtype), "use_exact_model_name": True}
+        if not cfg.train.lora.enabled:
+            kw["float32_mixed_precision"] = self.master == "float32"
+        return kw
+
+
+def precision_plan(cfg: RunConfig, device: str | None = None, bf16_supported: bool | None = None) -> Precision:
+    """The precision of a run on ``device`` (default: the profile's resolved device). CPU: fp32 throughout. GPU:
+    16-bit compute (bf16, or fp16 on cards without it); full fine-tuning keeps fp32 masters under autocast
+    (``precision: mixed``) or bf16 weights (``precision: bf16``); LoRA keeps the frozen base in 16 bit and fp32
+    adapters (PEFT's ``autocast_adapter_dtype``, Unsloth's upcast); the reference model is 16 bit."""
+    device = device or resolve_device(cfg)
+    if device != "cuda":
+        return Precision("float32", "float32", False, "float32", "float32")
+    if bf16_supported is None:
+        import torch
+
+        bf16_supported = torch.cuda.is_bf16_supported()
+    half = "bfloat16" if bf16_supported else "float16"
+    if cfg.train.lora.enabled:
+        return Precision(half, half, True, half, "float32")
+    if cfg.train.precision == "bf16" and bf16_supported:
+        return Precision(half, half, True, half, half)
+    return Precision("float32", half, True, half, "float32")
+
+
+def device_kwargs(cfg: RunConfig, plan: Precision | None = None) -> dict[str, Any]:
+    plan = plan or precision_plan(cfg)
+    return {"use_cpu": resolve_device(cfg) != "cuda", **plan.trainer_flags()}
+
+
+def check_trainable_dtype(model: Any, plan: Precision) -> None:
+    """Every trainable weight must be in the plan's master dtype (fp32 with ``precision: mixed``): a 16-bit master
+    loses most updates at the paper's lr 1e-6 without any error."""
     import torch
 
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    return {"use_cpu": not cuda, "bf16": bf16, "fp16": cuda and not bf16}
+    if plan.master != "float32":  # bf16 masters: Unsloth still upcasts the norms, nothing to hold it to
+        return
+    want = torch.float32
+    bad = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != want})
+    if bad:
+        raise RuntimeError(f"trainable weights are {bad}, not {plan.master} (train.precision: {plan.master}): "
+                           "the backend did not keep master weights as configured")  # fmt: skip
 
 
-def load_model(cfg: RunConfig, path: str) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, peft_config or None) for the configured backend."""
+def load_model(cfg: RunConfig, path: str, plan: Precision | None = None) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config or None) for the configured backend, in ``plan``'s precision."""
     tc = cfg.train
+    plan = plan or precision_plan(cfg)
     if tc.backend == "unsloth":
         ensure_unsloth()
         from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(
             model_name=path, max_seq_length=tc.max_seq_length, load_in_4bit=tc.load_in_4bit,
-            fast_inference=tc.use_vllm, dtype=None, full_finetuning=not tc.lora.enabled,
+            fast_inference=tc.use_vllm, full_finetuning=not tc.lora.enabled, **plan.unsloth_kwargs(cfg),
         )  # fmt: skip
         if tc.lora.enabled:
             model = FastLanguageModel.get_peft_model(
@@ -112,9 +174,7 @@ def load_model(cfg: RunConfig, path: str) -> tuple[Any, Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw = device_kwargs(cfg)
-    dtype = torch.bfloat16 if kw["bf16"] else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.load_dtype))
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -127,6 +187,36 @@ def load_model(cfg: RunConfig, path: str) -> tuple[Any, Any, Any]:
             task_type="CAUSAL_LM",
         )  # fmt: skip
     return model, tok, peft_config
+
+
+def chunk_generation(model: Any, chunk: int) -> None:
+    """Make ``model.generate`` run at most ``chunk`` sequences per call (``train.generation_chunk``): TRL generates
+    a whole generation batch in one call, whose KV cache can exceed the GPU. Outputs are right-padded with the pad
+    id to one length; every shorter chunk's rows already ended with EOS, so TRL's EOS mask drops the padding."""
+    if not chunk or getattr(model.generate, "_opgrpo_chunk", None) == chunk:
+        return
+    import torch
+
+    inner = model.generate
+
+    def generate(*args: Any, **kw: Any):
+        ids = kw.get("input_ids", args[0] if args else None)
+        if ids is None or ids.size(0) <= chunk:
+            return inner(*args, **kw)
+        n = ids.size(0)
+        outs = []
+        for i in range(0, n, chunk):
+            part = {k: (v[i : i + chunk] if torch.is_tensor(v) and v.dim() > 0 and v.size(0) == n else v)
+                    for k, v in kw.items()}  # fmt: skip
+            part["input_ids"] = ids[i : i + chunk]
+            outs.append(inner(**part))
+        width = max(o.size(1) for o in outs)
+        cfg = kw.get("generation_config") or model.generation_config
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        return torch.cat([torch.nn.functional.pad(o, (0, width - o.size(1)), value=pad) for o in outs])
+
+    generate._opgrpo_chunk = chunk  # type: ignore[attr-defined]
+    model.generate = generate
 
 
 def save_policy(trainer: Any, out: Path, merge: bool) -> Path:
@@ -295,15 +385,37 @@ def _start(cfg: RunConfig, paths: RunPaths, step: str, force: bool) -> tuple[str
     return state, paths.step(step)
 
 
-def check_disk(model_path: str, out: Path, section: dict[str, Any], what: str) -> None:
-    """Before a long training step: enough free disk for the checkpoints it keeps (weights + optimizer states, about
-    3x the weights each, plus the final policy), estimated from the size of the starting weights."""
+def check_disk(cfg: RunConfig, model_path: str, out: Path, step: str, keep: int | None = None) -> None:
+    """Before a long training step: enough free disk for what it will write (``gpu.disk``: the checkpoints it keeps
+    in the master dtype, the optimizer states of the last one, the final policy), from the policy's shape."""
+    from .gpu import disk, shape_of
     from .runs import check_free_disk
 
-    weights = sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else 0
-    if weights:
-        keep = section.get("save_total_limit") or 2
-        check_free_disk(out, weights * (3 * keep + 1) / 2**30 + 0.5, what)
+    shape = shape_of(model_path)
+    if shape is not None:
+        check_free_disk(out, disk(cfg, shape, step, keep)["total_gb"], step.upper())
+
+
+class _OptimizerInLastCheckpoint:
+    """Trainer callback: after each save, delete optimizer/scheduler/RNG states from every checkpoint but the newest
+    (only the newest is resumed from; the others keep their weights for checkpoint evaluation)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        from .runs import drop_optimizer_states, last_complete_checkpoint
+
+        class OptimizerInLastCheckpoint(TrainerCallback):
+            def on_save(self, args, state, control, **kw):
+                if not state.is_world_process_zero:
+                    return
+                ckpts = Path(args.output_dir)
+                newest = last_complete_checkpoint(ckpts, log=lambda *_: None)
+                for old in ckpts.glob("checkpoint-*"):
+                    if newest and old.resolve() != Path(newest).resolve() and old.is_dir():
+                        drop_optimizer_states(old, nested=False)
+
+        return OptimizerInLastCheckpoint()
 
 
 def _finish(cfg: RunConfig, paths: RunPaths, step: str, out: Path) -> None:
@@ -351,14 +463,16 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
         pd.DataFrame({"prompt": list(summaries), "summary": list(summaries.values())}), out / "summaries.parquet"
     )
     ds = sft_dataset(train, sft_targets(cfg, train, summaries))
-    check_disk(resolve(cfg.models.policy), out, tc.sft, "SFT")
-    model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy))
+    check_disk(cfg, resolve(cfg.models.policy), out, "sft")
+    plan = precision_plan(cfg)
+    model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy), plan)
     args = SFTConfig(
-        output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **device_kwargs(cfg) if tc.backend == "hf" else {},
+        output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **_backend_flags(cfg, plan),
         **_trainer_args(tc.sft, keep_all=False),
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config,
-                         callbacks=[trainer_callback("sft")])  # fmt: skip
+                         callbacks=[trainer_callback("sft"), _OptimizerInLastCheckpoint()])  # fmt: skip
+    check_trainable_dtype(trainer.model, plan)
     with timed(timings, "train"):
         trainer.train(resume_from_checkpoint=_resume_from(state, out))
     policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)
@@ -382,13 +496,26 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
     return {"policy": policy, "log": log, "rows": len(ds)}
 
 
-def grpo_config(cfg: RunConfig, out: Path):
+def _backend_flags(cfg: RunConfig, plan: Precision) -> dict[str, Any]:
+    """Trainer precision flags: hf gets the device too; Unsloth picks its device itself (its trainer patch turns
+    the flags into accelerate's mixed precision, unsloth/models/rl.py ~2637)."""
+    return device_kwargs(cfg, plan) if cfg.train.backend == "hf" else plan.trainer_flags()
+
+
+def grpo_config(cfg: RunConfig, out: Path, plan: Precision | None = None):
+    """TRL's GRPOConfig of the profile: the plan's precision flags, the reference model in the plan's 16-bit dtype
+    (TRL builds it in fp32 unless ``model_init_kwargs`` says otherwise, trl/trainer/utils.py create_model_from_path)."""
     from trl import GRPOConfig
 
     tc = cfg.train
     validate_trainer_keys("grpo", tc.grpo, GRPOConfig)
-    kw = device_kwargs(cfg) if tc.backend == "hf" else {}
+    plan = plan or precision_plan(cfg)
+    kw = _backend_flags(cfg, plan)
     grpo = _trainer_args(tc.grpo, keep_all=cfg.eval.checkpoint_rows_per_split > 0)
+    if "model_init_kwargs" not in grpo and not tc.lora.enabled and float(grpo.get("beta", 0.0)) > 0:
+        # TRL then warns that model_init_kwargs is ignored for an instantiated model: it still builds the reference
+        # model with it (trl/trainer/grpo_trainer.py, "Reference model")
+        grpo = {**grpo, "model_init_kwargs": {"dtype": plan.reference_dtype}}
     return GRPOConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **kw, **grpo)
 
 
@@ -411,19 +538,20 @@ def run_grpo(
         return _finished_result(paths, out, "train_log.csv")
     from trl import GRPOTrainer
 
-    args = grpo_config(cfg, out)
+    plan = precision_plan(cfg)
+    args = grpo_config(cfg, out, plan)
     train, _ = load_prepared(paths.data)
     ds = grpo_dataset(train, cfg.data.grpo_rows if cfg.data.train_source == "final_train" else None)
     timings: dict[str, float] = {}
     with timed(timings, "load"):
         init = resolve_policy(tc.init, cfg, paths.root)
-        keep_all = {"save_total_limit": tc.grpo.get("max_steps", 0) // max(1, tc.grpo.get("save_steps", 1))}
-        check_disk(init, out, tc.grpo if not cfg.eval.checkpoint_rows_per_split else keep_all, "GRPO")
-        model, tok, peft_config = load_model(cfg, init)
+        keep_all = tc.grpo.get("max_steps", 0) // max(1, tc.grpo.get("save_steps", 1))
+        check_disk(cfg, init, out, "grpo", keep_all if cfg.eval.checkpoint_rows_per_split else None)
+        model, tok, peft_config = load_model(cfg, init, plan)
         longest = check_prompt_lengths(ds, tok, tc.max_prompt_length)
         device = "cuda" if not args.use_cpu else "cpu"
         reward = build_reward(cfg.reward, resolve_estimator(cfg, paths), tokenizer=tok, device=device)
-    extra = [trainer_callback("grpo"), *(callbacks or [])]
+    extra = [trainer_callback("grpo"), _OptimizerInLastCheckpoint(), *(callbacks or [])]
     if tc.validation_every:
         from .validation import Validator, curve_callback
 
@@ -431,6 +559,8 @@ def run_grpo(
         extra.append(curve_callback(validator, tc.validation_every, paths.results / "validation_curve.csv"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=extra)  # fmt: skip
+    check_trainable_dtype(trainer.model, plan)
+    chunk_generation(trainer.model, tc.generation_chunk)
     with timed(timings, "train"):
         trainer.train(resume_from_checkpoint=_resume_from(state, out))
     policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)

@@ -15,11 +15,12 @@ sends (the working tree: tracked + untracked-not-ignored files, plus ``.whl/``) 
   Studio's web UI, 73 MiB unpacked; the library never imports it) and bitsandbytes with only the CUDA build the
   device's torch loads (``libbitsandbytes_cuda130.so``) and the CPU one. RECORD is rewritten to match.
 
-Never carried, though Unsloth's metadata names them: xformers (the newest PyPI wheel, 0.0.35, is built for torch
-2.10+cu128 and cannot load its kernels with the device's torch 2.11+cu130; Unsloth then uses PyTorch's SDPA
-attention, as it does without xformers), diffusers (diffusion models) and hf_transfer (hub downloads), which
-Unsloth's language-model training path does not import, and pydantic, json5, nest-asyncio and structlog, which
-serve only Unsloth Studio / CLI. ``--extra NAME==VERSION`` adds a wheel (e.g. one that ``pip show`` on the device reports
+peft and xformers are carried although the device has a peft: its version is unknown there and Unsloth needs peft
+>= 0.18 (ours: 0.21.2, the project pin); xformers 0.0.35 is what Unsloth's own ``cu130onlytorch2110`` extra pins for
+the device's torch 2.11+cu130 (3.1 MiB). Never carried, though Unsloth's metadata names them: diffusers (diffusion
+models) and hf_transfer (hub downloads), which Unsloth's language-model training path does not import, and
+pydantic, json5, nest-asyncio and structlog, which serve only Unsloth Studio / CLI. A missing SmolLM2 tokenizer is
+an error (the qwen2.5-* shapes cannot run without it). ``--extra NAME==VERSION`` adds a wheel (e.g. one that ``pip show`` on the device reports
 missing).
 
     .venv/bin/python scripts/fetch_gpu_wheels.py            # then a device call with carry [".whl"]:
@@ -52,6 +53,8 @@ REQUIRED = [
     ("multiprocess==0.70.19", "datasets"),
     ("unsloth==2026.10.9", "the unsloth backend (our [gpu] pin)"),
     ("unsloth_zoo==2026.10.9", "unsloth"),
+    ("peft==0.21.2", "LoRA (our pin; Unsloth needs >= 0.18, the device's version is unknown)"),
+    ("xformers==0.0.35", "Unsloth's attention kernels (its cu130onlytorch2110 extra's pin)"),
     ("cut_cross_entropy==25.1.1", "unsloth_zoo's fused cross-entropy loss"),
     ("torchao==0.18.0", "unsloth_zoo (imported when present; fp8 / QAT paths)"),
     ("tyro==1.0.17", "unsloth, unsloth_zoo (metadata)"),
@@ -150,8 +153,8 @@ def stage_tokenizer(dest: Path) -> Path | None:
 
     src = Path(resolve(SMOLLM2))
     if not (src / "tokenizer.json").exists():
-        print(f"WARNING: no local {SMOLLM2} (run `make models`): the qwen2.5-* shapes will not run on the device")
-        return None
+        raise SystemExit(f"ERROR: no local {SMOLLM2} tokenizer (run `make models`): the qwen2.5-* shapes cannot run "
+                         "on the device without it")  # fmt: skip
     out = dest / "tokenizer-smollm2"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -112,7 +112,7 @@ def test_disk_check_fails_before_training(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 1024))  # 1 kB free
     with pytest.raises(OSError, match="needs about .* GB free"):
-        train.check_disk(resolve("tiny:causal-lm"), tmp_path, {}, "GRPO")
+        train.check_disk(load_profile("tiny"), resolve("tiny:causal-lm"), tmp_path, "grpo")
 
 
 def test_compact_targets_keep_the_layout_and_every_name():
