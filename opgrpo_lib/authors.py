@@ -526,7 +526,8 @@ def paired_claims(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]], reps: in
     pooled over every common split, for each evaluator setting; paired bootstrap CIs over situations."""
     rows = unique_rows(rows) if "content_id" in rows else rows
     # one content version per (system, split, setting): the earliest
-    rows = rows.sort_values("log").drop_duplicates(["system", "split", *setting_cols, "opv2_row"])
+    rows = (rows.sort_values("log") if "log" in rows else rows).drop_duplicates(
+        ["system", "split", *setting_cols, "opv2_row"])  # fmt: skip
     out = []
     for setting, g in rows.groupby(list(setting_cols), sort=False):
         setting = setting if isinstance(setting, tuple) else (setting,)

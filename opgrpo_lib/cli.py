@@ -81,6 +81,7 @@ STAGES = {
     "generate": ("opgrpo_lib.generate", "run", "step 05: outputs of every configured system for the eval splits"),
     "evaluate": ("opgrpo_lib.evaluate", "run", "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
     "figures": ("opgrpo_lib.figures", "run", "step 07: every figure and table from results/"),
+    "authors": ("opgrpo_lib.authors", "run", "step 08: the authors' own per-row evaluation logs, verified and re-scored"),
 }
 
 
