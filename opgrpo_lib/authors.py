@@ -853,3 +853,128 @@ def _authors_reference_rows(rows: pd.DataFrame, jobs: Sequence[RescoreJob]) -> p
     main = main[[(s, sp) in want for s, sp in zip(main.system, main.split)]]
     return main.sort_values("log").drop_duplicates(["system", "split", "opv2_row"])[
         ["system", "split", "opv2_row", "ratio"]]  # fmt: skip
+
+
+# ---------------------------------------------------------------- opgrpo compare: any model beside the paper's systems
+class CompareInputError(ValueError):
+    """A ``compare`` input that cannot be scored (one line, naming the file)."""
+
+
+def read_user_outputs(path: Path, column: str, test: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The user's outputs joined to OP-V2 by prompt; duplicates, empty outputs and unknown prompts are excluded and
+    counted. Raises :class:`CompareInputError` when nothing is left."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompareInputError(f"{path}: no such file")
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise CompareInputError(f"{path}: not a readable CSV ({type(exc).__name__})") from exc
+    for col in ("prompt", column):
+        if col not in df.columns:
+            raise CompareInputError(f"{path}: column {col!r} not found; columns are {list(df.columns)}")
+    counts = {"rows": len(df)}
+    dup = df["prompt"].duplicated(keep=False)
+    counts["duplicate_prompt_rows"] = int(dup.sum())
+    df = df[~dup]
+    empty = df[column].map(lambda t: not isinstance(t, str) or not t.strip())
+    counts["empty_outputs"] = int(empty.sum())
+    df = df[~empty]
+    where = test.drop_duplicates("prompt")[["prompt", "split", "row_index", "answer"]]
+    joined = df[["prompt", column]].merge(where, on="prompt", how="inner")
+    counts["not_opv2_prompts"] = int(len(df) - len(joined))
+    counts["matched_situations"] = int(len(joined))
+    if joined.empty:
+        raise CompareInputError(f"{path}: none of its {counts['rows']} rows has a prompt that is an OP-V2 test "
+                                f"situation (after excluding duplicates and empty outputs: {counts})")  # fmt: skip
+    return joined.rename(columns={column: "output", "row_index": "opv2_row"}), counts
+
+
+def profile_systems(profile: str) -> dict[str, pd.DataFrame]:
+    """The committed outputs of one profile's own systems (``results/<profile>/generations/*.jsonl``): scored text
+    = the core block when the layout is valid, else the whole text."""
+    out = {}
+    for path in sorted((REPO_ROOT / "results" / profile / "generations").glob("*.jsonl")):
+        df = pd.read_json(path, lines=True)
+        if df.empty or "prompt" not in df:
+            continue
+        if "prompt_style" in df:
+            df = df[df["prompt_style"].fillna("default") == "default"]
+        text = [c if isinstance(c, str) and c.strip() and v else t
+                for c, t, v in zip(df.get("core", df["text"]), df["text"], df.get("valid_format", [False] * len(df)))]  # fmt: skip
+        out[f"ours ({profile}): {path.stem}"] = pd.DataFrame({"prompt": df["prompt"], "output": text})
+    return out
+
+
+def compare(cfg: RunConfig, candidates: Path, column: str, evaluators: Sequence[str], out_dir: Path,
+            name: str | None = None, systems: Sequence[str] = ("all",), with_profile: str | None = None,
+            reps: int = 2000) -> dict[str, Any]:  # fmt: skip
+    """Score a user's outputs on the OP-V2 situations they cover beside every authors' system logged on those
+    situations (re-scored under each evaluator with the same protocol), with paired bootstrap CIs against each."""
+    from .data import load_test_splits
+    from .figures import save_figure
+    from .runs import atomic_write_text
+    from .text import eval_candidate_sentences, eval_reference_sentences
+
+    test, _ = load_test_splits(cfg)
+    user, counts = read_user_outputs(Path(candidates), column, test)
+    label = name or column
+    ev = load_evidence(cfg, test)
+    matched = {(s, int(r)) for s, r in zip(user["split"], user["opv2_row"])}
+    jobs = rescore_jobs(ev, list(systems), sorted({s for s, _ in matched}))
+    items = [it for it in job_items(ev, jobs) if (it[1], it[2]) in matched]
+    refs = {(s, int(r)): eval_reference_sentences(a) for s, r, a in zip(user["split"], user["opv2_row"], user["answer"])}
+    own = [(label, s, int(r), refs[(s, int(r))], eval_candidate_sentences(o))
+           for s, r, o in zip(user["split"], user["opv2_row"], user["output"])]  # fmt: skip
+    extra = []
+    if with_profile:
+        where = dict(zip(user["prompt"], zip(user["split"], user["opv2_row"])))
+        for sys_name, df in profile_systems(with_profile).items():
+            for p, o in zip(df["prompt"], df["output"]):
+                if p in where and isinstance(o, str) and o.strip():
+                    s, r = where[p]
+                    extra.append((sys_name, s, int(r), refs[(s, int(r))], eval_candidate_sentences(o)))
+    own = [it for it in own if it[4]]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for ev_name in evaluators:
+        per = rescore_sbert(own + extra + items, _encoder(ev_name, _device(cfg)), cfg.authors.rescore_threshold,
+                            evaluator_name(ev_name))  # fmt: skip
+        others = sorted(set(per.system) - {label})
+        res = paired_claims(per, [(label, o) for o in others], reps, cfg.seed)
+        res = res[res.split.isin(["all common"]) | ~res.set_index(["a", "b"]).index.isin(
+            res[res.split == "all common"].set_index(["a", "b"]).index)]  # fmt: skip
+        tables.append(res)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    stem = out_dir / "compare"
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    files = [stem.with_suffix(".csv")]
+    if not table.empty:
+        files += save_figure(fig_compare(table, label, counts["matched_situations"]), out_dir / "compare_figure")
+    summary = {"candidates": str(candidates), "column": column, "name": label, **counts,
+               "authors_systems": sorted({j.system for j in jobs}), "evaluators": list(evaluators),
+               "threshold": cfg.authors.rescore_threshold, "files": [str(f) for f in files]}  # fmt: skip
+    atomic_write_text(out_dir / "compare_summary.json", json.dumps(summary, indent=2))
+    return {**summary, "table": table}
+
+
+def fig_compare(table: pd.DataFrame, label: str, matched: int) -> Any:
+    """Each system's score on the situations it shares with the user's outputs, the user's beside it."""
+    import matplotlib.pyplot as plt
+
+    evs = list(dict.fromkeys(table["evaluator"]))
+    fig, axes = plt.subplots(1, len(evs), figsize=(7 * len(evs), 0.32 * table.b.nunique() + 2), squeeze=False)
+    for ax, e in zip(axes[0], evs):
+        t = table[table.evaluator == e].sort_values("score_b")
+        y = list(range(len(t)))
+        colors = ["tab:green" if str(b).startswith("ours") else "tab:blue" for b in t.b]
+        ax.barh(y, t.score_b, color=colors, alpha=0.7, label="system (authors' / ours)")
+        ax.scatter(t.score_a, y, color="tab:red", zorder=3, label=f"{label} (same situations)")
+        ax.set_yticks(y, [f"{b} (n={n}; Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}])" for b, n, d, lo, hi in
+                          zip(t.b, t.n, t["diff"], t.ci_low, t.ci_high)], fontsize=7)  # fmt: skip
+        ax.set_xlabel(f"relative accuracy ({e} @ threshold)")
+        ax.set_title(f"{label}: {matched} matched OP-V2 situations")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
