@@ -593,7 +593,7 @@ def rescore_sbert(items: Sequence[tuple[str, str, int, list[str], list[str]]], e
            for *_, refs, cands in items]  # fmt: skip
     emb = encoder.encode(list(index)).astype(np.float64) if index else np.zeros((0, 1))
     recs = []
-    for (system, split, row, refs, _cands), (r, c) in zip(items, ids):
+    for (system, split, row, _refs, _cands), (r, c) in zip(items, ids):
         k = greedy_matches(emb[r] @ emb[c].T, threshold) if r and c else 0
         recs.append({"system": system, "split": split, "opv2_row": row, "evaluator": evaluator,
                      "threshold": threshold, "k": k, "n": len(r), "ratio": k / len(r) if r else float("nan"),
@@ -826,8 +826,20 @@ def write_outputs(out: Path, logs: pd.DataFrame, rows: pd.DataFrame, cell_df: pd
     written = [put(logs, "logs.csv")]
     if rows.empty:
         return written
-    cols = ["log", "system", "version", "split", "evaluator", "threshold", "opv2_row", "logged_row", "k", "n",
-            "n_candidate_sentences", "candidate_words"] + (["candidate_tokens"] if "candidate_tokens" in rows else [])
+    cols = [
+        "log",
+        "system",
+        "version",
+        "split",
+        "evaluator",
+        "threshold",
+        "opv2_row",
+        "logged_row",
+        "k",
+        "n",
+        "n_candidate_sentences",
+        "candidate_words",
+    ] + (["candidate_tokens"] if "candidate_tokens" in rows else [])
     written.append(put(rows[cols], "rows.csv"))
     written.append(put(cell_df, "cells.csv"))
     if claims is not None:
@@ -923,7 +935,9 @@ def compare(cfg: RunConfig, candidates: Path, column: str, evaluators: Sequence[
     matched = {(s, int(r)) for s, r in zip(user["split"], user["opv2_row"])}
     jobs = rescore_jobs(ev, list(systems), sorted({s for s, _ in matched}))
     items = [it for it in job_items(ev, jobs) if (it[1], it[2]) in matched]
-    refs = {(s, int(r)): eval_reference_sentences(a) for s, r, a in zip(user["split"], user["opv2_row"], user["answer"])}
+    refs = {
+        (s, int(r)): eval_reference_sentences(a) for s, r, a in zip(user["split"], user["opv2_row"], user["answer"])
+    }
     own = [(label, s, int(r), refs[(s, int(r))], eval_candidate_sentences(o))
            for s, r, o in zip(user["split"], user["opv2_row"], user["output"])]  # fmt: skip
     extra = []

@@ -81,7 +81,7 @@ STAGES = {
     "generate": ("opgrpo_lib.generate", "run", "step 05: outputs of every configured system for the eval splits"),
     "evaluate": ("opgrpo_lib.evaluate", "run", "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
     "figures": ("opgrpo_lib.figures", "run", "step 07: every figure and table from results/"),
-    "authors": ("opgrpo_lib.authors", "run", "step 08: the authors' own per-row evaluation logs, verified and re-scored"),
+    "authors": ("opgrpo_lib.authors", "run", "step 08: the authors' own evaluation logs, verified and re-scored"),
 }
 
 
@@ -302,7 +302,8 @@ def cmd_compare(args) -> int:
     table = res["table"]
     if not table.empty:
         cols = ["evaluator", "b", "split", "n", "score_a", "score_b", "diff", "ci_low", "ci_high"]
-        print(table[cols].rename(columns={"b": "system", "score_a": "yours"}).to_string(index=False, float_format="%.4f"))
+        shown = table[cols].rename(columns={"b": "system", "score_a": "yours"})
+        print(shown.to_string(index=False, float_format="%.4f"))
     print(f"written: {res['files']}")
     return 0
 

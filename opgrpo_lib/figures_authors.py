@@ -167,8 +167,12 @@ def build(results: Path, out: Path) -> list[Path]:
         files += write_table(ea, tab / "authors_estimator_ablation",
                              "Same candidates, different evaluator / threshold (authors' logs)")  # fmt: skip
     length = output_length(cells)
-    files += write_table(length, tab / "authors_output_length",
-                         "Words / tokens of the scored candidate sentences (approximation of output length)", "%.1f")
+    files += write_table(
+        length,
+        tab / "authors_output_length",
+        "Words / tokens of the scored candidate sentences (approximation of output length)",
+        "%.1f",
+    )
     files += save_figure(fig_length(length), out / "authors_output_length")
     claims = _read(src / "claims.csv")
     if claims is not None and not claims.empty:

@@ -286,3 +286,16 @@ def test_paraphrase_mpnet_reproduces_the_authors_base_sbert_logs():
         for a, c, sim in r.matches:
             assert abs(float(er[a - 1] @ ec[c - 1]) - sim) <= 0.001 + 5e-4  # printed to 3 decimals
     assert abs(per["ratio"].mean() - np.mean([r.k / r.n for r in log.rows])) <= 0.002
+
+
+@need_shared
+@pytest.mark.slow
+def test_rescore_benchmark_reports_identical_counts():
+    import json as _json
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "authors_rescore.py"), "--logs", "2", "--rows", "3",
+                          "--encoder", "tiny:encoder", "--json"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    res = _json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["identical"] is True and res["rows"] == 6
+    assert res["distinct_sentences_encoded"] < res["sentences_per_log_loop"]
