@@ -819,8 +819,8 @@ def write_outputs(out: Path, logs: pd.DataFrame, rows: pd.DataFrame, cell_df: pd
 
     def put(df: pd.DataFrame, name: str) -> Path:
         path = out / name
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
+        with atomic_path(path) as tmp:  # .gz: gzip without a time stamp (same rows, same bytes)
+            df.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0} if name.endswith(".gz") else None)
         return path
 
     written = [put(logs, "logs.csv")]
@@ -840,7 +840,7 @@ def write_outputs(out: Path, logs: pd.DataFrame, rows: pd.DataFrame, cell_df: pd
         "n_candidate_sentences",
         "candidate_words",
     ] + (["candidate_tokens"] if "candidate_tokens" in rows else [])
-    written.append(put(rows[cols], "rows.csv"))
+    written.append(put(rows[cols], "rows.csv.gz"))
     written.append(put(cell_df, "cells.csv"))
     if claims is not None:
         written.append(put(claims, "claims.csv"))
