@@ -978,7 +978,7 @@ def fig_compare(table: pd.DataFrame, label: str, matched: int) -> Any:
     import matplotlib.pyplot as plt
 
     evs = list(dict.fromkeys(table["evaluator"]))
-    fig, axes = plt.subplots(1, len(evs), figsize=(7 * len(evs), 0.32 * table.b.nunique() + 2), squeeze=False)
+    fig, axes = plt.subplots(1, len(evs), figsize=(9.5 * len(evs), 0.32 * table.b.nunique() + 2), squeeze=False)
     for ax, e in zip(axes[0], evs):
         t = table[table.evaluator == e].sort_values("score_b")
         y = list(range(len(t)))
@@ -987,8 +987,8 @@ def fig_compare(table: pd.DataFrame, label: str, matched: int) -> Any:
         ax.scatter(t.score_a, y, color="tab:red", zorder=3, label=f"{label} (same situations)")
         ax.set_yticks(y, [f"{b} (n={n}; Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}])" for b, n, d, lo, hi in
                           zip(t.b, t.n, t["diff"], t.ci_low, t.ci_high)], fontsize=7)  # fmt: skip
-        ax.set_xlabel(f"relative accuracy ({e} @ threshold)")
-        ax.set_title(f"{label}: {matched} matched OP-V2 situations")
+        ax.set_xlabel(f"relative accuracy ({e} @ {float(t.threshold.iloc[0]):.2f})")
+        ax.set_title(f"{label}: {matched} matched OP-V2 situations", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
