@@ -81,6 +81,7 @@ STAGES = {
     "generate": ("opgrpo_lib.generate", "run", "step 05: outputs of every configured system for the eval splits"),
     "evaluate": ("opgrpo_lib.evaluate", "run", "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
     "figures": ("opgrpo_lib.figures", "run", "step 07: every figure and table from results/"),
+    "authors": ("opgrpo_lib.authors", "run", "step 08: the authors' own evaluation logs, verified and re-scored"),
 }
 
 
@@ -288,6 +289,25 @@ def cmd_eval_nli(args) -> int:
     return _finish_eval(args, per, summary)
 
 
+def cmd_compare(args) -> int:
+    from .authors import compare
+
+    cfg = _cfg(args)
+    evaluators = args.evaluator or [cfg.models.eval_encoder]
+    res = compare(cfg, Path(args.candidates), args.candidate_column, evaluators, Path(args.out), name=args.name,
+                  systems=args.systems or ["all"], with_profile=None if args.no_profile_systems else cfg.profile)  # fmt: skip
+    counts = {k: res[k] for k in ("rows", "duplicate_prompt_rows", "empty_outputs", "not_opv2_prompts")}
+    print(f"{res['matched_situations']} OP-V2 situations matched ({counts}); {len(res['authors_systems'])} authors' "
+          f"systems on them; evaluators {res['evaluators']}")  # fmt: skip
+    table = res["table"]
+    if not table.empty:
+        cols = ["evaluator", "b", "split", "n", "score_a", "score_b", "diff", "ci_low", "ci_high"]
+        shown = table[cols].rename(columns={"b": "system", "score_a": "yours"})
+        print(shown.to_string(index=False, float_format="%.4f"))
+    print(f"written: {res['files']}")
+    return 0
+
+
 def cmd_publish(args) -> int:
     from .publish import publish
 
@@ -312,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--results", default=None, help="build from this results folder (e.g. results/cpu) ...")
             p.add_argument("--out", default=None, help="... into this folder (e.g. figures/cpu); no run folder used")
         p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("compare", help="score your outputs beside every authors' system on the same OP-V2 situations")
+    _add_profile(p)
+    p.add_argument("--candidates", required=True, help="CSV with a prompt column and an output column")
+    p.add_argument("--candidate-column", required=True, help="the column holding the outputs to score")
+    p.add_argument("--evaluator", action="append", help="sentence-transformers id / path / tiny:* (repeatable; "
+                   "default models.eval_encoder of the profile)")  # fmt: skip
+    p.add_argument("--name", default=None, help="label of your system (default: the column name)")
+    p.add_argument("--systems", action="append", help="authors' systems to include (default: all)")
+    p.add_argument("--out", default="compare", help="folder for compare.csv, compare_figure.png/pdf")
+    p.add_argument("--no-profile-systems", action="store_true", help="leave out results/<profile>/generations")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("publish", help="copy a run's results into the committed results/<profile>, figures/<profile>")
     _add_profile(p)
     p.set_defaults(func=cmd_publish)

@@ -251,6 +251,27 @@ class EvalCfg:
 
 
 @dataclass(frozen=True)
+class AuthorsCfg:
+    """Step 08: the authors' own per-row SBERT evaluation logs (``opgrpo_lib/authors.py``)."""
+
+    enabled: bool = True
+    local_dir: str | None = "../shared/data/authors-eval-logs"  # tried first; env OPGRPO_AUTHORS_LOGS wins
+    download: bool = True  # else the pinned commit of the authors' repository, file by file (git blob sha1)
+    base_url: str = "https://raw.githubusercontent.com/fuyu12345/Overton-Pluralistic-GRPO"
+    commit: str = "f1561f5adeb94a24f76a495ae58dc9118c9f0974"
+    max_logs: int | None = bounded(None, 1)  # None = every log in the manifest; else the first N (tiny)
+    bootstrap_reps: int = bounded(2000, 100)
+    # Re-scoring the logged candidate sentences with evaluators the authors did not use (same protocol).
+    rescore_encoders: list[str] = field(default_factory=list)  # sentence-transformers ids / paths / tiny:*
+    rescore_nli: str | None = None  # an NLI model id (the NLI protocol on the logged sentences); None = off
+    rescore_threshold: float = unit(0.70)
+    rescore_systems: list[str] = field(default_factory=lambda: ["headline"])  # "headline", "all" or system names
+    rescore_splits: list[Split] = field(default_factory=lambda: ["5p", "10p"])
+    rescore_rows_per_split: int | None = bounded(None, 1)  # None = every logged situation; else a seeded subset
+    tokenizer: str | None = None  # token counts of the candidate sentences; None = words only
+
+
+@dataclass(frozen=True)
 class RunConfig:
     profile: str
     seed: int = bounded(42, 0)
@@ -262,6 +283,7 @@ class RunConfig:
     train: TrainCfg = field(default_factory=TrainCfg)
     generate: GenerateCfg = field(default_factory=GenerateCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    authors: AuthorsCfg = field(default_factory=AuthorsCfg)
 
     @property
     def config_hash(self) -> str:

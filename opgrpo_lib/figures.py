@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import figures_gpu  # noqa: E402
+from . import figures_authors, figures_gpu  # noqa: E402
 from .config import REPO_ROOT, SPLITS  # noqa: E402
 from .reward import COMPONENTS  # noqa: E402
 from .sweep import best_points  # noqa: E402
@@ -676,6 +676,8 @@ FIGURES: list[tuple[str, Any]] = [
         "results/gpu/grpo_step_*.json: benchmarks/grpo_step.py on a GPU (scripts/gpu_check.sh)")),
     ("headline gains", lambda inp, out: write_table(headline_table(inp.need("metrics", EVAL)),
         out / "tables" / "headline", "Relative gains (ours - baseline) / baseline next to the paper's claims")),
+    ("authors' own outputs", lambda inp, out: figures_authors.build(inp.results, out) or _missing(
+        "results/authors/cells.csv: run notebook 08_authors_evidence")),
 ]  # fmt: skip
 
 

@@ -91,6 +91,7 @@ STEPS: dict[str, StepSpec] = {
                  + (("estimator",) if c.eval.estimator_coverage and c.reward.estimator == "run:estimator" else ())),
         StepSpec("figures", "07_figures_and_tables", "figures", _keys("eval.reference_system"),
                  lambda c: ("data", "estimator", *policy_steps(c), "evaluate")),
+        StepSpec("authors", "08_authors_evidence", "authors", _keys("seed", "device", "data", "authors"), lambda c: ()),
     )
 }  # fmt: skip
 
@@ -235,7 +236,7 @@ def require_upstream(cfg: RunConfig, root: Path, step: str) -> dict[str, str]:
 
 
 _CLI = {"data": "data", "estimator": "estimator", "sft": "sft", "grpo": "train", "generate": "generate",
-        "evaluate": "evaluate", "figures": "figures"}  # fmt: skip
+        "evaluate": "evaluate", "figures": "figures", "authors": "authors"}  # fmt: skip
 
 
 def begin(

@@ -320,3 +320,30 @@ notebook(
         ),
     ],
 )
+notebook(
+    "08_authors_evidence",
+    "08 · What the authors' own outputs say",
+    "The paper-scale evidence reachable without the paper's compute: the authors' own per-row SBERT evaluation logs "
+    "(213 logs of ~29 systems at a pinned commit of their repository). Each file is read from "
+    "`../shared/data/authors-eval-logs` (or `$OPGRPO_AUTHORS_LOGS`), else downloaded file by file and checked by git "
+    "blob sha1; each log is parsed by our own parser and verified against its footer and the summary CSVs that cite "
+    "it (a log that does not verify is listed with its reason and never used); every row is joined to an OP-V2 "
+    "situation by prompt. From the per-row counts: every logged cell with a 95 % bootstrap CI, the paired headline "
+    "claims, and the same candidate sentences re-scored under evaluators the authors did not use.\n\n"
+    "**Outputs:** `runs/<profile>/results/authors/` (per-row scores, no authors' texts; published to "
+    "`results/<profile>/authors/`) and `runs/<profile>/figures/authors/`. Runtime (cpu): see the manifest.",
+    [
+        ("code", "from opgrpo_lib import authors\n\nsummary = authors.run(cfg, paths)"),
+        (
+            "code",
+            "import pandas as pd\n\n"
+            'pd.read_csv(paths.results / "authors" / "logs.csv").query("not verified")[["log", "reason"]]',
+        ),
+        ("code", 'pd.read_csv(paths.results / "authors" / "claims.csv").query("split == \'5p+10p\'")'),
+        (
+            "code",
+            "from IPython.display import Image, display\n\n"
+            'for png in sorted((paths.figures / "authors").glob("*.png")):\n    display(Image(filename=str(png)))',
+        ),
+    ],
+)

@@ -8,7 +8,7 @@ from opgrpo_lib import provenance
 from opgrpo_lib.config import load_profile
 from opgrpo_lib.provenance import STEPS, begin, changes, code_closure, mark, recorded, require_upstream, step_key
 
-ORDER = ["data", "estimator", "sft", "grpo", "generate", "evaluate", "figures"]
+ORDER = ["data", "estimator", "sft", "grpo", "generate", "evaluate", "figures", "authors"]
 
 
 def _invalidated(override: dict) -> list[str]:

@@ -1,0 +1,301 @@
+"""Step 08: the authors' evaluation logs — parser, verification, hash refusal, regenerated cells, re-scoring,
+``opgrpo compare`` end to end."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from opgrpo_lib import authors
+from opgrpo_lib.config import load_profile
+from opgrpo_lib.data import DataIntegrityError, git_blob_sha1
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "authors-eval-logs"
+LOGGED = ROOT.parent / "shared" / "data" / "authors-logged-results" / "sbert_coverage.csv"
+OPV2 = ROOT.parent / "shared" / "data" / "opv2"
+need_shared = pytest.mark.skipif(not (SHARED.is_dir() and OPV2.is_dir()), reason="shared authors' logs not here")
+
+HEADER = """=== Static parameters ===
+  REFERENCE_CSV : /home/zczlyf7/Overton-PPO/benchmark_new/dataset/test_5p.csv
+  CANDIDATE_CSV : /home/zczlyf7/Overton-PPO/workflow/Qwen3-8B/explicit/test_5p_gen.csv
+     SBERT_PATH : paraphrase-mpnet-base-v2
+      THRESHOLD : 0.75
+           MODE : explicit
+      MAX_WORDS : 450
+         DEVICE : cuda
+
+Loaded 2 reference samples
+Loaded 2 candidate samples
+
+"""
+ROW0 = """
+=== Row 0 ===
+[PROMPT] Helping a friend move
+Ref (2):
+  [R1] In the perspective of Loyalty, friends help each other.
+  [R2] In the perspective of Time, your time matters.
+Cand(3):
+  [C1] Friends help
+  [C2] A sentence that goes
+on a second line
+  [C3] Time is precious
+  ✔ R1 ↔ C1  sim=0.912
+  ✔ R2 ↔ C3  sim=0.801
+Matched 2/2 → ✓ ALL
+------------------------------------------------------------
+"""
+ROW1 = """
+=== Row 1 ===
+[PROMPT] Lying to a stranger
+Ref (2):
+  [R1] In the perspective of Honesty, lying is wrong.
+  [R2] In the perspective of Privacy, strangers need not know.
+Cand(1):
+  [C1] Honesty matters
+  ✔ R1 ↔ C1  sim=0.700
+Matched 1/2 → ✗
+------------------------------------------------------------
+"""
+FOOTER = """
+==========================
+Absolute Accuracy = {a}  ({h}/{t})
+Relative Accuracy = {r}  (average matched ratio)
+==========================
+"""
+
+
+def synthetic(rel: str = "0.7500", hit: int = 1, total: int = 2, footer: bool = True) -> str:
+    return HEADER + ROW0 + ROW1 + (FOOTER.format(a="0.5000", h=hit, t=total, r=rel) if footer else "")
+
+
+def test_parser_reads_header_rows_matches_and_footer():
+    log = authors.parse_log(synthetic(), "x.log")
+    assert log.header["THRESHOLD"] == "0.75" and log.header["SBERT_PATH"] == "paraphrase-mpnet-base-v2"
+    assert log.loaded == {"reference": 2, "candidate": 2}
+    assert [r.row for r in log.rows] == [0, 1]
+    r0 = log.rows[0]
+    assert r0.prompt == "Helping a friend move"
+    assert r0.references[1] == "In the perspective of Time, your time matters."
+    assert r0.candidates == ["Friends help", "A sentence that goes\non a second line", "Time is precious"]
+    assert r0.matches == [(1, 1, 0.912), (2, 3, 0.801)] and (r0.k, r0.n) == (2, 2) and r0.all_flag
+    assert (log.rows[1].k, log.rows[1].n, log.rows[1].all_flag) == (1, 2, False)
+    assert log.footer == {"absolute": 0.5, "hit_all": 1, "total": 2, "relative": 0.75}
+    assert authors.check_log(log) == ""
+
+
+def test_header_facts_come_from_the_header():
+    log = authors.parse_log(synthetic())
+    assert authors.split_of_reference(log.header["REFERENCE_CSV"]) == "5p"
+    assert authors.evaluator_of(log.header["SBERT_PATH"]) == "paraphrase-mpnet-base-v2"
+    assert authors.evaluator_of("/scratch/x/MultipleNegativesRankingLoss/hpo_scale_70/checkpoint-1186") == \
+        "op-sbert-scale70"  # fmt: skip
+    assert authors.system_of(log.header["CANDIDATE_CSV"]) == ("Qwen3-8B explicit", "prompting-baseline", None)
+    # the llama step files are named qwen2.5-1.5b-im-*.csv: the folder says what they are
+    assert authors.system_of("/home/zczlyf7/Overton-PPO/steps_results/llama/90steps/qwen2.5-1.5b-im-5p.csv")[0] == \
+        "OP-GRPO Llama-3.2-3B step 90"  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (synthetic(rel="0.7600"), "footer relative accuracy"),
+        (synthetic(hit=2), "footer hit_all"),
+        (synthetic(total=3), "footer total"),
+        (synthetic(footer=False), "no totals (aborted run after 2 rows)"),
+        (synthetic().replace("Matched 1/2 → ✗", "Matched 0/2 → ✗"), "row 1: Matched 0 but 1 match lines"),
+        (synthetic().replace("Cand(1):", "Cand(4):"), "row 1: Cand(4) but 1 listed"),
+        (synthetic().replace("      THRESHOLD : 0.75\n", ""), "header has no THRESHOLD"),
+        (HEADER + FOOTER.format(a="0", h=0, t=0, r="0"), "no rows"),
+    ],
+)
+def test_a_log_that_does_not_reproduce_its_totals_is_refused(text, reason):
+    assert authors.check_log(authors.parse_log(text)).startswith(reason)
+
+
+def test_another_format_is_a_one_line_error():
+    with pytest.raises(authors.LogFormatError, match="not an authors' evaluation log"):
+        authors.parse_log("label,total\n5p,300\n", "eval_st.csv")
+
+
+def test_summary_csv_disagreeing_with_its_log():
+    log = authors.parse_log(synthetic())
+    ok = {"summary_csv": "s.csv", "total": "2", "hit_all": "1", "relative_accuracy": "0.75",
+          "candidate_csv": log.header["CANDIDATE_CSV"]}  # fmt: skip
+    assert authors.check_summary(log, [ok]) == ""
+    assert "relative_accuracy" in authors.check_summary(log, [{**ok, "relative_accuracy": "0.7501"}])
+    assert "hit_all" in authors.check_summary(log, [{**ok, "hit_all": "2"}])
+    assert "candidate_csv" in authors.check_summary(log, [{**ok, "candidate_csv": "/other.csv"}])
+
+
+def _entry(content: bytes, name: str = "eval_logs_steps/eval_5p_0101_000000.log") -> authors.ManifestEntry:
+    return authors.ManifestEntry(name, Path(name).name + ".gz", git_blob_sha1(content),
+                                 hashlib.sha256(content).hexdigest(), len(content))  # fmt: skip
+
+
+def test_local_copy_is_hash_checked(tmp_path):
+    good = synthetic().encode()
+    entry = _entry(good)
+    folder = tmp_path / "logs" / "eval_logs_steps"
+    folder.mkdir(parents=True)
+    cfg = load_profile("tiny")
+    cfg = replace(cfg, authors=replace(cfg.authors, local_dir=str(tmp_path / "logs"), download=False))
+    (folder / entry.stored_as).write_bytes(gzip.compress(good))
+    assert authors.read_source(entry, cfg) == good
+    (folder / entry.stored_as).write_bytes(gzip.compress(good.replace(b"0.912", b"0.913")))
+    with pytest.raises(DataIntegrityError, match="eval_5p_0101_000000.log"):
+        authors.read_source(entry, cfg)
+
+
+def test_download_refuses_a_tampered_file_and_caches_nothing(tmp_path, monkeypatch):
+    good = synthetic().encode()
+    entry = _entry(good)
+    cfg = load_profile("tiny")
+    commit = cfg.authors.commit
+    remote = tmp_path / "remote" / commit / authors.UPSTREAM_DIR / entry.upstream_path
+    remote.parent.mkdir(parents=True)
+    remote.write_bytes(good + b"tampered")
+    monkeypatch.setenv("OPGRPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(authors.ENV_AUTHORS_LOGS, raising=False)
+    cfg = replace(cfg, authors=replace(cfg.authors, local_dir=None, base_url=(tmp_path / "remote").as_uri()))
+    with pytest.raises(DataIntegrityError, match="git blob sha1|sha256"):
+        authors.read_source(entry, cfg)
+    assert not any((tmp_path / "cache").rglob("*.log")), "a file that failed its hash was cached"
+    remote.write_bytes(good)
+    assert authors.read_source(entry, cfg) == good
+    assert len(list((tmp_path / "cache").rglob("*.log"))) == 1  # verified, then cached
+
+
+class CountingEncoder:
+    """Deterministic unit vectors from a hash of the text; records every sentence it is asked to encode."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, sentences):
+        self.seen += list(sentences)
+        out = []
+        for s in sentences:
+            rng = np.random.default_rng(int(hashlib.md5(s.encode()).hexdigest()[:8], 16))
+            v = rng.normal(size=8)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, dtype=np.float32)
+
+
+def test_rescore_encodes_each_distinct_sentence_once_and_matches_greedily():
+    from opgrpo_lib.reward import greedy_matches
+
+    refs, cands = ["r one", "r two"], ["c one", "c two", "r one"]
+    items = [("A", "5p", 0, refs, cands), ("B", "5p", 0, refs, cands[:2]), ("A", "5p", 1, ["r one"], ["r one"])]
+    enc = CountingEncoder()
+    per = authors.rescore_sbert(items, enc, 0.5, "fake")
+    assert sorted(enc.seen) == sorted({*refs, *cands})  # 4 distinct sentences, each once
+    e = CountingEncoder()
+    for (_s, _sp, _r, rr, cc), k in zip(items, per["k"]):
+        assert k == greedy_matches(e.encode(rr).astype(float) @ e.encode(cc).astype(float).T, 0.5)
+    assert per.loc[2, "k"] == 1 and per.loc[2, "hit_all"]  # identical sentence: cosine 1
+
+
+def test_paired_claims_on_common_situations():
+    rows = pd.DataFrame({"system": ["a"] * 4 + ["b"] * 3, "split": ["5p", "5p", "10p", "10p", "5p", "10p", "10p"],
+                         "opv2_row": [0, 1, 0, 1, 0, 0, 1], "ratio": [1, 0.5, 1, 1, 0.5, 0.5, 0.0],
+                         "evaluator": "e", "threshold": 0.7})  # fmt: skip
+    res = authors.paired_claims(rows, [("a", "b")], reps=200)
+    pooled = res[res.split == "5p+10p"].iloc[0]
+    assert pooled["n"] == 3  # 5p row 1 has no partner
+    assert pooled["diff"] == pytest.approx((1 + 1 + 1) / 3 - (0.5 + 0.5 + 0) / 3)
+    assert pooled["ci_low"] <= pooled["diff"] <= pooled["ci_high"]
+
+
+@need_shared
+def test_real_logs_parse_verify_and_regenerate_the_logged_cells():
+    cfg = load_profile("tiny")
+    cfg = replace(cfg, authors=replace(cfg.authors, max_logs=8))
+    ev = authors.load_evidence(cfg)
+    assert len(ev.logs) == 8 and ev.logs.verified.sum() >= 6
+    assert ev.rows["refs_as_ours"].all()  # the logged references are exactly our reference splitting
+    cells = authors.cells(ev.rows, reps=100)
+    if LOGGED.exists():
+        logged = pd.read_csv(LOGGED, keep_default_na=False)
+        logged = logged[logged.log_file != ""]
+        m = cells.assign(version=cells.version.fillna("")).merge(
+            logged, left_on=["system", "split", "evaluator", "threshold", "version"],
+            right_on=["system", "split", "sbert", "threshold", "run"], suffixes=("", "_logged"))  # fmt: skip
+        assert len(m) == len(cells) > 0
+        assert (m.n == m.n_logged).all() and (m.hit_all == m.hit_all_logged).all()
+        assert np.allclose(m.relative_accuracy.round(6), m.relative_accuracy_logged, atol=1e-9)
+
+
+@need_shared
+def test_aborted_real_log_is_listed_with_its_reason():
+    cfg = load_profile("tiny")
+    entry = next(e for e in authors.manifest() if e.upstream_path.endswith("eval_6p_0816_164806.log"))
+    log = authors.parse_log(authors.read_source(entry, cfg).decode(), entry.upstream_path)
+    assert authors.check_log(log) == "no totals (aborted run after 168 rows)"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT)  # fmt: skip
+
+
+@need_shared
+def test_compare_cli_end_to_end_with_a_tiny_encoder(tmp_path):
+    test5 = pd.read_csv(OPV2 / "test_5p.csv")
+    rows = [{"prompt": p, "out": a.replace("\n", " ")} for p, a in zip(test5.prompt[:3], test5.answer[:3])]
+    rows += [{"prompt": test5.prompt[3], "out": ""}, {"prompt": "not a situation", "out": "x"},
+             {"prompt": test5.prompt[4], "out": "a"}, {"prompt": test5.prompt[4], "out": "b"}]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "outs.csv", index=False)
+    res = _cli("compare", "--profile", "tiny", "--candidates", str(tmp_path / "outs.csv"), "--candidate-column", "out",
+               "--evaluator", "tiny:encoder", "--out", str(tmp_path / "cmp"), "--no-profile-systems")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "3 OP-V2 situations matched" in res.stdout
+    assert "'duplicate_prompt_rows': 2, 'empty_outputs': 1, 'not_opv2_prompts': 1" in res.stdout
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert not table.empty and (table.n == 3).all() and (tmp_path / "cmp" / "compare_figure.png").exists()
+    # no matching prompt: one line, no traceback
+    pd.DataFrame({"prompt": ["nothing here"], "out": ["x"]}).to_csv(tmp_path / "none.csv", index=False)
+    bad = _cli("compare", "--profile", "tiny", "--candidates", str(tmp_path / "none.csv"), "--candidate-column", "out",
+               "--evaluator", "tiny:encoder", "--out", str(tmp_path / "cmp2"))  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "none of its 1 rows has a prompt that is an OP-V2 test situation" in bad.stderr
+
+
+@pytest.mark.network
+def test_paraphrase_mpnet_reproduces_the_authors_base_sbert_logs():
+    """On a machine with the hub: the authors' base evaluator re-run on their logged sentences gives each logged
+    sim= to ±0.001 and each cell to ±0.002."""
+    cfg = load_profile("cpu")
+    entry = next(e for e in authors.manifest() if e.upstream_path.endswith("eval_logs_steps/eval_5p_0830_160653.log"))
+    log = authors.parse_log(authors.read_source(entry, cfg).decode(), entry.upstream_path)
+    enc = authors._encoder("sentence-transformers/paraphrase-mpnet-base-v2", "cpu")
+    items = [("s", "5p", r.row, r.references, r.candidates) for r in log.rows]
+    per = authors.rescore_sbert(items, enc, float(log.header["THRESHOLD"]), "paraphrase-mpnet-base-v2")
+    for r in log.rows[:50]:
+        er, ec = enc.encode(r.references), enc.encode(r.candidates)
+        for a, c, sim in r.matches:
+            assert abs(float(er[a - 1] @ ec[c - 1]) - sim) <= 0.001 + 5e-4  # printed to 3 decimals
+    assert abs(per["ratio"].mean() - np.mean([r.k / r.n for r in log.rows])) <= 0.002
+
+
+@need_shared
+@pytest.mark.slow
+def test_rescore_benchmark_reports_identical_counts():
+    import json as _json
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "authors_rescore.py"), "--logs", "2", "--rows", "3",
+                          "--encoder", "tiny:encoder", "--json"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    res = _json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["identical"] is True and res["rows"] == 6
+    assert res["distinct_sentences_encoded"] < res["sentences_per_log_loop"]
