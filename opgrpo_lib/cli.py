@@ -169,6 +169,7 @@ def cmd_reward(args) -> int:
     from .config import load_profile, weight_pair
     from .reward import build_reward, keyword_text_for
     from .runs import atomic_write_text
+    from .text import two_block
 
     _writable(args.out, "--out")
     overrides = {"reward.weights": args.weights} if args.weights else {}
@@ -181,10 +182,7 @@ def cmd_reward(args) -> int:
     references = join_on_prompt(refs, comps, "completion")
     texts = comps[args.completion_column].astype(str).tolist()
     if args.summary_column:  # rebuild the two-block response from stored core + summary columns
-        texts = [
-            f"<core perspectives>\n{c}\n</core perspectives>\n\n<summary>\n{s}\n</summary>"
-            for c, s in zip(texts, comps[args.summary_column].astype(str))
-        ]
+        texts = [two_block(c, s) for c, s in zip(texts, comps[args.summary_column].astype(str))]
     reward = build_reward(cfg.reward, estimator, device=args.device)
     kw_texts = [keyword_text_for(p, args.prompt_style) for p in comps["prompt"]]
     parts = reward.scorer.score(kw_texts, texts, references, list(comps["prompt"]))
