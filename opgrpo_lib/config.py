@@ -461,7 +461,10 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_completion_length": (1, None, False), "num_iterations": (1, None, False),
     "steps_per_generation": (1, None, False), "generation_batch_size": (1, None, False),
 }  # fmt: skip
-_TRAINER_CLASSES = {"sft": ("trl/trainer/sft_config.py", "SFTConfig"), "grpo": ("trl/trainer/grpo_config.py", "GRPOConfig")}
+_TRAINER_CLASSES = {
+    "sft": ("trl/trainer/sft_config.py", "SFTConfig"),
+    "grpo": ("trl/trainer/grpo_config.py", "GRPOConfig"),
+}
 _BASES = (("trl/trainer/base_config.py", "_BaseConfig"), ("transformers/training_args.py", "TrainingArguments"))
 
 
@@ -534,7 +537,9 @@ def check_trainer_section(section_name: str, values: dict[str, Any]) -> None:
             if key == "max_steps" and value == -1:
                 continue
             if (lo is not None and (value < lo or (open_lo and value == lo))) or (hi is not None and value > hi):
-                span = f"{'(' if open_lo else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                span = (
+                    f"{'(' if open_lo else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                )
                 extra = " (or -1: train by epochs)" if key == "max_steps" else ""
                 raise ConfigError(f"{dotted}: {value!r} is outside the allowed range {span}{extra}")
 

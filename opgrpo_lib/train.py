@@ -13,8 +13,8 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,6 +24,7 @@ from .progress import trainer_callback
 from .prompts import implicit
 from .runs import RunPaths, atomic_write_parquet, atomic_write_text, resolve_device
 from .text import two_block
+from .validation import Validator, curve_callback, sft_point
 
 SUMMARY_INSTRUCTION = (
     "Please summarize the following value-based comments into a natural paragraph that reflects multiple perspectives "
@@ -198,9 +199,7 @@ def short_sentence(explanation: str, words: int) -> str:
     return max(fits, key=len) if fits else min(clauses, key=len) if clauses else first
 
 
-def compact_target(
-    perspectives: list[dict], words: int = 12, fits: Callable[[str], bool] | None = None
-) -> str | None:
+def compact_target(perspectives: list[dict], words: int = 12, fits: Callable[[str], bool] | None = None) -> str | None:
     """cpu-profile target (documented deviation): the paper's two-block layout with one short whole sentence per
     perspective and a one-sentence summary naming every perspective — short enough for a 135M model to finish
     within its completion budget, and it keeps every name in the summary (the format score's echo rule). With
@@ -390,6 +389,7 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
         ensure_unsloth()  # before anything else imports transformers
     state, out = _start(cfg, paths, "sft", force)
     if state == "finished":
+        sft_point(cfg, paths)
         return _finished_result(paths, out, "sft_train_log.csv")
     from trl import SFTConfig, SFTTrainer
 
@@ -415,22 +415,11 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
     policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)
     log = log_frame(trainer.state.log_history)
     atomic_write_text(paths.results / "sft_train_log.csv", log.to_csv(index=False))
-    if tc.validation_every:  # does the SFT policy finish the layout within the GRPO budget? (greedy, validation)
-        from .estimator import resolve_estimator
-        from .reward import build_reward
-        from .validation import Validator
-
-        with timed(timings, "validation"):
-            reward = build_reward(cfg.reward, resolve_estimator(cfg, paths) if cfg.reward.estimator != "run:estimator"
-                                  else cfg.models.encoder, tokenizer=tok)  # fmt: skip
-            budget = tc.grpo.get("max_completion_length", 256)
-            point = Validator(cfg, paths, reward, budget).score(trainer.model, tok, 0)
-        atomic_write_text(paths.results / "sft_validation.json", json.dumps({**point, "max_new_tokens": budget,
-                          "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}, indent=2))  # fmt: skip
     write_manifest(out, "03_sft", cfg, timings, inputs=[paths.data / "train.parquet"],
                    extra={"backend": tc.backend, "summaries": tc.summaries.source, "rows": len(ds),
                           "rows_over_budget": len(train) - len(ds)}, results=paths.results)  # fmt: skip
     _finish(cfg, paths, "sft", out)
+    sft_point(cfg, paths, force)  # its own step and key: a reward- or eval-only change does not retrain SFT
     return {"policy": policy, "log": log, "rows": len(ds)}
 
 
@@ -477,8 +466,6 @@ def run_grpo(
         reward = build_reward(cfg.reward, resolve_estimator(cfg, paths), tokenizer=tok, device=device)
     extra = [trainer_callback("grpo"), *(callbacks or [])]
     if tc.validation_every:
-        from .validation import Validator, curve_callback
-
         validator = Validator(cfg, paths, reward, args.max_completion_length)
         extra.append(curve_callback(validator, tc.validation_every, paths.results / "validation_curve.csv"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
