@@ -69,19 +69,11 @@ def _writable(path: str | None, what: str) -> None:
         raise OSError(f"{what} {path}: folder {parent} does not exist or is not writable")
 
 
-STAGES = {
-    "data": ("opgrpo_lib.data", "run", "step 01: fetch (hash-checked), parse and split OP-V2"),
-    "estimator": (
-        "opgrpo_lib.estimator",
-        "run",
-        "step 02: mine triplets, fine-tune and evaluate the similarity estimator",
-    ),
-    "sft": ("opgrpo_lib.train", "run_sft", "step 03: SFT warm start (core perspectives + summary)"),
-    "train": ("opgrpo_lib.train", "run_grpo", "step 04: OP-GRPO (resumes from the last checkpoint)"),
-    "generate": ("opgrpo_lib.generate", "run", "step 05: outputs of every configured system for the eval splits"),
-    "evaluate": ("opgrpo_lib.evaluate", "run", "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
-    "figures": ("opgrpo_lib.figures", "run", "step 07: every figure and table from results/"),
-}
+def stages() -> dict[str, tuple[str, str, str]]:
+    """CLI verb -> (module, function, help) of each pipeline step, from the step registry."""
+    from .provenance import STEPS
+
+    return {s.cli: (*s.function.split(":"), s.help) for s in STEPS.values() if s.cli}
 
 
 def cmd_stage(args) -> int:
@@ -89,7 +81,7 @@ def cmd_stage(args) -> int:
 
     from .runs import run_paths
 
-    module, func, _ = STAGES[args.command]
+    module, func, _ = stages()[args.command]
     if getattr(args, "results", None):
         from .figures import build_all, logged_results
 
@@ -299,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, (_, _, help_text) in STAGES.items():
+    for name, (_, _, help_text) in stages().items():
         p = sub.add_parser(name, help=help_text)
         _add_profile(p)
         if name in ("estimator", "sft", "train"):
