@@ -248,3 +248,11 @@ def test_the_reproduce_cli_fails_before_any_step(tmp_path, capsys):
     rc = main(["reproduce", "--profile", "cpu", "--run-dir", str(tmp_path), "--set", "train.grpo.learnin_rate=1e-3"])
     assert rc != 0 and re.search(r"did you mean 'learning_rate'", capsys.readouterr().err)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_library_has_no_import_cycles():
+    """Function-local imports count too: a cycle hidden inside a function is still a cycle."""
+    pkg = provenance.PACKAGE_DIR
+    graph = {p.stem: set(code_closure(p.stem)) - {p.stem} for p in pkg.glob("*.py") if p.stem != "__init__"}
+    cycles = sorted(a for a, reach in graph.items() if any(a in graph[b] for b in reach))
+    assert not cycles, f"modules on an import cycle: {cycles}"
