@@ -256,3 +256,76 @@ def test_the_library_has_no_import_cycles():
     graph = {p.stem: set(code_closure(p.stem)) - {p.stem} for p in pkg.glob("*.py") if p.stem != "__init__"}
     cycles = sorted(a for a, reach in graph.items() if any(a in graph[b] for b in reach))
     assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+# ---------------------------------------------------------------- what the code reads vs what the registry declares
+# Reads that are not part of a key on purpose (each with its reason).
+NOT_KEYED = {
+    "profile": "the profile's name (folders, messages)",
+    "train.validation_every": "switches the curve / the sft_validation step on (StepSpec.enabled, the curve keys)",
+    "reward.estimator@estimator": "read by estimator.resolve_estimator, which steps 03-06 call, not step 02",
+}
+
+
+def _config_reads(module: str) -> set[str]:
+    """Dotted config keys a module reads as ``cfg.a.b`` (also through ``x = cfg.a`` aliases), maximal chains only."""
+    tree = ast.parse((provenance.PACKAGE_DIR / f"{module}.py").read_text())
+
+    def chain(node, aliases):
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name) and (node.id == "cfg" or node.id in aliases):
+            base = [] if node.id == "cfg" else aliases[node.id].split(".")
+            parts = [p for p in parts[::-1] if p not in ("get", "items", "keys", "values")]
+            return ".".join(base + parts) or None
+        return None
+
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if c := chain(node.value, {}):
+                aliases[node.targets[0].id] = c
+    reads = {c for node in ast.walk(tree) if isinstance(node, ast.Attribute) and (c := chain(node, aliases))}
+    for node in ast.walk(tree):  # cfg.train.grpo.get("max_completion_length", ...) reads that key
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            if node.args and isinstance(node.args[0], ast.Constant) and (c := chain(node.func.value, aliases)):
+                reads.add(f"{c}.{node.args[0].value}")
+    return {c for c in reads if not any(o.startswith(c + ".") for o in reads)}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_setting_a_step_module_reads_is_in_its_key(profile):
+    """Each ``cfg.…`` read in a step's entry module is declared by a step of that module or one upstream of it
+    (an upstream key covers it), or is throughput-only, or is listed in NOT_KEYED with its reason."""
+    cfg = load_profile(profile)
+
+    def upstream_closure(step):
+        seen, todo = set(), [step]
+        while todo:
+            s = todo.pop()
+            if s not in seen:
+                seen.add(s)
+                todo += list(STEPS[s].upstream(cfg))
+        return seen
+
+    for module in sorted({s.module for s in STEPS.values()}):
+        steps = {s for s, spec in STEPS.items() if spec.module == module}
+        covering = set().union(*(upstream_closure(s) for s in steps))
+        declared = set().union(*(set(STEPS[s].config(cfg)) for s in covering))
+        for read in _config_reads(module):
+            field = _field_of(cfg, read)
+            if read in NOT_KEYED or f"{read}@{module}" in NOT_KEYED or _is_throughput(read, field):
+                continue
+            assert any(read == d or read.startswith(d + ".") for d in declared), f"{module} reads {read}: undeclared"
+
+
+def _field_of(cfg, dotted):
+    node, f = cfg, None
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return f
+        f = next((x for x in dataclasses.fields(node) if x.name == part), None)
+        node = getattr(node, part, None)
+    return f
