@@ -483,18 +483,21 @@ def trainer_fields(section_name: str) -> dict[str, str] | None:
             return None
         roots[pkg] = Path(spec.origin).parent.parent
     out: dict[str, str] = {}
+    found = set()
     for rel, cls in (_TRAINER_CLASSES[section_name], *_BASES):
         path = roots[rel.split("/")[0]] / rel
         if not path.exists():
             continue
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ClassDef) and node.name == cls:
+                found.add(cls)
                 for item in node.body:
                     if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                         name, ann = item.target.id, ast.unparse(item.annotation)
                         if not name.startswith("_") and "ClassVar" not in ann:
                             out.setdefault(name, ann)  # the subclass's field wins
-    return out or None
+    # A release that moved these classes: no key check here (train.validate_trainer_keys still checks at step start).
+    return out if {_TRAINER_CLASSES[section_name][1], "TrainingArguments"} <= found else None
 
 
 def _trainer_type_ok(value: Any, annotation: str) -> bool:
