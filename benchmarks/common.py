@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from opgrpo_lib.text import two_block
+
 
 def best_of(fn, repeats: int) -> tuple[float, object]:
     """(minimum wall time over ``repeats`` calls, the last result): min-of-N, as this machine's speed swings."""
@@ -39,7 +41,7 @@ def grpo_like_batch(outputs: Any, n_prompts: int, group: int, seed: int = 0) -> 
                     keep.append(keep[0])
             else:
                 keep = lines
-            text = f"<core perspectives>\n{chr(10).join(keep)}\n</core perspectives>\n\n<summary>\n{r['answers']}\n</summary>"
+            text = two_block("\n".join(keep), r["answers"])
             if g and rng.random() < 0.15:
                 text = "\n".join(keep) + "\n\n" + str(r["answers"])  # no layout
             elif g and rng.random() < 0.1:

@@ -69,20 +69,11 @@ def _writable(path: str | None, what: str) -> None:
         raise OSError(f"{what} {path}: folder {parent} does not exist or is not writable")
 
 
-STAGES = {
-    "data": ("opgrpo_lib.data", "run", "step 01: fetch (hash-checked), parse and split OP-V2"),
-    "estimator": (
-        "opgrpo_lib.estimator",
-        "run",
-        "step 02: mine triplets, fine-tune and evaluate the similarity estimator",
-    ),
-    "sft": ("opgrpo_lib.train", "run_sft", "step 03: SFT warm start (core perspectives + summary)"),
-    "train": ("opgrpo_lib.train", "run_grpo", "step 04: OP-GRPO (resumes from the last checkpoint)"),
-    "generate": ("opgrpo_lib.generate", "run", "step 05: outputs of every configured system for the eval splits"),
-    "evaluate": ("opgrpo_lib.evaluate", "run", "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
-    "figures": ("opgrpo_lib.figures", "run", "step 07: every figure and table from results/"),
-    "authors": ("opgrpo_lib.authors", "run", "step 08: the authors' own evaluation logs, verified and re-scored"),
-}
+def stages() -> dict[str, tuple[str, str, str]]:
+    """CLI verb -> (module, function, help) of each pipeline step, from the step registry."""
+    from .provenance import STEPS
+
+    return {s.cli: (*s.function.split(":"), s.help) for s in STEPS.values() if s.cli}
 
 
 def cmd_stage(args) -> int:
@@ -90,7 +81,7 @@ def cmd_stage(args) -> int:
 
     from .runs import run_paths
 
-    module, func, _ = STAGES[args.command]
+    module, func, _ = stages()[args.command]
     if getattr(args, "results", None):
         from .figures import build_all, logged_results
 
@@ -170,6 +161,7 @@ def cmd_reward(args) -> int:
     from .config import load_profile, weight_pair
     from .reward import build_reward, keyword_text_for
     from .runs import atomic_write_text
+    from .text import two_block
 
     _writable(args.out, "--out")
     overrides = {"reward.weights": args.weights} if args.weights else {}
@@ -182,10 +174,7 @@ def cmd_reward(args) -> int:
     references = join_on_prompt(refs, comps, "completion")
     texts = comps[args.completion_column].astype(str).tolist()
     if args.summary_column:  # rebuild the two-block response from stored core + summary columns
-        texts = [
-            f"<core perspectives>\n{c}\n</core perspectives>\n\n<summary>\n{s}\n</summary>"
-            for c, s in zip(texts, comps[args.summary_column].astype(str))
-        ]
+        texts = [two_block(c, s) for c, s in zip(texts, comps[args.summary_column].astype(str))]
     reward = build_reward(cfg.reward, estimator, device=args.device)
     kw_texts = [keyword_text_for(p, args.prompt_style) for p in comps["prompt"]]
     parts = reward.scorer.score(kw_texts, texts, references, list(comps["prompt"]))
@@ -321,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, (_, _, help_text) in STAGES.items():
+    for name, (_, _, help_text) in stages().items():
         p = sub.add_parser(name, help=help_text)
         _add_profile(p)
         if name in ("estimator", "sft", "train"):

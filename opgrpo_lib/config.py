@@ -7,6 +7,7 @@ types fail loudly with the dotted key in the message. Overrides are deep-merged 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -34,6 +35,12 @@ def bounded(default: Any = dataclasses.MISSING, lo: float | None = None, hi: flo
     if default is not dataclasses.MISSING:
         kw["default"] = default
     return field(metadata={"range": (lo, hi)}, **kw)
+
+
+def throughput(default: int, lo: int = 1) -> Any:
+    """A batch size or worker count that changes speed, not results: checked like ``bounded``, left out of the
+    provenance keys (so changing it reuses finished outputs)."""
+    return field(default=default, metadata={"range": (lo, None), "throughput": True})
 
 
 def unit(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -75,7 +82,7 @@ class RewardCfg:
     tag_penalty: float = bounded(-0.2, None, 0.0)
     mask: Literal["prompt", "situation"] = "prompt"  # prompt (authors: non-stopwords of the decoded prompt)
     use_uniqueness: bool = True  # ablation switch; the authors' reward always has it
-    batch_size: int = bounded(32, 1)  # encoder batch size (CPU: large batches pad long sentences, ~5x slower)
+    batch_size: int = throughput(32)  # encoder batch size (CPU: large batches pad long sentences, ~5x slower)
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class EstimatorCfg:
 
     judge: Literal["llm", "names"] = "llm"  # llm (paper: Qwen3-8B confirms pairs) | names (offline: name structure)
     judge_model: str = "Qwen/Qwen3-8B"
-    judge_batch_size: int = bounded(16, 1)
+    judge_batch_size: int = throughput(16)  # per-row seeded generation (lm.sample): the batch changes speed only
     agreement_pairs: int = bounded(0, 0)  # >0: also run the LLM judge on this many candidate pairs (agreement)
     cross_situation: bool = True  # names judge: same-name perspective of another situation as positive
     # Mining pool: references (paper: pairs within a situation's answer) | released_outputs (offline: also the
@@ -126,7 +133,7 @@ class SummariesCfg:
     temperature: float = bounded(0.1, 0.0)
     top_p: float = unit(0.6)
     max_new_tokens: int = bounded(550, 1)
-    batch_size: int = bounded(16, 1)
+    batch_size: int = throughput(16)
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,7 @@ class GenerateCfg:
     temperature: float = bounded(0.7, 0.0)  # 0 = greedy
     top_p: float = bounded(0.9, 0.0, 1.0)
     max_new_tokens: int = bounded(1200, 1)
-    batch_size: int = bounded(8, 1)
+    batch_size: int = throughput(8)
     retries: int = bounded(0, 0)  # extra samples while the layout is invalid (authors: 3 for OP-GRPO only)
     rows_per_split: int | None = bounded(None, 1)  # None = every evaluation row
     splits: list[Split] = field(default_factory=lambda: list(SPLITS))
@@ -239,7 +246,7 @@ class JudgeCfg:
 class EvalCfg:
     sbert_thresholds: list[float] = unit(default_factory=lambda: [0.70])
     nli_text: Literal["text", "core", "summary"] = "text"  # output text the NLI benchmark scores
-    nli_batch_size: int = bounded(32, 1)
+    nli_batch_size: int = throughput(32)
     bootstrap_reps: int = bounded(2000, 100)
     reference_system: str = "op_grpo"  # paired comparisons: this system vs every other
     # Coverage of saved GRPO checkpoints vs RL step (the authors evaluated steps 0/30/…/150): rows per split to
@@ -463,15 +470,110 @@ def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -
 
 
 _FLOATISH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+# TRL / transformers settings that change speed or progress display only (left out of the provenance keys).
+TRAINER_THROUGHPUT = frozenset(
+    {"dataloader_num_workers", "dataloader_pin_memory", "dataloader_prefetch_factor", "dataloader_persistent_workers",
+     "disable_tqdm"}
+)  # fmt: skip
+# Ranges of the TRL / transformers settings a profile is likely to set: (lo, hi, lo excluded). Every other number
+# must at least be finite. max_steps is -1 (train by epochs) or >= 1.
+TRAINER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "learning_rate": (0, None, True), "num_train_epochs": (0, None, True), "max_steps": (1, None, False),
+    "per_device_train_batch_size": (1, None, False), "per_device_eval_batch_size": (1, None, False),
+    "gradient_accumulation_steps": (1, None, False), "warmup_ratio": (0, 1, False), "warmup_steps": (0, None, False),
+    "weight_decay": (0, None, False), "max_grad_norm": (0, None, False), "adam_beta1": (0, 1, False),
+    "adam_beta2": (0, 1, False), "adam_epsilon": (0, None, True), "logging_steps": (0, None, True),
+    "save_steps": (0, None, True), "save_total_limit": (1, None, False), "seed": (0, None, False),
+    "max_length": (1, None, False), "beta": (0, None, False), "epsilon": (0, None, False),
+    "epsilon_high": (0, None, False), "temperature": (0, None, True), "top_p": (0, 1, True), "top_k": (0, None, False),
+    "min_p": (0, 1, False), "repetition_penalty": (0, None, True), "num_generations": (2, None, False),
+    "max_completion_length": (1, None, False), "num_iterations": (1, None, False),
+    "steps_per_generation": (1, None, False), "generation_batch_size": (1, None, False),
+}  # fmt: skip
+_TRAINER_CLASSES = {
+    "sft": ("trl/trainer/sft_config.py", "SFTConfig"),
+    "grpo": ("trl/trainer/grpo_config.py", "GRPOConfig"),
+}
+_BASES = (("trl/trainer/base_config.py", "_BaseConfig"), ("transformers/training_args.py", "TrainingArguments"))
 
 
-def _check_trainer_values(section_name: str, values: dict[str, Any]) -> None:
-    """TRL keys pass through untyped; catch YAML 1.1's ``1e-4``-is-a-string trap here, not in the optimizer."""
+@functools.cache
+def trainer_fields(section_name: str) -> dict[str, str] | None:
+    """Fields of the installed TRL's ``SFTConfig`` / ``GRPOConfig`` (its bases included) -> annotation text, read
+    from TRL's and transformers' source without importing them (loading a profile stays torch-free); None when TRL
+    is not installed."""
+    import ast
+    from importlib.util import find_spec
+
+    roots = {}
+    for pkg in ("trl", "transformers"):
+        spec = find_spec(pkg)
+        if spec is None or not spec.origin:
+            return None
+        roots[pkg] = Path(spec.origin).parent.parent
+    out: dict[str, str] = {}
+    found = set()
+    for rel, cls in (_TRAINER_CLASSES[section_name], *_BASES):
+        path = roots[rel.split("/")[0]] / rel
+        if not path.exists():
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name == cls:
+                found.add(cls)
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        name, ann = item.target.id, ast.unparse(item.annotation)
+                        if not name.startswith("_") and "ClassVar" not in ann:
+                            out.setdefault(name, ann)  # the subclass's field wins
+    # A release that moved these classes: no key check here (train.validate_trainer_keys still checks at step start).
+    return out if {_TRAINER_CLASSES[section_name][1], "TrainingArguments"} <= found else None
+
+
+def _trainer_type_ok(value: Any, annotation: str) -> bool:
+    """Loose check of a value against a TRL annotation: only plain int/float/bool/str annotations are enforced."""
+    names = set(re.findall(r"[A-Za-z_]+", annotation)) - {"Optional", "Union", "None", "typing"}
+    if value is None:
+        return "None" in annotation or "Optional" in annotation
+    if not names <= {"int", "float", "bool", "str"}:
+        return True  # enums, lists, dicts, unions of those: TRL checks them itself
+    if isinstance(value, bool):
+        return "bool" in names
+    if isinstance(value, int):
+        return bool(names & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in names
+    return isinstance(value, str) and "str" in names
+
+
+def check_trainer_section(section_name: str, values: dict[str, Any]) -> None:
+    """``train.sft`` / ``train.grpo`` at load: every key a field of the installed TRL config (with the close match),
+    values of the declared type, finite and within range."""
+    fields = trainer_fields(section_name)
+    cls = _TRAINER_CLASSES[section_name][1]
     for key, value in values.items():
+        dotted = f"train.{section_name}.{key}"
         if isinstance(value, str) and _FLOATISH.match(value):
-            raise ConfigError(
-                f"train.{section_name}.{key}: {value!r} is a string in YAML; write it with a dot (e.g. 1.0e-4)"
-            )
+            raise ConfigError(f"{dotted}: {value!r} is a string in YAML; write it with a dot (e.g. 1.0e-4)")
+        if fields is not None and key not in fields:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {dotted}: not a field of the installed TRL's {cls}{hint}")
+        if fields is not None and not _trainer_type_ok(value, fields[key]):
+            raise ConfigError(f"{dotted}: expected {fields[key]}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{dotted}: {value!r} is not a finite number")
+        if key in TRAINER_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi, open_lo = TRAINER_RANGES[key]
+            if key == "max_steps" and value == -1:
+                continue
+            if (lo is not None and (value < lo or (open_lo and value == lo))) or (hi is not None and value > hi):
+                span = (
+                    f"{'(' if open_lo else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                )
+                extra = " (or -1: train by epochs)" if key == "max_steps" else ""
+                raise ConfigError(f"{dotted}: {value!r} is outside the allowed range {span}{extra}")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -479,8 +581,8 @@ def validate(cfg: RunConfig) -> None:
     from .prompts import TEMPLATES
 
     weight_pair(cfg.reward)
-    _check_trainer_values("sft", cfg.train.sft)
-    _check_trainer_values("grpo", cfg.train.grpo)
+    check_trainer_section("sft", cfg.train.sft)
+    check_trainer_section("grpo", cfg.train.grpo)
     names = [s.name for s in cfg.generate.systems]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

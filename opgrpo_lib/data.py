@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,12 +122,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE_DIR, Path.home() / ".cache" / "opgrpo")) / "data"
 
 
-def local_dir(cfg: RunConfig) -> Path | None:
-    raw = os.environ.get(ENV_DATA_DIR) or cfg.data.local_dir
-    if not raw:
-        return None
+def _repo_path(raw: str) -> Path:
     path = Path(raw)
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def local_dir(cfg: RunConfig) -> Path | None:
+    raw = os.environ.get(ENV_DATA_DIR) or cfg.data.local_dir
+    return _repo_path(raw) if raw else None
 
 
 def download(
@@ -144,19 +147,22 @@ def download(
     return dest
 
 
-def fetch(name: str, cfg: RunConfig) -> Path:
-    """Path of a verified copy of ``name``: local directory first, then the cache, then a download."""
+def fetch(name: str, cfg: RunConfig, dirs: Sequence[str | None] | None = None) -> Path:
+    """Path of a verified copy of ``name``: the local directories first (default: ``data.local_dir`` or
+    ``$OPGRPO_DATA_DIR``; relative to the repo root), then the cache, then a download at the pinned commit."""
     if name not in FILES:
         raise KeyError(f"unknown data file {name!r}; known: {sorted(FILES)}")
     tried = []
-    ldir = local_dir(cfg)
-    if ldir is not None:
-        path = ldir / name
+    folders = [local_dir(cfg)] if dirs is None else [_repo_path(d) for d in dirs if d]
+    for folder in folders:
+        if folder is None:
+            continue
+        path = folder / name
         if path.exists():
             verify_bytes(name, path.read_bytes(), str(path))
             return path
         tried.append(str(path))
-    cached = cache_dir() / cfg.data.commit / name
+    cached = cache_dir() / (FILES[name].commit or cfg.data.commit) / name
     if cached.exists():
         verify_bytes(name, cached.read_bytes(), str(cached))
         return cached

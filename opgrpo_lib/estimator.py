@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from .config import REPO_ROOT, RunConfig
+from .config import RunConfig
 from .runs import RunPaths, atomic_write_text
 from .text import REFERENCE_LINE_RE, keywords, mask_sentence, perspective_name, split_segments
 
@@ -352,30 +352,9 @@ RELEASED_FILES = {"5p": "grpo_eval_summaries_clean.csv", "10p": "grpo_eval_summa
 def released_path(name: str, cfg: RunConfig) -> Path:
     """A verified copy (sha256 + git blob sha1 of ``data.FILES``) of one released-output file: from
     ``estimator.released_dir``, else ``$OPGRPO_DATA_DIR``, else the cache, else downloaded at the pinned commit."""
-    from .data import ENV_DATA_DIR, FILES, cache_dir, download, verify_bytes
+    from .data import ENV_DATA_DIR, fetch
 
-    spec = FILES[name]
-    tried = []
-    dirs = [cfg.estimator.released_dir, os.environ.get(ENV_DATA_DIR)]
-    for raw in dirs:
-        if not raw:
-            continue
-        path = Path(raw) if Path(raw).is_absolute() else (REPO_ROOT / raw).resolve()
-        if (path / name).exists():
-            verify_bytes(name, (path / name).read_bytes(), str(path / name))
-            return path / name
-        tried.append(str(path / name))
-    cached = cache_dir() / str(spec.commit) / name
-    if cached.exists():
-        verify_bytes(name, cached.read_bytes(), str(cached))
-        return cached
-    tried.append(str(cached))
-    if not cfg.data.download:
-        raise FileNotFoundError(f"{name} not found (tried {tried}) and data.download is false")
-    try:
-        return download(name, cfg.data.base_url, cfg.data.commit, cached.parent)
-    except OSError as exc:
-        raise FileNotFoundError(f"{name}: not found locally (tried {tried}) and the download failed ({exc})") from exc
+    return fetch(name, cfg, dirs=[cfg.estimator.released_dir, os.environ.get(ENV_DATA_DIR)])
 
 
 def load_released_outputs(cfg: RunConfig) -> pd.DataFrame:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .reward import Encoder, greedy_matches
+from .coverage import sbert_matches
+from .reward import Encoder
 from .stats import bootstrap_ci, describe
-from .text import MalformedReference, eval_candidate_sentences, eval_reference_sentences, parse_perspectives
+from .text import MalformedReference, parse_perspectives
 
 NLI_THRESHOLD = 0.33  # Accuracy@0.33, strict ">" (Modular Pluralism convention)
 
@@ -43,51 +43,9 @@ def join_candidates(references: pd.DataFrame, candidates: pd.DataFrame, column: 
 def sbert_coverage(
     references: pd.DataFrame, candidates: Sequence[str | None], encoder: Encoder, threshold: float = 0.70
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Greedy one-to-one matching of reference perspectives to candidate sentences (no masking).
-
-    A reference without a candidate row is excluded and counted as ``missing_candidates`` (the same policy as
-    :func:`nli_overton`); a reference or candidate without sentences is skipped and counted (the authors' evaluator
-    skips them too), so ``n`` can be below the number of references.
-    """
-    rows, skipped, missing = [], Counter(), 0
-    index: dict[str, int] = {}
-
-    def ids(sentences: list[str]) -> list[int]:
-        return [index.setdefault(s, len(index)) for s in sentences]
-
-    for prompt, answer, cand in zip(references["prompt"], references["answer"], candidates):
-        if not isinstance(prompt, str) or not prompt.strip():
-            skipped["missing prompt"] += 1
-            continue
-        if cand is None:
-            missing += 1
-            continue
-        ref_s, cand_s = eval_reference_sentences(answer), eval_candidate_sentences(cand)
-        if not ref_s:
-            skipped["empty reference"] += 1
-            continue
-        if not cand_s:
-            skipped["empty candidate"] += 1
-            continue
-        rows.append((prompt, ids(ref_s), ids(cand_s)))
-    emb = encoder.encode(list(index)).astype(np.float64) if index else np.zeros((0, 1))
-    records = []
-    for prompt, r_ids, c_ids in rows:
-        matched = greedy_matches(emb[r_ids] @ emb[c_ids].T, threshold)
-        records.append(
-            {
-                "prompt": prompt,
-                "matched": matched,
-                "n_references": len(r_ids),
-                "n_candidate_sentences": len(c_ids),
-                "ratio": matched / len(r_ids),
-                "hit_all": matched == len(r_ids),
-            }
-        )
-    per = pd.DataFrame(
-        records, columns=["prompt", "matched", "n_references", "n_candidate_sentences", "ratio", "hit_all"]
-    )
-    return per, summarize_sbert(per, threshold, dict(skipped), missing)
+    """:func:`coverage.sbert_matches` per situation and their summary (means, accuracies, bootstrap CIs)."""
+    per, skipped, missing = sbert_matches(references, candidates, encoder, threshold)
+    return per, summarize_sbert(per, threshold, skipped, missing)
 
 
 def summarize_sbert(

@@ -28,7 +28,7 @@ import numpy as np
 from .config import SPLITS, RewardCfg, RunConfig
 from .estimator import RELEASED_FILES, released_path
 from .reward import Encoder, OPRewardScorer, ResponseScore, SentenceEncoder, keyword_text_for, reward_terms
-from .text import keywords, parse_perspectives
+from .text import keywords, parse_perspectives, two_block
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -110,11 +110,6 @@ def _released_path(cfg: RunConfig, split: str) -> Path:
             cfg, estimator=dataclasses.replace(cfg.estimator, released_dir=os.environ[ENV_RELEASED_DIR])
         )
     return released_path(RELEASED_FILES[split], cfg)
-
-
-def two_block(core: str, summary: str) -> str:
-    """A response rebuilt from stored core + summary columns (as ``opgrpo reward --summary-column`` does)."""
-    return f"<core perspectives>\n{core}\n</core perspectives>\n\n<summary>\n{summary}\n</summary>"
 
 
 def released_response(cfg: RunConfig, situation: Situation) -> str:

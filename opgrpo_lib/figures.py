@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from . import figures_authors, figures_gpu  # noqa: E402
 from .config import REPO_ROOT, SPLITS  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from .reward import COMPONENTS  # noqa: E402
 from .sweep import best_points  # noqa: E402
 
@@ -565,16 +566,6 @@ def logged_results() -> pd.DataFrame | None:
     if not path.exists():
         return None
     return pd.read_csv(path, keep_default_na=False)
-
-
-def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
-    """PNG + PDF with no creation date in their metadata: the same inputs give byte-identical files."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(out[0], dpi=130, metadata={"Software": None})
-    fig.savefig(out[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
-    plt.close(fig)
-    return out
 
 
 @dataclass

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .plots import save_figure  # noqa: E402
+
 SHAPE_ORDER = ["tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"]
 BACKEND_ORDER = ["hf", "unsloth", "unsloth-4bit"]
 
@@ -67,8 +69,6 @@ def fig_grpo_step(df: pd.DataFrame) -> plt.Figure:
 
 def build(results_gpu_dir: Path, out_dir: Path) -> list[Path]:
     """Write ``grpo_step.{png,pdf,csv}`` under ``out_dir`` from ``results_gpu_dir``; [] when there is nothing."""
-    from .figures import save_figure
-
     df = load_rows(Path(results_gpu_dir))
     if df.empty:
         return []

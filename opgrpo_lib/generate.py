@@ -161,8 +161,9 @@ def job_key(cfg: RunConfig, system: SystemCfg, template: str | None) -> str:
     from .provenance import code_hash, value_key
 
     g = cfg.generate
+    # no batch size: per-row seeded sampling (lm.sample) gives the same row in any batch
     sampling = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
-                "retries": g.retries, "batch_size": g.batch_size}  # fmt: skip
+                "retries": g.retries}  # fmt: skip
     mp = dataclasses.asdict(g.modplural) if system.kind == "modplural" else None
     return value_key(
         dataclasses.asdict(system), template, sampling, mp, lm.policy_identity(system.policy, cfg), cfg.seed,
@@ -200,8 +201,11 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     if cfg.generate.prompt_styles and cfg.generate.systems:
         first = cfg.generate.systems[0]
         jobs += [(first, f"{first.name}@{k}", k, v) for k, v in cfg.generate.prompt_styles.items()]
+    rows: dict[str, dict[str, int]] = {}  # per system: rows generated now vs reused from an earlier run
     for system, name, style, template in jobs:
         out, key = out_dir / f"{name}.jsonl", job_key(cfg, system, template)
+        reused = len({p for p, _ in items} & set(_done(out, key)))
+        rows[name] = {"generated": len({p for p, _ in items}) - reused, "reused": reused}
         if system.kind == "modplural":
             fn = lazy(lambda: modplural_fn(cfg, device))
         else:
@@ -213,6 +217,7 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     for name, part in outputs.groupby("system", sort=False):  # the texts behind every reported number
         atomic_write_text(paths.results / "generations" / f"{name}.jsonl", part.to_json(orient="records", lines=True))
     write_manifest(out_dir, "05_generate", cfg, timings, inputs=[paths.data / "eval.parquet"],
-                   extra={"retries": cfg.generate.retries, "device_used": device}, results=paths.results)  # fmt: skip
+                   extra={"retries": cfg.generate.retries, "device_used": device, "rows": rows},
+                   results=paths.results)  # fmt: skip
     mark(out_dir, cfg, "generate", "finished")
     return outputs

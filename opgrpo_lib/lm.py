@@ -118,6 +118,14 @@ def sample(
 ) -> list[str]:  # fmt: skip
     """One completion per message (a single user turn through the chat template, or the raw text with
     ``chat=False``), batched. ``temperature`` 0 = greedy; otherwise row i samples with ``seeds[i]``."""
+    return sample_clipped(lm, messages, max_new_tokens, temperature, top_p, system, seeds, chat)[0]
+
+
+def sample_clipped(
+    lm: LM, messages: Sequence[str], max_new_tokens: int, temperature: float, top_p: float = 1.0,
+    system: str | None = None, seeds: Sequence[int] | None = None, chat: bool = True,
+) -> tuple[list[str], list[bool]]:  # fmt: skip
+    """:func:`sample`, plus per row whether it was clipped (hit ``max_new_tokens`` without an end token)."""
     import torch
     from transformers import LogitsProcessorList
 
@@ -139,4 +147,7 @@ def sample(
             **enc, do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=processors,
             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
         )  # fmt: skip
-    return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    new = out[:, enc["input_ids"].shape[1] :]
+    ended = (new == tok.eos_token_id).any(dim=1) | (new == tok.pad_token_id).any(dim=1)
+    clipped = [bool(new.shape[1] >= max_new_tokens and not e) for e in ended.tolist()]
+    return tok.batch_decode(new, skip_special_tokens=True), clipped

@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import RunConfig, load_profile
 from .paths import NOTEBOOK_DIR, committed_results
 from .progress import ENV as PROGRESS_ENV
-from .provenance import STEPS, is_current, step_key
+from .provenance import STEPS, is_current, step_key, steps_of
 from .runs import atomic_write_text, run_paths
 
 # Lines the kernel or jupyter_client print on every healthy run (see the module docstring).
@@ -97,13 +97,26 @@ class StepFailed(RuntimeError):
 
 
 def _step_of(nb: Path) -> str:
-    return next(s.name for s in STEPS.values() if s.notebook == nb.stem)
+    """The notebook's first step (the one whose folder holds its manifest)."""
+    return steps_of(nb.stem)[0].name
+
+
+def notebook_source(nb: Path) -> list:
+    """What counts of a notebook: its code cells' source and tags (the parameters cell is one), in order. Outputs,
+    execution counts, cell ids and metadata that Jupyter rewrites when it saves do not."""
+    cells = json.loads(nb.read_text()).get("cells", [])
+    return [
+        ["".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", ""),
+         sorted(c.get("metadata", {}).get("tags", []))]
+        for c in cells if c.get("cell_type") == "code"
+    ]  # fmt: skip
 
 
 def notebook_key(cfg: RunConfig, nb: Path) -> str:
-    """Skip key of one notebook: its step's provenance key + the notebook source."""
-    src = hashlib.sha256(nb.read_bytes()).hexdigest()
-    return hashlib.sha256(f"{step_key(cfg, _step_of(nb))}|{src}".encode()).hexdigest()[:16]
+    """Skip key of one notebook: the provenance keys of its (enabled) steps + its code cells."""
+    keys = [step_key(cfg, s.name) for s in steps_of(nb.stem) if s.enabled(cfg)]
+    src = hashlib.sha256(json.dumps(notebook_source(nb)).encode()).hexdigest()
+    return hashlib.sha256(f"{'|'.join(keys)}|{src}".encode()).hexdigest()[:16]
 
 
 def plan(cfg: RunConfig, root: Path, only: list[str] | None = None, force: bool = False) -> list[dict]:
@@ -117,7 +130,7 @@ def plan(cfg: RunConfig, root: Path, only: list[str] | None = None, force: bool 
             same_nb = json.loads(record.read_text()).get("key") == key
         except (OSError, json.JSONDecodeError):
             same_nb = False
-        current = is_current(cfg, root, _step_of(nb))
+        current = all(is_current(cfg, root, st.name) for st in steps_of(nb.stem) if st.enabled(cfg))
         if force:
             why = "--force"
         elif not current:

@@ -1,15 +1,21 @@
-"""Provenance keys: every step's output knows exactly what made it.
+"""Provenance keys: every step's output knows exactly what made it, and the step registry.
 
-A step's key hashes (1) the config sections that step reads, (2) the keys of its upstream steps, (3) the source of
-the library modules it imports (the transitive closure of its entry module, so a change to ``figures.py`` never
-reruns training) and (4) the versions of the numerical packages. Keys depend on inputs only, so they are known
-before anything runs: ``opgrpo reproduce`` decides what to skip up front, and a step refuses an upstream output that
-was made with other settings. Each step folder holds ``fingerprint.json`` (key, status, the inputs behind the key).
+``STEPS`` is the one list of pipeline steps (name, notebook, CLI verb, entry function, config keys read, upstream
+steps, outputs): the pipeline, the CLI, publish and the keys all read it, so adding a step is one entry here.
+
+A step's key hashes (1) the config keys that step reads, minus the throughput-only ones (batch sizes of encoders and
+of per-row seeded generation, worker counts: ``config.throughput`` / ``config.TRAINER_THROUGHPUT``), (2) the keys
+of its upstream steps, (3) the *behaviour* of the library code it imports: the transitive import closure of its
+entry module, each module as its syntax tree without docstrings (comments, docstrings and formatting do not count),
+and (4) the versions of the numerical packages. Keys depend on inputs only, so they are known before anything runs:
+``opgrpo reproduce`` decides what to skip up front, and a step refuses an upstream output that was made with other
+settings. Each step folder holds ``fingerprint.json`` (key, status, the inputs behind the key).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import json
@@ -21,11 +27,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import RunConfig, section
+from .config import TRAINER_THROUGHPUT, RunConfig
+from .paths import atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "sentence-transformers")
 FINGERPRINT = "fingerprint.json"
+# Modules that decide whether a step runs or report on it, never what it computes: not part of any code key.
+NEUTRAL_MODULES = frozenset({"provenance", "progress", "paths"})
 
 
 class StaleUpstream(RuntimeError):
@@ -35,10 +44,19 @@ class StaleUpstream(RuntimeError):
 @dataclass(frozen=True)
 class StepSpec:
     name: str  # folder under the run root
-    notebook: str  # the notebook that runs it
-    module: str  # entry module (its import closure is the code fingerprint)
+    notebook: str  # the notebook that runs it (a notebook may run several steps, in registry order)
+    cli: str | None  # `opgrpo <cli>` runs it (None: run by another step's entry function)
+    function: str  # "module:function" called as function(cfg, paths, **kw)
     config: Callable[[RunConfig], tuple[str, ...]]  # dotted config keys the step reads (may depend on switches)
     upstream: Callable[[RunConfig], tuple[str, ...]]
+    outputs: tuple[str, ...] = ()  # what it writes under the run's results/ (files or folders)
+    help: str = ""
+    enabled: Callable[[RunConfig], bool] = lambda cfg: True  # a step that is off has no output to reuse or check
+
+    @property
+    def module(self) -> str:
+        """Entry module (its import closure is the code part of the key)."""
+        return self.function.split(":")[0].rsplit(".", 1)[-1]
 
 
 def _grpo_upstream(cfg: RunConfig) -> tuple[str, ...]:
@@ -57,12 +75,8 @@ def policy_steps(cfg: RunConfig) -> tuple[str, ...]:
 
 _TRAIN_COMMON = ("seed", "device", "models.policy", "train.backend", "train.lora", "train.load_in_4bit",
                  "train.max_seq_length", "train.merge_adapter", "train.precision")  # fmt: skip
-_VALIDATION = ("train.validation_every", "train.validation_rows", "models.eval_encoder", "eval.sbert_thresholds")
-
-
-def _validation(cfg: RunConfig, *extra: str) -> tuple[str, ...]:
-    """The validation curve's settings, part of a training step's key only when the curve is on."""
-    return (*_VALIDATION, *extra) if cfg.train.validation_every else ()
+# The validation curve during GRPO (train.validation_every is its period: which steps get a point).
+_CURVE = ("train.validation_every", "train.validation_rows", "models.eval_encoder", "eval.sbert_thresholds")
 
 
 def _keys(*keys: str) -> Callable[[RunConfig], tuple[str, ...]]:
@@ -72,28 +86,56 @@ def _keys(*keys: str) -> Callable[[RunConfig], tuple[str, ...]]:
 STEPS: dict[str, StepSpec] = {
     s.name: s
     for s in (
-        StepSpec("data", "01_data_prep", "data", _keys("seed", "data"), lambda c: ()),
-        StepSpec("estimator", "02_similarity_estimator", "estimator",
-                 _keys("seed", "device", "models.encoder", "estimator", "reward.batch_size", "reward.mask",
-                       "reward.coverage_threshold"), lambda c: ("data",)),
-        StepSpec("sft", "03_sft", "train",
-                 lambda c: (*_TRAIN_COMMON, "train.summaries", "train.targets", "train.compact_words", "train.sft",
-                            *_validation(c, "train.grpo.max_completion_length", "reward", "models.encoder")),
-                 lambda c: ("data",)),
-        StepSpec("grpo", "04_op_grpo", "train",
+        StepSpec("data", "01_data_prep", "data", "opgrpo_lib.data:run", _keys("seed", "data"), lambda c: (),
+                 ("data_card.json",), "step 01: fetch (hash-checked), parse and split OP-V2"),
+        StepSpec("estimator", "02_similarity_estimator", "estimator", "opgrpo_lib.estimator:run",
+                 _keys("seed", "device", "models.encoder", "estimator", "reward.mask", "reward.coverage_threshold"),
+                 lambda c: ("data",), ("estimator",),
+                 "step 02: mine triplets, fine-tune and evaluate the similarity estimator"),
+        StepSpec("sft", "03_sft", "sft", "opgrpo_lib.train:run_sft",
+                 _keys(*_TRAIN_COMMON, "train.summaries", "train.targets", "train.compact_words", "train.sft",
+                       "train.grpo.max_completion_length"),
+                 lambda c: ("data",), ("sft_train_log.csv",), "step 03: SFT warm start (core perspectives + summary)"),
+        StepSpec("sft_validation", "03_sft", None, "opgrpo_lib.validation:sft_point",
+                 _keys("seed", "device", "train.validation_rows", "models.eval_encoder", "models.encoder",
+                       "eval.sbert_thresholds", "train.grpo.max_completion_length", "reward"),
+                 lambda c: ("data", "sft"), ("sft_validation.json",),
+                 "end-of-SFT validation point (run by `opgrpo sft`)", lambda c: c.train.validation_every > 0),
+        StepSpec("grpo", "04_op_grpo", "train", "opgrpo_lib.train:run_grpo",
                  lambda c: (*_TRAIN_COMMON, "train.init", "train.use_vllm", "train.max_prompt_length", "train.grpo",
-                            "train.generation_chunk", "reward", "data.grpo_rows", *_validation(c)), _grpo_upstream),
-        StepSpec("generate", "05_generate", "generate", _keys("seed", "device", "models.policy", "generate"),
-                 lambda c: ("data", *policy_steps(c))),
-        StepSpec("evaluate", "06_evaluate", "evaluate",
-                 _keys("seed", "device", "models", "reward.batch_size", "reward.estimator", "eval", "train.init"),
+                            "train.generation_chunk", "reward", "data.grpo_rows", "data.train_source", "eval.checkpoint_rows_per_split",
+                            *(_CURVE if c.train.validation_every else ())),
+                 _grpo_upstream, ("train_log.csv", "validation_curve.csv"),
+                 "step 04: OP-GRPO (resumes from the last checkpoint)"),
+        StepSpec("generate", "05_generate", "generate", "opgrpo_lib.generate:run",
+                 _keys("seed", "device", "models.policy", "generate"), lambda c: ("data", *policy_steps(c)),
+                 ("generations",), "step 05: outputs of every configured system for the eval splits"),
+        StepSpec("evaluate", "06_evaluate", "evaluate", "opgrpo_lib.evaluate:run",
+                 _keys("seed", "device", "models", "reward", "eval", "train.init"),
                  lambda c: ("data", "generate") + (("grpo",) if c.eval.checkpoint_rows_per_split else ())
-                 + (("estimator",) if c.eval.estimator_coverage and c.reward.estimator == "run:estimator" else ())),
-        StepSpec("figures", "07_figures_and_tables", "figures", _keys("eval.reference_system"),
-                 lambda c: ("data", "estimator", *policy_steps(c), "evaluate")),
-        StepSpec("authors", "08_authors_evidence", "authors", _keys("seed", "device", "data", "authors"), lambda c: ()),
+                 + (("estimator",) if c.eval.estimator_coverage and c.reward.estimator == "run:estimator" else ()),
+                 ("eval",), "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
+        StepSpec("figures", "07_figures_and_tables", "figures", "opgrpo_lib.figures:run", _keys("eval.reference_system"),
+                 lambda c: ("data", "estimator", *policy_steps(c), "evaluate"), (),
+                 "step 07: every figure and table from results/"),
+        StepSpec("authors", "08_authors_evidence", "authors", "opgrpo_lib.authors:run",
+                 _keys("seed", "device", "data", "authors"), lambda c: (), ("authors",),
+                 "step 08: the authors' own evaluation logs, verified, regenerated and re-scored"),
     )
 }  # fmt: skip
+
+
+def steps_of(notebook: str) -> list[StepSpec]:
+    """The steps a notebook runs, in registry order."""
+    return [s for s in STEPS.values() if s.notebook == notebook]
+
+
+def step_named(name_or_notebook: str) -> StepSpec | None:
+    """The step called ``name`` or whose manifest name is ``<notebook>`` / ``<number>_<name>`` (``04_grpo``)."""
+    if name_or_notebook in STEPS:
+        return STEPS[name_or_notebook]
+    tail = name_or_notebook.split("_", 1)[-1]
+    return STEPS.get(tail) or next((s for s in STEPS.values() if s.notebook == name_or_notebook), None)
 
 
 def _digest(obj: Any) -> str:
@@ -102,10 +144,44 @@ def _digest(obj: Any) -> str:
     ]
 
 
-def _local_imports(path: Path) -> set[str]:
-    """Names of the library modules ``path`` imports (relative or ``opgrpo_lib.`` imports, at any depth)."""
+def _behaviour(obj: Any) -> Any:
+    """A config value as plain data without its throughput-only fields (``config.throughput`` and the TRL ones)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _behaviour(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("throughput")}  # fmt: skip
+    if isinstance(obj, dict):
+        return {k: _behaviour(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_behaviour(v) for v in obj]
+    return obj
+
+
+def key_section(cfg: RunConfig, dotted: str) -> Any:
+    """What the value at a dotted key contributes to a key: plain data, throughput-only settings left out (None
+    for a TRL key the profile leaves at TRL's default)."""
+    node: Any = cfg
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if dataclasses.is_dataclass(node):
+            f = next((f for f in dataclasses.fields(node) if f.name == part), None)
+            if f is None:
+                raise KeyError(f"{dotted}: no such config key")
+            node = getattr(node, part)
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+        if i == len(parts) - 2 and isinstance(node, dict) and parts[-1] in TRAINER_THROUGHPUT:
+            return None
+    if isinstance(node, dict) and parts[0] == "train" and parts[-1] in ("sft", "grpo"):
+        node = {k: v for k, v in node.items() if k not in TRAINER_THROUGHPUT}
+    return _behaviour(node)
+
+
+def _local_imports(tree: ast.AST, package_dir: Path) -> set[str]:
+    """Names of the library modules a module imports (relative or ``opgrpo_lib.`` imports, at any depth)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1 and node.module:
                 found.add(node.module.split(".")[0])
@@ -113,33 +189,68 @@ def _local_imports(path: Path) -> set[str]:
                 found.update(a.name for a in node.names)
             elif node.module and node.module.startswith("opgrpo_lib."):
                 found.add(node.module.split(".")[1])
-    return {m for m in found if (PACKAGE_DIR / f"{m}.py").exists()}
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("opgrpo_lib."))
+    return {m for m in found if (package_dir / f"{m}.py").exists()}
 
 
-@functools.cache
-def code_closure(module: str) -> tuple[str, ...]:
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(path: str, source: str) -> tuple[str, frozenset[str]]:
+    """(digest of the module's syntax tree without docstrings, the library modules it imports)."""
+    tree = ast.parse(source)
+    imports = frozenset(_local_imports(tree, Path(path).parent))
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest(), imports
+
+
+def _module(name: str, package_dir: Path) -> tuple[str, frozenset[str]]:
+    path = package_dir / f"{name}.py"
+    return _parsed(str(path), path.read_text())
+
+
+def code_closure(module: str, package_dir: Path | None = None) -> tuple[str, ...]:
     """``module`` and every library module it imports, transitively (sorted)."""
+    package_dir = package_dir or PACKAGE_DIR
     seen, todo = set(), [module]
     while todo:
         m = todo.pop()
         if m in seen:
             continue
         seen.add(m)
-        todo += sorted(_local_imports(PACKAGE_DIR / f"{m}.py") - seen)
+        todo += sorted(_module(m, package_dir)[1] - seen)
     return tuple(sorted(seen))
 
 
-def code_hash(module: str) -> str:
-    """Hash of the source of ``module``'s import closure and of the packaged resources (stopword list...)."""
+def code_hash(module: str, package_dir: Path | None = None) -> str:
+    """Hash of the behaviour of ``module``'s import closure (each module's syntax tree without docstrings; the
+    neutral modules left out) and of the packaged resources (stopword list...)."""
+    package_dir = package_dir or PACKAGE_DIR
     h = hashlib.sha256()
-    files = [PACKAGE_DIR / f"{m}.py" for m in code_closure(module)]
-    files += sorted((PACKAGE_DIR / "resources").glob("*")) if (PACKAGE_DIR / "resources").is_dir() else []
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for m in code_closure(module, package_dir):
+        if m not in NEUTRAL_MODULES:
+            h.update(f"{m}\0{_module(m, package_dir)[0]}\0".encode())
+    resources = package_dir / "resources"
+    for f in sorted(resources.glob("*")) if resources.is_dir() else []:
+        if f.is_file() and f.suffix != ".pyc":
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
 def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent)."""
     out: dict[str, str | None] = {}
     for name in names:
         try:
@@ -149,20 +260,35 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | N
     return out
 
 
-def step_inputs(cfg: RunConfig, step: str) -> dict[str, Any]:
+@functools.cache
+def _key_versions() -> tuple[tuple[str, str | None], ...]:
+    return tuple(package_versions().items())  # read once per process
+
+
+def step_inputs(cfg: RunConfig, step: str, _memo: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything a step's key is made of (JSON-able), upstream keys included (computed, not read from disk)."""
     spec = STEPS[step]
+    memo = {} if _memo is None else _memo
     return {
         "step": step,
-        "config": {key: section(cfg, key) for key in spec.config(cfg)},
-        "upstream": {u: step_key(cfg, u) for u in spec.upstream(cfg)},
+        "config": {key: key_section(cfg, key) for key in spec.config(cfg)},
+        "upstream": {u: step_key(cfg, u, memo) for u in spec.upstream(cfg)},
         "code": code_hash(spec.module),
-        "packages": package_versions(),
+        "packages": dict(_key_versions()),
     }
 
 
-def step_key(cfg: RunConfig, step: str) -> str:
-    return _digest(step_inputs(cfg, step))
+def step_key(cfg: RunConfig, step: str, _memo: dict[str, str] | None = None) -> str:
+    memo = {} if _memo is None else _memo
+    if step not in memo:
+        memo[step] = _digest(step_inputs(cfg, step, memo))
+    return memo[step]
+
+
+def step_keys(cfg: RunConfig) -> dict[str, str]:
+    """Every step's key (one pass: upstream keys computed once)."""
+    memo: dict[str, str] = {}
+    return {s: step_key(cfg, s, memo) for s in STEPS}
 
 
 def value_key(*parts: Any) -> str:
@@ -200,8 +326,6 @@ def recorded(step_dir: Path) -> dict[str, Any] | None:
 def mark(step_dir: Path, cfg: RunConfig, step: str, status: Literal["running", "finished"]) -> dict[str, Any]:
     """Record a step's status. "finished" keeps the key recorded when the step started (the code and settings
     it ran with), so an edit made while it ran cannot be claimed by its output."""
-    from .runs import atomic_write_text
-
     started = recorded(step_dir) if status == "finished" else None
     if started and started.get("status") == "running":
         rec = {**started, "status": status}
@@ -221,7 +345,8 @@ def require_upstream(cfg: RunConfig, root: Path, step: str) -> dict[str, str]:
     keys = {}
     for up in STEPS[step].upstream(cfg):
         rec = recorded(Path(root) / up)
-        cmd = f"notebook {STEPS[up].notebook} (or `opgrpo {_CLI[up]}`)"
+        verb = STEPS[up].cli or next(s.cli for s in steps_of(STEPS[up].notebook) if s.cli)
+        cmd = f"notebook {STEPS[up].notebook} (or `opgrpo {verb}`)"
         if rec is None or rec.get("status") != "finished":
             raise StaleUpstream(f"step {step} needs the finished output of step {up} in {Path(root) / up}; run {cmd}")
         want = step_key(cfg, up)
@@ -233,10 +358,6 @@ def require_upstream(cfg: RunConfig, root: Path, step: str) -> dict[str, str]:
             )
         keys[up] = want
     return keys
-
-
-_CLI = {"data": "data", "estimator": "estimator", "sft": "sft", "grpo": "train", "generate": "generate",
-        "evaluate": "evaluate", "figures": "figures", "authors": "authors"}  # fmt: skip
 
 
 def begin(

@@ -23,7 +23,8 @@ def publish(cfg: RunConfig, run_dir: str | None = None) -> list[str]:
     from .figures import build_all, logged_results
 
     paths = run_paths(cfg, run_dir)
-    stale = [s for s in STEPS if s != "figures" and not is_current(cfg, paths.root, s)]
+    stale = [s.name for s in STEPS.values() if s.name != "figures" and s.enabled(cfg)
+             and not is_current(cfg, paths.root, s.name)]  # fmt: skip
     if stale:
         raise RuntimeError(
             f"{paths.root}: steps {stale} are not finished with the current settings and code; run `opgrpo reproduce "

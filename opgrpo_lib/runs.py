@@ -9,53 +9,21 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .paths import REPO_ROOT, default_run_dir
+from .paths import REPO_ROOT, atomic_path, atomic_write_bytes, atomic_write_text, default_run_dir  # noqa: F401
+from .provenance import package_versions as _versions
+from .provenance import step_key, step_named
 
 PACKAGES = (
     "torch", "transformers", "trl", "datasets", "peft", "accelerate", "sentence-transformers",
     "pandas", "numpy", "papermill", "unsloth",
 )  # fmt: skip
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; on success it is renamed into place with the usual file mode
-    (``mkstemp`` creates 0600 files), on failure removed: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_parquet(df, path: Path) -> None:
@@ -112,13 +80,8 @@ def resolve_device(cfg: RunConfig) -> str:
 
 
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    """Versions of the packages a manifest records (a superset of the ones in the provenance keys)."""
+    return _versions(PACKAGES)
 
 
 def git_state() -> dict[str, Any]:
@@ -167,9 +130,8 @@ def write_manifest(
 ) -> Path:  # fmt: skip
     """Write ``manifest.json`` for one step: config + hash, seeds, versions, device, timings, input digests.
     With ``results``, a copy without input paths goes to ``results/manifests/<step>.json`` (committed)."""
-    from .provenance import STEPS, step_key
-
-    name = next((s.name for s in STEPS.values() if step.endswith(s.name) or s.notebook == step), None)
+    spec = step_named(step)
+    name = spec.name if spec else None
     manifest = {
         "step": step,
         "profile": cfg.profile,

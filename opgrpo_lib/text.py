@@ -73,6 +73,11 @@ def check_layout(text: str) -> Layout:
     return Layout(False, text.strip(), "")
 
 
+def two_block(core: str, summary: str) -> str:
+    """The paper's response layout from a core block and a summary (SFT targets, rebuilt stored responses)."""
+    return f"<core perspectives>\n{core}\n</core perspectives>\n\n<summary>\n{summary}\n</summary>"
+
+
 def split_segments(text: str) -> list[str]:
     """Split on line-initial "In/From the perspective of "; strip; drop empties (reward + reference splitter)."""
     return [s.strip() for s in SEGMENT_SPLIT_RE.split(text + "\n") if s.strip()]

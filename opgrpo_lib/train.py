@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from .config import ConfigError, RunConfig
 from .progress import trainer_callback
 from .prompts import implicit
 from .runs import RunPaths, atomic_write_parquet, atomic_write_text, resolve_device
+from .text import two_block
+from .validation import Validator, curve_callback, sft_point
 
 SUMMARY_INSTRUCTION = (
     "Please summarize the following value-based comments into a natural paragraph that reflects multiple perspectives "
@@ -237,27 +240,70 @@ def core_block(perspectives: list[dict]) -> str:
 
 
 def sft_target(perspectives: list[dict], summary: str) -> str:
-    return f"<core perspectives>\n{core_block(perspectives)}\n</core perspectives>\n\n<summary>\n{summary}\n</summary>"
+    return two_block(core_block(perspectives), summary)
 
 
-def short_clause(explanation: str, words: int) -> str:
-    """The first sentence of an explanation, cut to at most ``words`` words, without final punctuation."""
-    first = re.split(r"(?<=[.!?])\s+", explanation.strip())[0].rstrip(".!?;:, ")
-    cut = first.split()[:words]
-    return " ".join(cut).rstrip(".!?;:, ")
+# Words a complete clause does not end on (articles, prepositions, auxiliaries, possessives, conjunctions).
+FUNCTION_WORDS = frozenset(
+    "a an the to of in on at for with by from into onto about over under than as and or nor but if because while "
+    "since though although whether that which who whom whose such my your his her its our their one's can could may "
+    "might will would should must shall is are was were be been being am has have had do does did very every".split()
+)
+# Where a long sentence's first clause ends: punctuation, or right before a word that opens a new clause.
+_CLAUSE_OPENERS = (
+    "and but while whereas because since as which who so although though meaning thereby by promoting "
+    "ensuring showing demonstrating allowing leading causing regardless rather even"
+).split()
+_BOUNDARY_RE = re.compile(r"\s*[,;:\u2014]\s+|\s+\u2014\s+|\s+(?=(?:" + "|".join(_CLAUSE_OPENERS) + r")\b)", re.I)
 
 
-def compact_target(perspectives: list[dict], words: int = 12) -> str:
-    """cpu-profile target (documented deviation): the paper's two-block layout with one short clause per
+_DEPENDENT_OPENERS = frozenset(
+    "if as when while by although though since because given in for to with without after before despite "
+    "regardless instead unless whether once considering".split()
+)
+
+
+_SENTENCE_END_RE = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[.!?])\s+", re.I)
+
+
+def _complete(words: list[str]) -> bool:
+    text = " ".join(words)
+    return bool(words) and words[-1].lower().strip("\"'") not in FUNCTION_WORDS and text.count("(") == text.count(")")
+
+
+def short_sentence(explanation: str, words: int) -> str:
+    """A whole short sentence from an explanation, without final punctuation: its first sentence when that has at
+    most ``words`` words, else its longest first clause (cut at a comma or before a clause-opening word such as
+    "because" or "while") of at most ``words`` words that does not end on a function word; failing that the
+    shortest such clause, failing that the whole first sentence."""
+    first = _SENTENCE_END_RE.split(explanation.strip())[0].rstrip(".!?;:, ")
+    if len(first.split()) <= words:
+        return first
+    # A sentence that opens with a dependent clause ("If the fly poses a risk, ...") has its main clause after
+    # the first comma: no cut before that.
+    lead = first.split()[0].lower().strip(",")
+    start = first.find(",") + 1 if lead in _DEPENDENT_OPENERS and "," in first else 0
+    clauses = [first[: m.start()].rstrip(".!?;:, ") for m in _BOUNDARY_RE.finditer(first) if m.start() > start]
+    clauses = [c for c in clauses if len(c.split()) >= 4 and _complete(c.split())]
+    fits = [c for c in clauses if len(c.split()) <= words]
+    return max(fits, key=len) if fits else min(clauses, key=len) if clauses else first
+
+
+def compact_target(perspectives: list[dict], words: int = 12, fits: Callable[[str], bool] | None = None) -> str | None:
+    """cpu-profile target (documented deviation): the paper's two-block layout with one short whole sentence per
     perspective and a one-sentence summary naming every perspective — short enough for a 135M model to finish
-    within its completion budget, and it keeps every name in the summary (the format score's echo rule)."""
-    lines = "\n".join(
-        f"In the perspective of {p['name']}, {short_clause(p['explanation'], words)}." for p in perspectives
-    )
+    within its completion budget, and it keeps every name in the summary (the format score's echo rule). With
+    ``fits`` (e.g. "at most N tokens"), the sentences get shorter until the target fits; None if it never does."""
     names = [p["name"].lower() for p in perspectives]
     listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
-    summary = f"This situation weighs {listed}."
-    return f"<core perspectives>\n{lines}\n</core perspectives>\n\n<summary>\n{summary}\n</summary>"
+    for cap in range(words, 3, -1):
+        lines = "\n".join(
+            f"In the perspective of {p['name']}, {short_sentence(p['explanation'], cap)}." for p in perspectives
+        )
+        target = two_block(lines, f"This situation weighs {listed}.")
+        if fits is None or fits(target):
+            return target
+    return None
 
 
 def capitalise_sentences(text: str) -> str:
@@ -318,21 +364,25 @@ def build_summaries(cfg: RunConfig, train: pd.DataFrame, cache: Path, device: st
     return done
 
 
-def sft_targets(cfg: RunConfig, train: pd.DataFrame, summaries: dict[str, str]) -> list[str]:
-    """The SFT completion per training row: the paper's target, or the compact one (``train.targets``)."""
+def sft_targets(cfg: RunConfig, train: pd.DataFrame, summaries: dict[str, str], tok: Any = None) -> list[str | None]:
+    """The SFT completion per training row: the paper's target, or the compact one (``train.targets``), which with
+    the tokenizer ``tok`` is kept within GRPO's completion budget (``train.grpo.max_completion_length``); None for
+    a situation whose compact target cannot fit (too many perspectives), which SFT leaves out."""
     recs = train.to_dict("records")
     if cfg.train.targets == "compact":
-        return [compact_target(list(r["perspectives"]), cfg.train.compact_words) for r in recs]
+        budget = cfg.train.grpo.get("max_completion_length", 256)
+        fits = (lambda t: len(tok(t, add_special_tokens=False)["input_ids"]) <= budget) if tok is not None else None
+        return [compact_target(list(r["perspectives"]), cfg.train.compact_words, fits) for r in recs]
     return [sft_target(list(r["perspectives"]), summaries[r["prompt"]]) for r in recs]
 
 
-def sft_dataset(train: pd.DataFrame, targets: list[str]):
+def sft_dataset(train: pd.DataFrame, targets: list[str | None]):
     from datasets import Dataset
 
     rows = [
         {"prompt": [{"role": "user", "content": implicit(r["prompt"])}],
          "completion": [{"role": "assistant", "content": t}]}
-        for r, t in zip(train.to_dict("records"), targets)
+        for r, t in zip(train.to_dict("records"), targets) if t is not None
     ]  # fmt: skip
     return Dataset.from_list(rows)
 
@@ -451,6 +501,7 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
         ensure_unsloth()  # before anything else imports transformers
     state, out = _start(cfg, paths, "sft", force)
     if state == "finished":
+        sft_point(cfg, paths)
         return _finished_result(paths, out, "sft_train_log.csv")
     from trl import SFTConfig, SFTTrainer
 
@@ -462,10 +513,10 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
     atomic_write_parquet(
         pd.DataFrame({"prompt": list(summaries), "summary": list(summaries.values())}), out / "summaries.parquet"
     )
-    ds = sft_dataset(train, sft_targets(cfg, train, summaries))
     check_disk(cfg, resolve(cfg.models.policy), out, "sft")
     plan = precision_plan(cfg)
     model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy), plan)
+    ds = sft_dataset(train, sft_targets(cfg, train, summaries, tok))
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **_backend_flags(cfg, plan),
         **_trainer_args(tc.sft, keep_all=False),
@@ -478,21 +529,11 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
     policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)
     log = log_frame(trainer.state.log_history)
     atomic_write_text(paths.results / "sft_train_log.csv", log.to_csv(index=False))
-    if tc.validation_every:  # does the SFT policy finish the layout within the GRPO budget? (greedy, validation)
-        from .estimator import resolve_estimator
-        from .reward import build_reward
-        from .validation import Validator
-
-        with timed(timings, "validation"):
-            reward = build_reward(cfg.reward, resolve_estimator(cfg, paths) if cfg.reward.estimator != "run:estimator"
-                                  else cfg.models.encoder, tokenizer=tok)  # fmt: skip
-            budget = tc.grpo.get("max_completion_length", 256)
-            point = Validator(cfg, paths, reward, budget).score(trainer.model, tok, 0)
-        atomic_write_text(paths.results / "sft_validation.json", json.dumps({**point, "max_new_tokens": budget,
-                          "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}, indent=2))  # fmt: skip
     write_manifest(out, "03_sft", cfg, timings, inputs=[paths.data / "train.parquet"],
-                   extra={"backend": tc.backend, "summaries": tc.summaries.source, "rows": len(ds)}, results=paths.results)  # fmt: skip
+                   extra={"backend": tc.backend, "summaries": tc.summaries.source, "rows": len(ds),
+                          "rows_over_budget": len(train) - len(ds)}, results=paths.results)  # fmt: skip
     _finish(cfg, paths, "sft", out)
+    sft_point(cfg, paths, force)  # its own step and key: a reward- or eval-only change does not retrain SFT
     return {"policy": policy, "log": log, "rows": len(ds)}
 
 
@@ -553,8 +594,6 @@ def run_grpo(
         reward = build_reward(cfg.reward, resolve_estimator(cfg, paths), tokenizer=tok, device=device)
     extra = [trainer_callback("grpo"), _OptimizerInLastCheckpoint(), *(callbacks or [])]
     if tc.validation_every:
-        from .validation import Validator, curve_callback
-
         validator = Validator(cfg, paths, reward, args.max_completion_length)
         extra.append(curve_callback(validator, tc.validation_every, paths.results / "validation_curve.csv"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,

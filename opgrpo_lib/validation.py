@@ -4,6 +4,7 @@ by the OP reward and by the independent SBERT evaluator. Settings are chosen on 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,16 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError, RunConfig
+from .coverage import sbert_matches
 from .prompts import implicit
 from .runs import RunPaths, atomic_write_text
+from .text import check_layout
 
 
 def greedy_outputs(model: Any, tok: Any, situations: list[str], max_new_tokens: int, batch_size: int = 16):
-    """(texts, clipped) — greedy completions of the implicit prompt; ``clipped`` = hit ``max_new_tokens``."""
-    import torch
+    """(texts, clipped) — greedy completions of the implicit prompt (``lm.sample``); ``clipped`` = hit
+    ``max_new_tokens`` without an end token. The model's mode and the tokenizer's padding side are restored."""
+    from .lm import LM, sample_clipped
 
     side, tok.padding_side = tok.padding_side, "left"
     texts, clipped = [], []
@@ -25,17 +29,10 @@ def greedy_outputs(model: Any, tok: Any, situations: list[str], max_new_tokens: 
     model.eval()
     try:
         for start in range(0, len(situations), batch_size):
-            batch = situations[start : start + batch_size]
-            chats = [tok.apply_chat_template([{"role": "user", "content": implicit(s)}], tokenize=False,
-                                             add_generation_prompt=True) for s in batch]  # fmt: skip
-            enc = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.inference_mode():
-                out = model.generate(**enc, do_sample=False, temperature=None, top_p=None, top_k=None,
-                                     max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)  # fmt: skip
-            new = out[:, enc["input_ids"].shape[1] :]
-            ended = (new == tok.eos_token_id).any(dim=1) | (new == tok.pad_token_id).any(dim=1)
-            texts += tok.batch_decode(new, skip_special_tokens=True)
-            clipped += [bool(new.shape[1] >= max_new_tokens and not e) for e in ended.tolist()]
+            batch = [implicit(s) for s in situations[start : start + batch_size]]
+            out, cut = sample_clipped(LM(model, tok), batch, max_new_tokens, temperature=0.0)
+            texts += out
+            clipped += cut
     finally:
         tok.padding_side = side
         model.train(was_training)
@@ -57,24 +54,54 @@ class Validator:
         self.encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
 
     def score(self, model: Any, tok: Any, step: int) -> dict[str, Any]:
-        from .evaluate import sbert_coverage
-        from .text import check_layout
-
         sits = self.val["prompt"].tolist()
         texts, clipped = greedy_outputs(model, tok, sits, self.max_new_tokens)
         prompts = [[{"role": "user", "content": implicit(s)}] for s in sits]
         totals = self.reward(prompts, texts, reference=self.val["answer"].tolist(), situation=sits)
         cores = [check_layout(t).core for t in texts]
-        _, summ = sbert_coverage(self.val, cores, self.encoder, self.threshold)
+        per, _, _ = sbert_matches(self.val, cores, self.encoder, self.threshold)
         parts = self.reward.last
         return {
             "step": step, "n": len(sits), "mean_reward": float(np.mean(totals)),
             "coverage_ladder": float(np.mean([p.coverage for p in parts])),
-            "sbert_relative_accuracy": summ["relative_accuracy"],
+            "sbert_relative_accuracy": float(per["ratio"].mean()) if len(per) else None,
             "valid_format_rate": float(np.mean([p.valid_format for p in parts])),
             "clipped_ratio": float(np.mean(clipped)),
             "mean_tokens": float(np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts])),
         }  # fmt: skip
+
+
+def sft_point(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] | None:
+    """Step ``sft_validation`` (run by notebook 03 after SFT): does the saved SFT policy finish the layout within
+    GRPO's completion budget? Greedy outputs on the validation situations -> ``results/sft_validation.json``. Its
+    own key (reward, evaluator, budget), so a reward- or eval-only change re-scores the policy without retraining."""
+    from .estimator import resolve_estimator
+    from .lm import load, resolve_policy
+    from .provenance import begin, mark, require_upstream
+    from .reward import build_reward
+    from .runs import resolve_device, timed, write_manifest
+
+    if not cfg.train.validation_every:
+        return None
+    out_json = paths.results / "sft_validation.json"
+    require_upstream(cfg, paths.root, "sft_validation")
+    if begin(cfg, paths.root, "sft_validation", force) == "finished" and out_json.exists():
+        return json.loads(out_json.read_text())
+    device = resolve_device(cfg)
+    timings: dict[str, float] = {}
+    with timed(timings, "validation"):
+        policy = load(resolve_policy("run:sft", cfg, paths.root), device)
+        estimator = resolve_estimator(cfg, paths) if cfg.reward.estimator != "run:estimator" else cfg.models.encoder
+        reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device)
+        budget = cfg.train.grpo.get("max_completion_length", 256)
+        point = Validator(cfg, paths, reward, budget).score(policy.model, policy.tokenizer, 0)
+    record = {**point, "max_new_tokens": budget,
+              "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}  # fmt: skip
+    atomic_write_text(out_json, json.dumps(record, indent=2))
+    step_dir = paths.step("sft_validation")
+    write_manifest(step_dir, "03_sft_validation", cfg, timings, results=paths.results)
+    mark(step_dir, cfg, "sft_validation", "finished")
+    return record
 
 
 def curve_callback(validator: Validator, every: int, out_csv: Path):

@@ -27,9 +27,9 @@ def test_trainer_keys_are_validated_against_installed_trl(tmp_path):
 
     with pytest.raises(ConfigError, match=r"train\.grpo\.max_prompt_length is not a field of trl\.GRPOConfig"):
         validate_trainer_keys("grpo", {"max_prompt_length": 512}, GRPOConfig)
-    cfg = load_profile("tiny", {"train.grpo.kl_coef": 0.1})
-    with pytest.raises(ConfigError, match="kl_coef"):
-        grpo_config(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="kl_coef"):  # now at load, before any step
+        load_profile("tiny", {"train.grpo.kl_coef": 0.1})
+    assert grpo_config(load_profile("tiny"), tmp_path).max_steps > 0
 
 
 @pytest.mark.parametrize("profile", ["tiny", "cpu", "paper"])
@@ -124,6 +124,54 @@ def test_compact_targets_keep_the_layout_and_every_name():
              {"name": "Duty to respect property", "explanation": "People have a duty not to keep what belongs to others"}]  # fmt: skip
     text = compact_target(persp, words=5)
     assert check_layout(text).valid
-    assert "In the perspective of Honesty, Returning the wallet intact reflects." in text
+    assert "In the perspective of Honesty, Returning the wallet intact reflects truthfulness." in text
     parts = format_parts(text)
     assert parts.score == 2.0 and not parts.missing_from_summary
+
+
+def test_compact_lines_are_whole_sentences():
+    from opgrpo_lib.train import short_sentence
+
+    long = "Stealing the wallet from Konrad violates the value of honesty, as taking property without permission is wrong."
+    assert short_sentence(long, 12) == "Stealing the wallet from Konrad violates the value of honesty"
+    dependent = (
+        "If the fly poses a health risk, killing it may be justified to protect the health of everyone at home."
+    )
+    assert short_sentence(dependent, 8).startswith("If the fly poses a health risk, killing it")
+    assert short_sentence("Short and complete. Another one.", 10) == "Short and complete"
+    assert short_sentence("People may need help (e.g., food or shelter) and others can give it to them.", 6) == (
+        "People may need help (e.g., food or shelter)"
+    )
+
+
+@pytest.mark.slow
+def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path, opv2_dir):
+    """Every perspective line of the cpu profile's SFT targets is a whole sentence of the explanation or a first
+    clause that ends on a content word (no "... can be a.", "... to manage your."), inside the token budget."""
+    from transformers import AutoTokenizer
+
+    from opgrpo_lib import data
+    from opgrpo_lib.models import resolve
+    from opgrpo_lib.runs import run_paths
+    from opgrpo_lib.train import _SENTENCE_END_RE, FUNCTION_WORDS, sft_targets, short_sentence
+
+    cfg = load_profile("cpu", {"data.local_dir": str(opv2_dir)})
+    paths = run_paths(cfg, tmp_path)
+    data.run(cfg, paths)
+    train, _ = data.load_prepared(paths.data)
+    lines = 0
+    for persp in train["perspectives"]:
+        for p in persp:
+            line, first = short_sentence(p["explanation"], cfg.train.compact_words), _SENTENCE_END_RE.split(
+                p["explanation"].strip())[0].rstrip(".!?;:, ")  # fmt: skip
+            words = line.split()
+            assert line == first or (len(words) >= 4 and words[-1].lower() not in FUNCTION_WORDS), line
+            assert line.count("(") == line.count(")"), line
+            lines += 1
+    assert lines > 5000
+    tok = AutoTokenizer.from_pretrained(resolve(cfg.models.policy))
+    targets = sft_targets(cfg, train, {}, tok)
+    kept = [t for t in targets if t is not None]
+    budget = cfg.train.grpo["max_completion_length"]
+    assert max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in kept) <= budget
+    assert len(kept) >= 0.99 * len(targets)  # only situations with very many perspectives cannot fit
