@@ -5,7 +5,10 @@ claims under the authors' evaluator and under independent ones, and the rank agr
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -15,6 +18,51 @@ import pandas as pd  # noqa: E402
 
 SPLIT_ORDER = ["5p", "6p", "7p", "8p", "9p", "10p", "gt10p", "5p+10p", "all common"]
 VARIANTS = ["ex", "im", "im-rewarddown", "im-rewarddown-unique"]
+
+NO_COUNTERPART = "#999999"  # an authors' system with no system of ours behind it
+
+
+def _styled(fn):
+    """:func:`figures.styled`, looked up at call time (``figures`` imports this module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> plt.Figure:
+        from .figures import styled
+
+        return styled(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _color(system: str) -> str:
+    """The fixed colour of our system whose logged counterpart this authors' system is, else grey."""
+    from .figures import LOGGED_AS, system_color
+
+    return system_color(LOGGED_AS[system]) if system in LOGGED_AS else NO_COUNTERPART
+
+
+def _colour_legend(fig: plt.Figure, systems: list[str], kind: str) -> None:
+    """A legend under the figure saying which colour is which system of ours (never over the data)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from .figures import LOGGED_AS
+
+    shown = [s for s in dict.fromkeys(systems) if s in LOGGED_AS]
+    entries = [(_color(s), f"{s} = our {LOGGED_AS[s]}") for s in shown]
+    if any(s not in LOGGED_AS for s in systems):
+        entries.append((NO_COUNTERPART, "no counterpart among our systems"))
+
+    def handle(color: str) -> Any:
+        return Patch(color=color) if kind == "patch" else Line2D([], [], color=color, marker="o", linewidth=2)
+
+    fig.legend([handle(col) for col, _ in entries], [t for _, t in entries], loc="outside lower center",
+               ncol=min(len(entries), 3), title="colour: the same system in our own figures")  # fmt: skip
+
+
+def _split_title(split: str) -> str:
+    m = re.fullmatch(r"(\d+)p", split)
+    return f"{split}: {m.group(1)} reference perspectives per situation" if m else split
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -45,6 +93,7 @@ def coverage_tables(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+@_styled
 def fig_steps(cells: pd.DataFrame) -> plt.Figure:
     """Relative accuracy vs RL step for Qwen2.5-1.5B and Llama-3.2-3B on 5p and 10p (base SBERT @ 0.75), 95 % CIs."""
     steps = cells[(cells["rl_step"].astype(str) != "") & (cells["evaluator"] == "paraphrase-mpnet-base-v2")
@@ -52,22 +101,26 @@ def fig_steps(cells: pd.DataFrame) -> plt.Figure:
     if steps.empty:
         raise LookupError("no step-ablation cells")
     steps["step"] = steps["rl_step"].astype(float).astype(int)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True, layout="constrained")
     for ax, split in zip(axes, ["5p", "10p"]):
-        for model, marker in (("Qwen2.5-1.5B", "o"), ("Llama-3.2-3B", "s")):
+        # not runs of ours (no system colour): two colours of the rest of the palette
+        for model, marker, color in (("Qwen2.5-1.5B", "o", "#56B4E9"), ("Llama-3.2-3B", "s", "#000000")):
             g = steps[(steps.split == split) & steps.system.str.contains(model, regex=False)].sort_values("step")
             if g.empty:
                 continue
             y = g["relative_accuracy"].astype(float)
             err = [y - g["relative_ci_low"].astype(float), g["relative_ci_high"].astype(float) - y]
-            ax.errorbar(g["step"], y, yerr=err, marker=marker, capsize=3, label=model)
-        ax.set_title(f"{split} (paraphrase-mpnet-base-v2 @ 0.75)")
+            ax.errorbar(g["step"], y, yerr=err, marker=marker, capsize=3, color=color, label=f"OP-GRPO {model}")
+        ax.set_title(_split_title(split))
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("relative accuracy (95 % CI)")
-    axes[0].legend()
-    fig.suptitle("Authors' RL-step ablation, regenerated from their per-row logs")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2)
+    fig.suptitle(
+        "Authors' RL-step ablation: relative accuracy vs RL step, regenerated from their per-row logs\n"
+        "evaluator paraphrase-mpnet-base-v2 (off-the-shelf SBERT) @ 0.75, 95 % bootstrap CI over situations"
+    )
     return fig
 
 
@@ -103,37 +156,136 @@ def output_length(cells: pd.DataFrame) -> pd.DataFrame:
     return c[["row", "split", *cols]].rename(columns={"row": "system"}).sort_values(["system", "split"])
 
 
+@_styled
 def fig_length(length: pd.DataFrame) -> plt.Figure:
+    """Mean words of the scored candidate sentences per system, one panel per split (5p, 10p), longest on top; a
+    system of ours' logged counterpart in that system's colour."""
     g = length[length.split.isin(["5p", "10p"])].pivot_table(index="system", columns="split",
                                                               values="candidate_words_mean")  # fmt: skip
-    g = g.sort_values(g.columns[0])
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(g) + 1.5))
-    g.plot.barh(ax=ax)
-    ax.set_xlabel("words in the scored candidate sentences (approximation of output length)")
-    ax.set_title("Output length per system (authors' logged candidates)")
-    fig.tight_layout()
+    splits = [s for s in ("5p", "10p") if s in g.columns]
+    g = g.assign(_mean=g[splits].mean(axis=1)).sort_values(["_mean"], ascending=False, kind="stable")
+    systems, y = list(g.index), list(range(len(g)))
+    colors = [_color(s) for s in systems]
+    fig, axes = plt.subplots(1, len(splits), figsize=(10.5, 0.27 * len(g) + 2.2), sharey=True, sharex=True,
+                             squeeze=False, layout="constrained")  # fmt: skip
+    top = float(g[splits].max().max())
+    for ax, split in zip(axes[0], splits):
+        v = g[split]
+        ax.barh(y, v.fillna(0).to_numpy(dtype=float), color=colors, height=0.7)
+        for yi, val in zip(y, v):
+            missing = pd.isna(val)
+            ax.annotate("not logged" if missing else f"{val:.0f}", (0 if missing else val, yi), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=9,
+                        color="#666666" if missing else "#222222", style="italic" if missing else "normal")  # fmt: skip
+        ax.set_xlim(0, top * 1.2)
+        ax.set_title(_split_title(split))
+        ax.set_xlabel("mean words per output")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, systems)
+    axes[0][0].set_ylim(len(g) - 0.5, -0.5)
+    _colour_legend(fig, systems, "patch")
+    fig.suptitle("Output length of the authors' logged systems: mean words in the scored candidate sentences\n"
+                 "(approximates output length: their splitter drops numbering and final punctuation, and text "
+                 "outside the scored block is not logged)")  # fmt: skip
     return fig
 
 
-def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
-    """Paired differences (a − b, relative accuracy) with 95 % CIs, pooled 5p + 10p where logged, else per split."""
+def _pick_claims(claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, a, b): the pooled 5p+10p where logged, else every common split pooled, else a split."""
     c = claims.copy()
     c["setting"] = [setting(e, t) if str(t) not in ("", "nan", "None") else str(e)
                     for e, t in zip(c.evaluator, c.threshold)]  # fmt: skip
-    pooled = c[c.split == "5p+10p"]
-    rest = c[~c.set_index(["setting", "a", "b"]).index.isin(pooled.set_index(["setting", "a", "b"]).index)]
-    rest = rest[rest.split != "all common"].drop_duplicates(["setting", "a", "b"])
-    c = pd.concat([pooled, rest]).reset_index(drop=True)
-    c["label"] = [f"{a} − {b} [{s}; {sp}]" for a, b, s, sp in zip(c.a, c.b, c.setting, c.split)]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(c) + 1.4))
-    y = range(len(c))
-    ax.errorbar(c["diff"], list(y), xerr=[c["diff"] - c["ci_low"], c["ci_high"] - c["diff"]], fmt="o", capsize=3)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_yticks(list(y), c["label"], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("paired difference in relative accuracy (95 % bootstrap CI over situations)")
-    ax.set_title(title)
-    fig.tight_layout()
+    key = ["setting", "a", "b"]
+    rank = c["split"].map({"5p+10p": 0, "all common": 1}).fillna(2)
+    picked = c.assign(_rank=rank).sort_values("_rank", kind="stable").drop_duplicates(key)
+    parts = {k: [s for s in g["split"] if s not in ("5p+10p", "all common")] for k, g in c.groupby(key, sort=False)}
+    picked["pool"] = [sp if sp != "all common" else "pooled " + ", ".join(parts[(st, a, b)]) if parts[(st, a, b)]
+                      else "all common" for st, a, b, sp in zip(picked.setting, picked.a, picked.b, picked.split)]  # fmt: skip
+    order = {k: i for i, k in enumerate(dict.fromkeys(zip(c.setting, c.a, c.b)))}
+    picked["_order"] = [order[k] for k in zip(picked.setting, picked.a, picked.b)]
+    return picked.sort_values("_order").drop(columns=["_rank", "_order"]).reset_index(drop=True)
+
+
+def _comparison(a: str, b: str, ref: str) -> str:
+    """'vs b' against the reference system; else 'shared words: a's rest − b's rest' (e.g. step 150 − step 0)."""
+    if a == ref:
+        return f"vs {b}"
+    wa, wb = a.split(), b.split()
+    n = 0
+    while n < min(len(wa), len(wb)) - 1 and wa[n] == wb[n]:
+        n += 1
+    if n and len(wa) - n == 1 and len(wb) - n == 1:
+        n -= 1  # keep a word with the differing one: "step 150 − step 0", not "150 − 0"
+    return f"{' '.join(wa[:n])}: {' '.join(wa[n:])} − {' '.join(wb[n:])}" if n else f"{a} − {b}"
+
+
+def _evaluator_note(setting_name: str) -> str:
+    ev = setting_name.split(" @ ")[0]
+    return "the authors' fine-tuned estimator = their reward model" if ev.startswith("op-sbert") else \
+        "off-the-shelf SBERT"  # fmt: skip
+
+
+@_styled
+def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
+    """Paired differences (a − b, relative accuracy) with 95 % CIs and their values, one panel per evaluator
+    setting; the pooled 5p+10p where logged, else all common splits pooled. Side by side when every setting has
+    the same comparisons, else stacked on a shared axis."""
+    c = _pick_claims(claims)
+    ref = str(c["a"].mode().iloc[0])
+    c["label"] = [_comparison(str(a), str(b), ref) for a, b in zip(c.a, c.b)]
+    main = {s: g["pool"].mode().iloc[0] for s, g in c.groupby("setting")}
+    c["label"] += [f"\n({p}; n = {int(n)})" if p != main[s] else "" for s, p, n in zip(c.setting, c.pool, c.n)]
+    settings = list(dict.fromkeys(c.setting))
+    labels = {s: list(c[c.setting == s]["label"]) for s in settings}
+    side = len(settings) > 1 and all(labels[s] == labels[settings[0]] for s in settings)
+    rows = [len(labels[s]) for s in settings]
+    if side:
+        fig, axes = plt.subplots(1, len(settings), figsize=(4 + 4.2 * len(settings), 1.9 + 0.5 * rows[0]),
+                                 sharey=True, sharex=True, squeeze=False, layout="constrained")  # fmt: skip
+        axes = list(axes[0])
+    else:
+        fig, axes = plt.subplots(len(settings), 1, figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
+                                 sharex=True, squeeze=False, layout="constrained",
+                                 gridspec_kw={"height_ratios": [r + 0.8 for r in rows]})  # fmt: skip
+        axes = list(axes[:, 0])
+    # x-range with room for the value labels (about 1.9 in at 9 pt): right of a positive difference's interval,
+    # left of a negative one's; a label of width f (a fraction of the axis) needs the range (hi - lo) / (1 - f)
+    width = (fig.get_figwidth() - 3.4) / (len(axes) if side else 1)
+    f = min(1.9 / max(width, 2.5), 0.6)
+    lo, hi = min(c["ci_low"].min(), 0.0), max(c["ci_high"].max(), 0.0)
+    span = (hi - lo or 0.1) / (1 - f)
+    pad_lo = f * span if (c["diff"] < 0).any() else 0.03 * span
+    pad_hi = f * span if (c["diff"] >= 0).any() else 0.03 * span
+    for i, (ax, st) in enumerate(zip(axes, settings)):
+        part = c[c.setting == st].reset_index(drop=True)
+        for y, r in part.iterrows():
+            color = _color(str(r["b"]))
+            ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]], fmt="o",
+                        color=color, markersize=7, capsize=4, linewidth=2)  # fmt: skip
+            outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
+            text = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+            ax.annotate(
+                text,
+                (r["ci_high"] if outward else r["ci_low"], y),
+                xytext=(6 if outward else -6, 0),
+                textcoords="offset points",
+                ha="left" if outward else "right",
+                va="center",
+                fontsize=9,
+            )
+        ax.axvline(0, color="black", linewidth=1)
+        ax.grid(axis="x", alpha=0.3)
+        ns = sorted(set(part.loc[part["pool"] == main[st], "n"].astype(int)))
+        ax.set_title(f"evaluator {st} ({_evaluator_note(st)})\n{main[st]}, n = {'/'.join(map(str, ns))} situations")
+        if not side or i == 0:
+            ax.set_yticks(range(len(part)), list(part["label"]))
+        ax.set_ylim(len(part) - 0.5, -0.5)
+        if side or i == len(settings) - 1:
+            ax.set_xlabel("paired difference in relative accuracy (a − b)\n← b better  |  a better →")
+    axes[0].set_xlim(lo - pad_lo, hi + pad_hi)
+    _colour_legend(fig, list(c["b"]), "marker")
+    fig.suptitle(f"{title}: paired differences a − b on the same situations (paired bootstrap, 95 % CI)\n"
+                 f"'vs b' means a = {ref}")  # fmt: skip
     return fig
 
 

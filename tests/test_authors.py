@@ -299,3 +299,90 @@ def test_rescore_benchmark_reports_identical_counts():
     res = _json.loads(out.stdout.strip().splitlines()[-1])
     assert res["identical"] is True and res["rows"] == 6
     assert res["distinct_sentences_encoded"] < res["sentences_per_log_loop"]
+
+
+def _claims_frame(evaluators: list[str], pairs: list[tuple[str, str]], pooled: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for ev in evaluators:
+        for a, b in pairs:
+            for split in ["5p", "10p", "5p+10p", "all common"] if pooled else ["6p", "7p", "all common"]:
+                d = float(rng.uniform(-0.2, 0.6))
+                rows.append({"evaluator": ev, "threshold": 0.7, "a": a, "b": b, "split": split, "n": 600, "diff": d,
+                             "ci_low": d - 0.1, "ci_high": d + 0.1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _assert_readable(fig) -> None:
+    """Every drawn text inside the canvas at the saved dpi and >= 9 pt; no legend over an axes."""
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+
+    fig.set_dpi(130)  # the dpi of figures.save_figure: layout and text extents as saved
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    hidden = set()  # tick labels outside the view limits exist but are not drawn
+    for ax in fig.axes:
+        for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = sorted(lim)
+            hidden |= {id(t.label1) for t in axis.get_major_ticks() if not lo - 1e-9 <= t.get_loc() <= hi + 1e-9}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
+    assert texts
+    box = fig.bbox
+    for t in texts:
+        e = t.get_window_extent(renderer)
+        assert t.get_fontsize() >= 9, t.get_text()
+        assert e.x0 >= box.x0 - 1 and e.x1 <= box.x1 + 1 and e.y0 >= box.y0 - 1 and e.y1 <= box.y1 + 1, t.get_text()
+    for leg in fig.findobj(Legend):
+        for ax in fig.axes:
+            assert not leg.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_authors_figures_fit_at_their_saved_size_in_the_systems_colours():
+    from opgrpo_lib import figures_authors as fa
+    from opgrpo_lib.figures import SYSTEM_COLORS
+
+    best = "OP-GRPO Qwen2.5-3B im-rewarddown"
+    pairs = [(best, "ModPlural raw"), (best, "Qwen3-8B explicit"), ("OP-GRPO Llama-3.2-3B step 150",
+             "OP-GRPO Llama-3.2-3B step 0")]  # fmt: skip
+    side = _claims_frame(["all-MiniLM-L6-v2", "all-mpnet-base-v2"], pairs)  # same comparisons: side by side
+    stacked = pd.concat([_claims_frame(["op-sbert-scale70"], pairs[:2]),
+                         _claims_frame(["op-sbert-scale70"], [(best, "Qwen2.5-1.5B-Instruct explicit")], pooled=False),
+                         _claims_frame(["paraphrase-mpnet-base-v2"], pairs[2:])])  # fmt: skip
+    for claims, panels in ((side, 2), (stacked, 2)):
+        fig = fa.fig_claims(claims, "Headline claims")
+        _assert_readable(fig)
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert len(axes) == panels and all("evaluator" in ax.get_title() for ax in axes)
+        ticks = [t.get_text() for ax in axes for t in ax.get_yticklabels() if t.get_text()]
+        assert "vs ModPlural raw" in ticks and "OP-GRPO Llama-3.2-3B: step 150 − step 0" in ticks
+        assert best in fig.get_suptitle() and not any(best in t for t in ticks)
+        colours = {matplotlib_colors(line.get_color()) for ax in axes for line in ax.get_lines()}
+        assert matplotlib_colors(SYSTEM_COLORS["modplural"]) in colours
+        labels = [t.get_text() for ax in axes for t in ax.texts]
+        assert any(t.startswith("+") or t.startswith("-") for t in labels)  # the values are written out
+        plt_close(fig)
+    assert "(pooled 6p, 7p; n = 600)" in " ".join(
+        t.get_text() for ax in fa.fig_claims(stacked, "x").axes for t in ax.get_yticklabels())  # fmt: skip
+    plt_close()
+    length = pd.DataFrame([{"system": s, "split": sp, "candidate_words_mean": w, "candidate_sentences_mean": 9.0}
+                           for s, w in ((best, 300.0), ("ModPlural raw", 800.0), ("A rather long system name of the "
+                                        "authors (summary) (run B)", 250.0)) for sp in ("5p", "10p")][:-1])  # fmt: skip
+    fig = fa.fig_length(length)
+    _assert_readable(fig)
+    bars = {b.get_width(): matplotlib_colors(b.get_facecolor()) for b in fig.axes[0].patches}
+    assert bars[300.0] == matplotlib_colors(SYSTEM_COLORS["op_grpo"])
+    assert "not logged" in [t.get_text() for ax in fig.axes for t in ax.texts]
+    plt_close(fig)
+
+
+def matplotlib_colors(c) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(c)
+
+
+def plt_close(fig=None) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig if fig is not None else "all")
