@@ -788,12 +788,6 @@ def run(cfg: RunConfig, paths: Any, progress: bool = True) -> dict[str, Any]:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     write_manifest(step_dir, "08_authors_evidence", cfg, timings, inputs=[], results=paths.results,
                    extra={"verified_logs": summary["verified"], "logs": summary["logs"]})  # fmt: skip
-    try:
-        from .figures_authors import build as build_figures
-
-        build_figures(paths.results, paths.figures / "authors")
-    except ImportError:  # pragma: no cover
-        pass
     mark(step_dir, cfg, "authors", "finished")
     return {**summary, "written": [str(p) for p in written]}
 
@@ -924,7 +918,7 @@ def compare(cfg: RunConfig, candidates: Path, column: str, evaluators: Sequence[
     """Score a user's outputs on the OP-V2 situations they cover beside every authors' system logged on those
     situations (re-scored under each evaluator with the same protocol), with paired bootstrap CIs against each."""
     from .data import load_test_splits
-    from .figures import save_figure
+    from .plots import save_figure
     from .runs import atomic_write_text
     from .text import eval_candidate_sentences, eval_reference_sentences
 

@@ -5,7 +5,6 @@ claims under the authors' evaluator and under independent ones, and the rank agr
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -16,28 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .plots import LOGGED_AS, save_figure, styled, system_color, write_table  # noqa: E402
+
 SPLIT_ORDER = ["5p", "6p", "7p", "8p", "9p", "10p", "gt10p", "5p+10p", "all common"]
 VARIANTS = ["ex", "im", "im-rewarddown", "im-rewarddown-unique"]
 
 NO_COUNTERPART = "#999999"  # an authors' system with no system of ours behind it
 
 
-def _styled(fn):
-    """:func:`figures.styled`, looked up at call time (``figures`` imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> plt.Figure:
-        from .figures import styled
-
-        return styled(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _color(system: str) -> str:
     """The fixed colour of our system whose logged counterpart this authors' system is, else grey."""
-    from .figures import LOGGED_AS, system_color
-
     return system_color(LOGGED_AS[system]) if system in LOGGED_AS else NO_COUNTERPART
 
 
@@ -45,8 +32,6 @@ def _colour_legend(fig: plt.Figure, systems: list[str], kind: str) -> None:
     """A legend under the figure saying which colour is which system of ours (never over the data)."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-
-    from .figures import LOGGED_AS
 
     shown = [s for s in dict.fromkeys(systems) if s in LOGGED_AS]
     entries = [(_color(s), f"{s} = our {LOGGED_AS[s]}") for s in shown]
@@ -93,7 +78,7 @@ def coverage_tables(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-@_styled
+@styled
 def fig_steps(cells: pd.DataFrame) -> plt.Figure:
     """Relative accuracy vs RL step for Qwen2.5-1.5B and Llama-3.2-3B on 5p and 10p (base SBERT @ 0.75), 95 % CIs."""
     steps = cells[(cells["rl_step"].astype(str) != "") & (cells["evaluator"] == "paraphrase-mpnet-base-v2")
@@ -156,7 +141,7 @@ def output_length(cells: pd.DataFrame) -> pd.DataFrame:
     return c[["row", "split", *cols]].rename(columns={"row": "system"}).sort_values(["system", "split"])
 
 
-@_styled
+@styled
 def fig_length(length: pd.DataFrame) -> plt.Figure:
     """Mean words of the scored candidate sentences per system, one panel per split (5p, 10p), longest on top; a
     system of ours' logged counterpart in that system's colour."""
@@ -225,7 +210,7 @@ def _evaluator_note(setting_name: str) -> str:
         "off-the-shelf SBERT"  # fmt: skip
 
 
-@_styled
+@styled
 def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
     """Paired differences (a − b, relative accuracy) with 95 % CIs and their values, one panel per evaluator
     setting; the pooled 5p+10p where logged, else all common splits pooled. Side by side when every setting has
@@ -291,8 +276,6 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
 
 def build(results: Path, out: Path) -> list[Path]:
     """Every authors'-evidence figure and table that ``results/authors`` supports ([] when it does not exist)."""
-    from .figures import save_figure, write_table
-
     src = Path(results) / "authors"
     cells = _read(src / "cells.csv")
     if cells is None or cells.empty:

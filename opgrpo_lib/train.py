@@ -214,8 +214,8 @@ def chunk_generation(model: Any, chunk: int) -> None:
             part["input_ids"] = ids[i : i + chunk]
             outs.append(inner(**part))
         width = max(o.size(1) for o in outs)
-        cfg = kw.get("generation_config") or model.generation_config
-        pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        gen = kw.get("generation_config") or model.generation_config
+        pad = gen.pad_token_id if gen.pad_token_id is not None else 0
         return torch.cat([torch.nn.functional.pad(o, (0, width - o.size(1)), value=pad) for o in outs])
 
     generate._opgrpo_chunk = chunk  # type: ignore[attr-defined]

@@ -331,7 +331,7 @@ notebook(
     "situation by prompt. From the per-row counts: every logged cell with a 95 % bootstrap CI, the paired headline "
     "claims, and the same candidate sentences re-scored under evaluators the authors did not use.\n\n"
     "**Outputs:** `runs/<profile>/results/authors/` (per-row scores, no authors' texts; published to "
-    "`results/<profile>/authors/`) and `runs/<profile>/figures/authors/`. Runtime (cpu): see the manifest.",
+    "`results/<profile>/authors/`) and `runs/<profile>/figures/authors_*` (also drawn by step 07 from the committed results). Runtime (cpu): see the manifest.",
     [
         ("code", "from opgrpo_lib import authors\n\nsummary = authors.run(cfg, paths)"),
         (
@@ -340,10 +340,11 @@ notebook(
             'pd.read_csv(paths.results / "authors" / "logs.csv").query("not verified")[["log", "reason"]]',
         ),
         ("code", 'pd.read_csv(paths.results / "authors" / "claims.csv").query("split == \'5p+10p\'")'),
+        ("code", "from opgrpo_lib import figures_authors\n\nfigures_authors.build(paths.results, paths.figures)"),
         (
             "code",
             "from IPython.display import Image, display\n\n"
-            'for png in sorted((paths.figures / "authors").glob("*.png")):\n    display(Image(filename=str(png)))',
+            'for png in sorted(paths.figures.glob("authors_*.png")):\n    display(Image(filename=str(png)))',
         ),
     ],
 )

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opgrpo_lib import figures
+from opgrpo_lib import figures, plots
 from opgrpo_lib.config import SPLITS
 
 
@@ -186,7 +186,7 @@ def test_headline_figure_draws_every_comparison_with_its_ci_in_the_systems_colou
         assert {figures.SYSTEM_COLORS[b].lower() for b in ("sft", "base_implicit", "modplural")} <= {
             matplotlib.colors.to_hex(c) for c in colours
         }
-    assert figures.STYLE["font.size"] >= 9 and fig.get_size_inches()[0] <= 12
+    assert plots.STYLE["font.size"] >= 9 and fig.get_size_inches()[0] <= 12
 
 
 def test_one_colour_per_system_in_every_figure(tmp_path):
