@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from . import figures_gpu  # noqa: E402
 from .config import REPO_ROOT, SPLITS  # noqa: E402
 from .reward import COMPONENTS  # noqa: E402
+from .runs import locked  # noqa: E402
 from .sweep import best_points  # noqa: E402
 
 PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
@@ -341,7 +342,9 @@ def headline_table(metrics: pd.DataFrame, ours: str = "op_grpo") -> pd.DataFrame
 
 
 def fig_judge(judge: dict[str, Any]) -> plt.Figure:
-    systems = judge.get("systems") or {}
+    if judge.get("status") == "failed":  # every request failed: a note, not an empty panel
+        raise MissingInputs(f"LLM {judge.get('reason', 'judge: 0 rows scored')}")
+    systems = {s: v for s, v in (judge.get("systems") or {}).items() if v.get("parsed", 1)}
     if not systems:
         raise MissingInputs("LLM judge did not run (set eval.judge.enabled and an API key; notebook 06)")
     aspects = ["helpfulness", "clarity", "factuality", "depth", "engagement"]
@@ -520,11 +523,18 @@ def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) 
     return statuses
 
 
+@locked("step 07 (figures)")
 def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
     """Step 07 entry point: ``<run>/figures`` from ``<run>/results`` (and the authors' logged numbers)."""
+    import shutil
+
     from .provenance import mark
 
     out_dir = Path(out_dir) if out_dir else paths.figures
-    statuses = build_all(paths.results, out_dir, logged_results())
+    staging = out_dir.with_name(f".{out_dir.name}.building")  # a failure leaves the old figures whole
+    shutil.rmtree(staging, ignore_errors=True)
+    statuses = build_all(paths.results, staging, logged_results())
+    shutil.rmtree(out_dir, ignore_errors=True)  # no figure of a feature switched off survives
+    staging.rename(out_dir)
     mark(paths.step("figures"), cfg, "figures", "finished")
     return {"out_dir": str(out_dir), "figures": [s.__dict__ for s in statuses]}

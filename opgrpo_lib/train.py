@@ -21,7 +21,7 @@ import pandas as pd
 from .config import ConfigError, RunConfig
 from .progress import trainer_callback
 from .prompts import implicit
-from .runs import RunPaths, atomic_write_parquet, atomic_write_text, resolve_device
+from .runs import RunPaths, atomic_write_parquet, atomic_write_text, locked, resolve_device
 
 SUMMARY_INSTRUCTION = (
     "Please summarize the following value-based comments into a natural paragraph that reflects multiple perspectives "
@@ -285,14 +285,22 @@ def _trainer_args(section: dict[str, Any], keep_all: bool) -> dict[str, Any]:
     return section if keep_all or "save_total_limit" in section else {**section, "save_total_limit": 2}
 
 
-def _start(cfg: RunConfig, paths: RunPaths, step: str, force: bool) -> tuple[str, Path]:
-    from .provenance import begin, require_upstream
+def _start(cfg: RunConfig, paths: RunPaths, step: str, force: bool):
+    """(how it starts, where): nothing in the run folder is touched yet (see ``provenance.prepare_start``)."""
+    from .provenance import prepare_start, require_upstream
 
     require_upstream(cfg, paths.root, step)
-    state = begin(cfg, paths.root, step, force)
-    if state == "finished":
+    start = prepare_start(cfg, paths.root, step, force)
+    if start.state == "finished":
         print(f"[{step}] finished earlier with these settings: nothing to do (force=True / --force retrains)")
-    return state, paths.step(step)
+    return start, paths.root / step
+
+
+def _commit(cfg: RunConfig, start) -> Path:
+    """Every check passed: move an old run aside / make the step folder (``provenance.commit_start``)."""
+    from .provenance import commit_start
+
+    return commit_start(cfg, start)
 
 
 def check_disk(model_path: str, out: Path, section: dict[str, Any], what: str) -> None:
@@ -328,6 +336,7 @@ def _finished_result(paths: RunPaths, out: Path, log_name: str) -> dict[str, Any
     return {"policy": out / "policy", "log": log, "skipped": True}
 
 
+@locked("step 03 (SFT)")
 def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     """Step 03: SFT of the base policy on implicit prompt → core perspectives + summary."""
     from .data import load_prepared
@@ -337,13 +346,17 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
     tc = cfg.train
     if tc.backend == "unsloth":
         ensure_unsloth()  # before anything else imports transformers
-    state, out = _start(cfg, paths, "sft", force)
-    if state == "finished":
+    start, out = _start(cfg, paths, "sft", force)
+    if start.state == "finished":
         return _finished_result(paths, out, "sft_train_log.csv")
     from trl import SFTConfig, SFTTrainer
 
+    # every check that can refuse runs before the step folder is touched
     validate_trainer_keys("sft", tc.sft, SFTConfig)
     train, _ = load_prepared(paths.data)
+    check_disk(resolve(cfg.models.policy), paths.root, tc.sft, "SFT")
+    model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy))
+    out, state = _commit(cfg, start), start.state
     timings: dict[str, float] = {}
     with timed(timings, "summaries"):
         summaries = build_summaries(cfg, train, out / "summaries.jsonl")
@@ -351,8 +364,6 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
         pd.DataFrame({"prompt": list(summaries), "summary": list(summaries.values())}), out / "summaries.parquet"
     )
     ds = sft_dataset(train, sft_targets(cfg, train, summaries))
-    check_disk(resolve(cfg.models.policy), out, tc.sft, "SFT")
-    model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy))
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **device_kwargs(cfg) if tc.backend == "hf" else {},
         **_trainer_args(tc.sft, keep_all=False),
@@ -392,6 +403,7 @@ def grpo_config(cfg: RunConfig, out: Path):
     return GRPOConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **kw, **grpo)
 
 
+@locked("step 04 (GRPO)")
 def run_grpo(
     cfg: RunConfig, paths: RunPaths, force: bool = False, callbacks: list | None = None
 ) -> dict[str, Any]:  # fmt: skip
@@ -406,11 +418,12 @@ def run_grpo(
     tc = cfg.train
     if tc.backend == "unsloth":
         ensure_unsloth()  # before anything else imports transformers
-    state, out = _start(cfg, paths, "grpo", force)
-    if state == "finished":
+    start, out = _start(cfg, paths, "grpo", force)
+    if start.state == "finished":
         return _finished_result(paths, out, "train_log.csv")
     from trl import GRPOTrainer
 
+    # every check that can refuse runs before the step folder is touched
     args = grpo_config(cfg, out)
     train, _ = load_prepared(paths.data)
     ds = grpo_dataset(train, cfg.data.grpo_rows if cfg.data.train_source == "final_train" else None)
@@ -418,7 +431,7 @@ def run_grpo(
     with timed(timings, "load"):
         init = resolve_policy(tc.init, cfg, paths.root)
         keep_all = {"save_total_limit": tc.grpo.get("max_steps", 0) // max(1, tc.grpo.get("save_steps", 1))}
-        check_disk(init, out, tc.grpo if not cfg.eval.checkpoint_rows_per_split else keep_all, "GRPO")
+        check_disk(init, paths.root, tc.grpo if not cfg.eval.checkpoint_rows_per_split else keep_all, "GRPO")
         model, tok, peft_config = load_model(cfg, init)
         longest = check_prompt_lengths(ds, tok, tc.max_prompt_length)
         device = "cuda" if not args.use_cpu else "cpu"
@@ -428,6 +441,8 @@ def run_grpo(
         from .validation import Validator, curve_callback
 
         validator = Validator(cfg, paths, reward, args.max_completion_length)
+    out, state = _commit(cfg, start), start.state
+    if tc.validation_every:  # the curve moved aside with an old run: only this run's points are reloaded
         extra.append(curve_callback(validator, tc.validation_every, paths.results / "validation_curve.csv"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=extra)  # fmt: skip
