@@ -528,8 +528,9 @@ def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
     """Step 07 entry point: ``<run>/figures`` from ``<run>/results`` (and the authors' logged numbers)."""
     import shutil
 
-    from .provenance import mark
+    from .provenance import mark, require_upstream
 
+    require_upstream(cfg, paths.root, "figures")  # never plot results whose step is stale or unfinished
     out_dir = Path(out_dir) if out_dir else paths.figures
     staging = out_dir.with_name(f".{out_dir.name}.building")  # a failure leaves the old figures whole
     shutil.rmtree(staging, ignore_errors=True)
