@@ -337,7 +337,12 @@ def run_lock(root: Path, what: str = "opgrpo", log=print):
     if stale.get("pid") and stale["pid"] != os.getpid() and not _pid_alive(int(stale["pid"])):
         log(f"[lock] {root}: took over the lock of PID {stale['pid']} ({stale.get('what', '?')}), no longer running")
     os.ftruncate(fd, 0)
-    info = {"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:120]
+    info = {
+        "pid": os.getpid(),
+        "what": f"{what}: {cmd}" if cmd else what,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     os.write(fd, json.dumps(info).encode())
     _HELD[key] = 1
     try:

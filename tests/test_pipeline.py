@@ -325,8 +325,7 @@ def test_sigterm_stops_reproduce_and_its_kernel_mid_training(chain, tmp_path):
     work = _copy_run(run, tmp_path / "X", ("data", "estimator", "sft"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "opgrpo_lib.cli", "reproduce", "--profile", "tiny", "--run-dir", str(work), "--only",
-         "04", "--set", "train.grpo.max_steps=500", "--set", "train.grpo.save_steps=1", "--set",
-         "train.validation_every=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "04", "--set", "train.grpo.max_steps=500", "--set", "train.grpo.save_steps=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     ckpts = work / "grpo" / "checkpoints"
     while proc.poll() is None and not last_complete_checkpoint(ckpts, log=lambda _: None):
