@@ -106,3 +106,12 @@ def test_resolve_refuses_a_changed_built_model(tmp_path, monkeypatch):
     (dest / "model.safetensors").write_bytes(b"WEIGHTS")
     with pytest.raises(models.ModelUnavailable, match="changed since it was built"):
         models.resolve("org/fake")
+
+
+def test_a_changed_tiny_model_is_rebuilt(tmp_path, capsys):
+    folder = materialize("tiny:encoder", root=tmp_path)
+    weights = next(folder.rglob("*.safetensors"))
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + b"\1\2\3\4")
+    assert materialize("tiny:encoder", root=tmp_path) == folder
+    assert "changed since it was built" in capsys.readouterr().out and weights.read_bytes() == original
