@@ -236,7 +236,7 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
     assert not (work / "grpo.previous").exists()
 
     summary = _cli("train", "--profile", "tiny", "--run-dir", str(work))  # a real summary, not {}
-    shown = json.loads(summary.stdout)
+    shown = json.loads(summary.stdout[summary.stdout.index("\n{") + 1 :])  # after the "[grpo] finished" line
     assert summary.returncode == 0 and shown["skipped"] is True and shown["policy"].endswith("grpo/policy")
     assert shown["log"]["rows"] > 0 and "loss" in shown["log"]["last"]
 
