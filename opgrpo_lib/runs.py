@@ -299,6 +299,9 @@ def run_lock(root: Path, what: str = "opgrpo", log=print):
 
     root = Path(root).resolve()
     key = str(root)
+    if int(os.environ.get("RANK", "0")) != 0:  # a distributed job (torchrun): rank 0 holds the lock for all ranks
+        yield
+        return
     if key in _HELD:
         _HELD[key] += 1
         try:
