@@ -245,7 +245,7 @@ def cmd_explain(args) -> int:
     situation = explain.load_situation(cfg, args.situation, reference)
     files = [args.response_file] + ([args.response_file2] if args.response_file2 else [])
     flags = ["--response-file", "--response-file2"]
-    texts = [sys.stdin.read() if f == "-" else _read_text(f, flag) for f, flag in zip(files, flags)]
+    texts = [sys.stdin.read() if f == "-" else _read_text(f, flag, allow_empty=True) for f, flag in zip(files, flags)]
     exps = explain.explain_many(
         situation, texts, labels=files, encoder=args.encoder or cfg.models.encoder, cfg=cfg,
         prompt_style=args.prompt_style, device=args.device or "cpu",
@@ -260,15 +260,16 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def _read_text(path: str, what: str) -> str:
-    """A UTF-8 text file; unreadable, undecodable or empty files are one-line errors naming the file."""
+def _read_text(path: str, what: str, allow_empty: bool = False) -> str:
+    """A UTF-8 text file; unreadable, undecodable (or, unless allowed, empty) files are one-line errors naming it.
+    An empty response is scored (its documented score), an empty reference is an error."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{what} {path}: not UTF-8 text (undecodable byte at offset {exc.start})") from None
     except OSError as exc:
         raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise ValueError(f"{what} {path}: the file is empty")
     return text
 
