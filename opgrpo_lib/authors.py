@@ -27,6 +27,7 @@ import pandas as pd
 
 from .config import REPO_ROOT, RunConfig
 from .data import DataIntegrityError, RemoteFile, cache_dir, download, verify_bytes
+from .runs import locked
 from .stats import bootstrap_ci, paired_bootstrap
 
 ENV_AUTHORS_LOGS = "OPGRPO_AUTHORS_LOGS"
@@ -731,6 +732,7 @@ def token_counts(ev: Evidence, tokenizer_name: str | None) -> pd.Series | None:
 
 
 # ---------------------------------------------------------------- step 08
+@locked("step 08 (authors)")
 def run(cfg: RunConfig, paths: Any, progress: bool = True) -> dict[str, Any]:
     """Step 08: write ``<run>/results/authors/`` (per-row scores, cells, claims, re-scores; no authors' texts)."""
     from .data import load_test_splits

@@ -17,9 +17,15 @@ def _overrides(pairs: Sequence[str]) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set seed=1)")
         key, value = pair.split("=", 1)
-        out[key] = _number_or(yaml.safe_load(value))
+        if not key.strip():
+            raise ValueError(f"--set {pair!r}: the key before '=' is empty")
+        try:
+            out[key.strip()] = _number_or(yaml.safe_load(value))
+        except yaml.YAMLError as exc:
+            why = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"--set {key}: value {value!r} is not valid YAML ({why}); quote it or fix it") from None
     return out
 
 
@@ -95,11 +101,23 @@ def cmd_stage(args) -> int:
     result = getattr(importlib.import_module(module), func)(cfg, run_paths(cfg, args.run_dir), **kwargs)
     summary = result.card if hasattr(result, "card") else result
     if isinstance(summary, dict):
-        printable = {
-            k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool, dict, list, type(None)))
-        }
-        print(json.dumps(printable, indent=2, default=str)[:4000])
+        print(json.dumps(_printable(summary), indent=2, default=str)[:4000])
     return 0
+
+
+def _printable(summary: dict) -> dict:
+    """A step's result as JSON: paths as text, tables as their size and last row (a training log's final step)."""
+    out = {}
+    for k, v in summary.items():
+        if isinstance(v, (str, int, float, bool, dict, list, type(None))):
+            out[k] = v
+        elif isinstance(v, Path):
+            out[k] = str(v)
+        elif hasattr(v, "to_dict") and hasattr(v, "columns"):  # a DataFrame
+            last = v.iloc[-1].to_dict() if len(v) else {}
+            out[k] = {"rows": len(v), "last": {c: (round(x, 5) if isinstance(x, float) else x) for c, x in last.items()
+                                               if x == x}}  # fmt: skip
+    return out
 
 
 def cmd_models_path(args) -> int:
@@ -118,7 +136,7 @@ def cmd_models_build(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .pipeline import StepFailed, default_profile, reproduce
+    from .pipeline import StepFailed, Stopped, default_profile, reproduce
 
     profile = args.profile
     if profile in (None, "", "auto"):
@@ -129,6 +147,9 @@ def cmd_reproduce(args) -> int:
     except StepFailed as exc:
         print(f"opgrpo reproduce: {exc}", file=sys.stderr)
         return 1
+    except Stopped as exc:
+        print(f"opgrpo reproduce: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     return 0
 
 
@@ -137,8 +158,12 @@ def _read_csv(path: str, what: str, need: Sequence[str]):
 
     try:
         df = pd.read_csv(path, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{what} {path}: cannot read CSV ({exc})") from exc
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{what} {path}: the file is empty (a CSV with a header row is expected)") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path}: not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    except (OSError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{what} {path}: cannot read CSV ({str(exc).strip().splitlines()[-1][:200]})") from None
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{what} {path}: missing column(s) {missing}; columns are {list(df.columns)}")
@@ -206,10 +231,11 @@ def cmd_explain(args) -> int:
 
     _writable(args.figure, "--figure")
     cfg = load_profile(args.profile, {"reward.weights": args.weights} if args.weights else {})
-    reference = Path(args.reference_file).read_text(encoding="utf-8") if args.reference_file else None
+    reference = _read_text(args.reference_file, "--reference-file") if args.reference_file else None
     situation = explain.load_situation(cfg, args.situation, reference)
     files = [args.response_file] + ([args.response_file2] if args.response_file2 else [])
-    texts = [sys.stdin.read() if f == "-" else Path(f).read_text(encoding="utf-8") for f in files]
+    flags = ["--response-file", "--response-file2"]
+    texts = [sys.stdin.read() if f == "-" else _read_text(f, flag, allow_empty=True) for f, flag in zip(files, flags)]
     exps = explain.explain_many(
         situation, texts, labels=files, encoder=args.encoder or cfg.models.encoder, cfg=cfg,
         prompt_style=args.prompt_style, device=args.device or "cpu",
@@ -222,6 +248,20 @@ def cmd_explain(args) -> int:
     else:
         print("\n\n".join(e.to_text() for e in exps))
     return 0
+
+
+def _read_text(path: str, what: str, allow_empty: bool = False) -> str:
+    """A UTF-8 text file; unreadable, undecodable (or, unless allowed, empty) files are one-line errors naming it.
+    An empty response is scored (its documented score), an empty reference is an error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path}: not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    if not text.strip() and not allow_empty:
+        raise ValueError(f"{what} {path}: the file is empty")
+    return text
 
 
 def _eval_inputs(args):

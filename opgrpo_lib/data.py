@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .config import REPO_ROOT, SPLITS, RunConfig
-from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
+from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text, locked
 from .text import MalformedReference, parse_perspectives
 
 ENV_DATA_DIR = "OPGRPO_DATA_DIR"
@@ -421,6 +421,7 @@ def load_validation(data_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
+@locked("step 01 (data)")
 def run(cfg: RunConfig, paths) -> PreparedData:
     """Step 01 entry point: prepare, write parquet + card under the run dir, the card under results/, a manifest."""
     from .provenance import mark

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .runs import RunPaths, atomic_write_text
+from .runs import RunPaths, atomic_write_text, locked
 from .text import REFERENCE_LINE_RE, keywords, mask_sentence, perspective_name, split_segments
 
 JUDGE_PROMPT = (
@@ -660,18 +660,19 @@ def _deviation(ec, rep_fit) -> str | None:
     return "; ".join(parts)  # fmt: skip
 
 
+@locked("step 02 (estimator)")
 def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     """Mine triplets from the training situations (a seeded held-out share kept apart), fine-tune, evaluate base
     vs fine-tuned; write ``<run>/estimator/`` and small results under ``<run>/results/estimator/``. A rerun with
     the same settings is a no-op once finished (``force`` redoes it)."""
     from .data import load_prepared
-    from .provenance import begin, mark, require_upstream
+    from .provenance import commit_start, mark, prepare_start, require_upstream
     from .reward import SentenceEncoder
     from .runs import atomic_write_parquet, resolve_device, timed, write_manifest
 
     require_upstream(cfg, paths.root, "estimator")
-    state = begin(cfg, paths.root, "estimator", force)
-    if state == "finished":
+    start = prepare_start(cfg, paths.root, "estimator", force)
+    if start.state == "finished":
         print("[estimator] finished earlier with these settings: nothing to do (force=True / --force redoes it)")
         return _previous_result(paths)
     ec = cfg.estimator
@@ -685,12 +686,13 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     if ec.candidates == "released_outputs":  # training situations' output lines only (evaluation ones dropped)
         outputs, released_counts = training_outputs(load_released_outputs(cfg), train, evaluation)
         inputs += [released_path(name, cfg) for name in RELEASED_FILES.values()]
-    out_dir = paths.step("estimator")
+    base = SentenceEncoder(cfg.models.encoder, device=device, batch_size=cfg.reward.batch_size)
+    judge = NameJudge() if ec.judge == "names" else LLMJudge(ec.judge_model, device, ec.judge_batch_size)
+    out_dir = commit_start(cfg, start)  # every check passed: only now is an old run moved aside
+    state = start.state
     res_dir = paths.results / "estimator"
     res_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    base = SentenceEncoder(cfg.models.encoder, device=device, batch_size=cfg.reward.batch_size)
-    judge = NameJudge() if ec.judge == "names" else LLMJudge(ec.judge_model, device, ec.judge_batch_size)
     with timed(timings, "mine"):
         mine = dict(cross_situation=ec.cross_situation, outputs=outputs, output_threshold=ec.output_threshold)
         trip_fit, rep_fit = mine_triplets(fit, base, judge, ec.mining_threshold, **mine)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .coverage import sbert_matches
 from .reward import Encoder
+from .runs import locked
 from .stats import bootstrap_ci, describe
 from .text import MalformedReference, parse_perspectives
 
@@ -292,6 +293,7 @@ def score_outputs(
     return pd.DataFrame(metrics), sbert_per, nli_per
 
 
+@locked("step 06 (evaluate)")
 def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
     """Step 06 entry point: SBERT coverage (core and summary text), NLI Overton accuracy (or a plain statement that
     it was skipped), token efficiency, paired comparisons and the optional LLM judge, for every generated system.
@@ -319,6 +321,11 @@ def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
     atomic_write_parquet(sbert_per, results / "sbert_per_sample.parquet")
     if len(nli_per):
         atomic_write_parquet(nli_per, results / "nli_per_sample.parquet")
+    made = {"checkpoint_coverage.csv": bool(cfg.eval.checkpoint_rows_per_split), "nli_per_sample.parquet": len(nli_per) > 0,
+            "judge_per_sample.parquet": judge_summary.get("scored", 0) > 0}  # fmt: skip
+    for name, written in made.items():  # a feature switched off (or with nothing to score) leaves no old file
+        if not written:
+            (results / name).unlink(missing_ok=True)
     atomic_write_text(results / "metrics.csv", metrics.to_csv(index=False))
     atomic_write_text(results / "comparisons.csv", comparisons.to_csv(index=False))
     estimator = (
@@ -385,13 +392,24 @@ def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress
     from .config import SystemCfg
     from .generate import eval_items, generate_rows, job_key, lazy, policy_fn
     from .provenance import step_key, value_key
-    from .runs import resolve_device
+    from .runs import checkpoint_problem, resolve_device
 
     device = resolve_device(cfg)
     gen = dataclasses.replace(cfg.generate, rows_per_split=cfg.eval.checkpoint_rows_per_split, retries=0)
     ckcfg = dataclasses.replace(cfg, generate=gen)
     items = eval_items(ev, gen)
     ckpts = sorted((paths.root / "grpo" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for p in ckpts:  # a damaged checkpoint is named up front, not a loader traceback halfway through
+        problem = checkpoint_problem(p)
+        if problem is None:
+            conf = p / "config.json" if (p / "config.json").exists() else p / "adapter_config.json"  # full / LoRA
+            try:
+                json.loads(conf.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                problem = f"{conf.name} unreadable ({type(exc).__name__})"
+        if problem:
+            raise ValueError(f"GRPO checkpoint {p}: {problem}; retrain step 04 (opgrpo train --force) or set "
+                             "eval.checkpoint_rows_per_split=0")  # fmt: skip
     steps = [(0, cfg.train.init)] + [(int(p.name.split("-")[1]), str(p)) for p in ckpts]
     out_dir = paths.step("evaluate") / "checkpoints"
     rows = []
@@ -423,8 +441,18 @@ def run_judge(cfg, paths, outputs: pd.DataFrame, ev: pd.DataFrame) -> dict[str, 
         res = judge.judge(order, [texts.get(p) for p in order])
         per_system[system] = res.summary()
         rows += [{**r, "system": system} for r in res.scores]
+    scored = sum(s["parsed"] for s in per_system.values())
+    out = {"status": "ran", "model": js.model, "split": js.split, "rows": len(rows), "scored": scored,
+           "systems": per_system}  # fmt: skip
+    if rows and not scored:  # every request failed or came back malformed: a failure, not a result of 0 scores
+        failed = sum(s["failed"] for s in per_system.values())
+        malformed = sum(s["malformed"] for s in per_system.values())
+        out.update(status="failed", systems={}, reason=f"judge: 0 of {len(rows)} scored ({failed} requests failed, "
+                   f"{malformed} malformed; endpoint {js.base_url}, model {js.model})")  # fmt: skip
+        print(f"[evaluate] LLM {out['reason']}", flush=True)
+        return out
     if rows:
         from .runs import atomic_write_parquet
 
         atomic_write_parquet(pd.DataFrame(rows), paths.results / "eval" / "judge_per_sample.parquet")
-    return {"status": "ran", "model": js.model, "split": js.split, "systems": per_system}
+    return out

@@ -32,6 +32,7 @@ from .plots import (  # noqa: E402
     write_table,
 )
 from .reward import COMPONENTS  # noqa: E402
+from .runs import locked  # noqa: E402
 from .sweep import best_points  # noqa: E402
 
 PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
@@ -398,7 +399,9 @@ def headline_table(metrics: pd.DataFrame, ours: str = "op_grpo") -> pd.DataFrame
 
 @styled
 def fig_judge(judge: dict[str, Any]) -> plt.Figure:
-    systems = judge.get("systems") or {}
+    if judge.get("status") == "failed":  # every request failed: a note, not an empty panel
+        raise MissingInputs(f"LLM {judge.get('reason', 'judge: 0 rows scored')}")
+    systems = {s: v for s, v in (judge.get("systems") or {}).items() if v.get("parsed", 1)}
     if not systems:
         raise MissingInputs("LLM judge did not run (set eval.judge.enabled and an API key; notebook 06)")
     aspects = ["helpfulness", "clarity", "factuality", "depth", "engagement"]
@@ -685,15 +688,27 @@ def gallery(out_dir: str | Path) -> list[tuple[str, Path]]:
     return shown
 
 
+@locked("step 07 (figures)")
 def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
     """Step 07 entry point: ``<run>/figures`` from the run's results when it has them, else from the committed
-    ``results/<profile>`` (see :func:`results_source`), plus the authors' logged numbers."""
-    from .provenance import mark
+    ``results/<profile>`` (see :func:`results_source`), plus the authors' logged numbers. Only figures of the run's
+    own (current) results mark the step finished."""
+    import shutil
+
+    from .provenance import mark, require_upstream
 
     out_dir = Path(out_dir) if out_dir else paths.figures
     source, note = results_source(cfg, paths)
+    own = source == Path(paths.results)
+    if own:
+        require_upstream(cfg, paths.root, "figures")  # never plot results whose step is stale or unfinished
     print(f"figures from {note} -> {out_dir}")
-    statuses = build_all(source, out_dir, logged_results())
-    mark(paths.step("figures"), cfg, "figures", "finished")
+    staging = out_dir.with_name(f".{out_dir.name}.building")  # a failure leaves the old figures whole
+    shutil.rmtree(staging, ignore_errors=True)
+    statuses = build_all(source, staging, logged_results())
+    shutil.rmtree(out_dir, ignore_errors=True)  # no figure of a feature switched off survives
+    staging.rename(out_dir)
+    if own:
+        mark(paths.step("figures"), cfg, "figures", "finished")
     return {"out_dir": str(out_dir), "source": str(source), "source_note": note,
             "figures": [s.__dict__ for s in statuses]}  # fmt: skip

@@ -15,7 +15,7 @@ from . import lm
 from .config import GenerateCfg, RunConfig, SystemCfg
 from .progress import emit as progress_emit
 from .prompts import MODPLURAL_INTEGRATOR, render
-from .runs import RunPaths, atomic_write_parquet, atomic_write_text
+from .runs import RunPaths, atomic_write_parquet, atomic_write_text, locked
 from .text import check_layout
 
 RECORD_COLUMNS = [
@@ -182,6 +182,7 @@ def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
     return items
 
 
+@locked("step 05 (generate)")
 def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     """Step 05 entry point: outputs of every configured system (and prompt style) for every split under
     ``<run>/generate/<system>.jsonl`` plus one ``outputs.parquet``; rows made under another fingerprint (other
@@ -216,6 +217,10 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     atomic_write_parquet(outputs, out_dir / "outputs.parquet")
     for name, part in outputs.groupby("system", sort=False):  # the texts behind every reported number
         atomic_write_text(paths.results / "generations" / f"{name}.jsonl", part.to_json(orient="records", lines=True))
+    current = {f"{name}.jsonl" for name in outputs["system"].unique()}
+    for old in (paths.results / "generations").glob("*.jsonl"):  # a system removed from the profile
+        if old.name not in current:
+            old.unlink()
     write_manifest(out_dir, "05_generate", cfg, timings, inputs=[paths.data / "eval.parquet"],
                    extra={"retries": cfg.generate.retries, "device_used": device, "rows": rows},
                    results=paths.results)  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from .config import RunConfig, load_profile
 from .paths import NOTEBOOK_DIR, committed_results
 from .progress import ENV as PROGRESS_ENV
 from .provenance import STEPS, is_current, step_key, steps_of
-from .runs import atomic_write_text, run_paths
+from .runs import atomic_write_text, lock_env, run_lock, run_paths
 
 # Lines the kernel or jupyter_client print on every healthy run (see the module docstring).
 NOISE = (
@@ -94,6 +95,54 @@ def notebooks(names: list[str] | None = None) -> list[Path]:
 
 class StepFailed(RuntimeError):
     pass
+
+
+class Stopped(RuntimeError):
+    """``opgrpo reproduce`` got SIGTERM / SIGINT; the running notebook and its kernel were stopped."""
+
+    def __init__(self, signum: int, notebook: str | None = None):
+        self.signum, self.notebook = signum, notebook
+        name = signal.Signals(signum).name
+        where = f" while {notebook} ran: it and its kernel were stopped" if notebook else ""
+        super().__init__(
+            f"stopped by {name}{where}; its step is left as it was (a training step resumes from its last complete "
+            "checkpoint): rerun the same command to continue"
+        )
+
+
+_STOPPING: list[int] = []
+
+
+def _raise_stop(signum, frame):
+    if not _STOPPING:  # a second signal while stopping must not interrupt the stop itself
+        _STOPPING.append(signum)
+        raise Stopped(signum)
+
+
+def stop_tree(proc: subprocess.Popen, grace_s: float = 10.0) -> list[int]:
+    """Stop ``proc`` and every process under it, the kernel included (jupyter starts it in a session of its own, so
+    it gets no terminal signal): SIGTERM, then SIGKILL after ``grace_s``. Returns the PIDs stopped."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        procs = root.children(recursive=True) + [root]  # collected first: orphans are reparented and lost from view
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:  # the kernel before papermill, so papermill cannot restart or wait on it
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    proc.wait()
+    return [p.pid for p in procs]
 
 
 def _step_of(nb: Path) -> str:
@@ -204,16 +253,21 @@ def _failure(out_nb: Path) -> str:
     return "unknown cell (see the executed notebook)"
 
 
-def execute(nb: Path, out_nb: Path, params: dict, progress_file: Path) -> None:
-    """Run one notebook with papermill in a child process; stream its warnings, drop known noise."""
-    env = {**os.environ, PROGRESS_ENV: str(progress_file), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+def execute(nb: Path, out_nb: Path, params: dict, progress_file: Path, env_extra: dict | None = None) -> None:
+    """Run one notebook with papermill in a child process; stream its warnings, drop known noise. On SIGTERM /
+    SIGINT (:class:`Stopped`) the child and its kernel are stopped before the exception goes on."""
+    env = {**os.environ, PROGRESS_ENV: str(progress_file), "PYTHONWARNINGS": "ignore::DeprecationWarning",
+           **(env_extra or {})}  # fmt: skip
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-y", json.dumps(params), "-k", "python3",
            "--cwd", str(NOTEBOOK_DIR), "--no-progress-bar", "--no-log-output", "--log-level", "WARNING",
            "--request-save-on-cell-execute"]  # fmt: skip
     watcher = _Watcher(nb.stem, progress_file)
     watcher.start()
+    proc = None
     try:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )  # a terminal's Ctrl-C reaches us only: we stop the tree
         tail = []
         failing = False  # papermill's traceback of a failed cell: summarised by StepFailed instead
         for line in proc.stdout:
@@ -223,6 +277,12 @@ def execute(nb: Path, out_nb: Path, params: dict, progress_file: Path) -> None:
                 if not failing:
                     print(f"  [{nb.stem}] {line.rstrip()}", flush=True)  # a real warning from papermill/the kernel
         rc = proc.wait()
+    except BaseException as exc:
+        if proc is not None and proc.poll() is None:
+            stop_tree(proc)
+        if isinstance(exc, Stopped):
+            raise Stopped(exc.signum, nb.name) from None
+        raise
     finally:
         watcher.stop.set()
         watcher.join()
@@ -286,6 +346,20 @@ def reproduce(
     cell; earlier outputs stay. Returns one record per notebook (ran / skipped, wall time)."""
     cfg = load_profile(profile, overrides)
     paths = run_paths(cfg, run_dir)
+    handlers = {}
+    _STOPPING.clear()
+    # SIGTERM / SIGINT stop the notebook's process tree, then this process (Stopped)
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with run_lock(paths.root, f"opgrpo reproduce --profile {profile}"):
+            return _reproduce(cfg, profile, paths, only, force, overrides, quiet)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def _reproduce(cfg: RunConfig, profile: str, paths, only, force: bool, overrides, quiet: bool) -> list[dict]:
     executed = paths.root / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     progress_file = paths.root / "progress.jsonl"
@@ -301,7 +375,7 @@ def reproduce(
         record.unlink(missing_ok=True)
         t0 = time.perf_counter()
         params = {"profile": profile, "run_dir": str(paths.root), "overrides": overrides or {}}
-        execute(nb, out_nb, params, progress_file)
+        execute(nb, out_nb, params, progress_file, lock_env(paths.root))
         wall = time.perf_counter() - t0
         atomic_write_text(record, json.dumps({"key": key, "wall_s": round(wall, 1)}))
         print(f"[done] {nb.name} in {_fmt(wall)}", flush=True)

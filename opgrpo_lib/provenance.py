@@ -21,12 +21,14 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from .checkpoints import checkpoint_problem
 from .config import TRAINER_THROUGHPUT, RunConfig
 from .paths import atomic_write_text
 
@@ -360,30 +362,153 @@ def require_upstream(cfg: RunConfig, root: Path, step: str) -> dict[str, str]:
     return keys
 
 
-def begin(
-    cfg: RunConfig, root: Path, step: str, force: bool = False, log: Callable[[str], None] = print
-) -> Literal["finished", "resume", "fresh"]:
-    """Decide how a (long) step starts: ``finished`` (same key, done: rerun is a no-op), ``resume`` (same key,
-    interrupted) or ``fresh``. A folder made with other settings (or ``force``) is moved aside to
-    ``<step>.previous`` (one kept) and the reason is printed, so old checkpoints never continue under new settings."""
+# Files a step writes under ``<run>/results`` that belong to one run of it: they move aside (and come back) with the
+# step folder, so a new run never inherits the old run's curve, log or metrics.
+RESULTS: dict[str, tuple[str, ...]] = {
+    "estimator": ("estimator", "manifests/02_estimator.json"),
+    "sft": ("sft_train_log.csv", "sft_validation.json", "manifests/03_sft.json"),
+    "grpo": ("train_log.csv", "validation_curve.csv", "manifests/04_grpo.json"),
+}
+REPLACED = "replaced.json"  # in ``<step>.previous``: why it was replaced, by which key, when
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a step starts (:func:`prepare_start`); nothing is written until :func:`commit_start`."""
+
+    step: str
+    root: Path
+    state: Literal["finished", "resume", "fresh"]
+    why: str | None = None  # for a fresh start over an existing folder
+
+
+def _has_work(step_dir: Path, rec: dict[str, Any] | None, previous_finished: bool) -> bool:
+    """Worth keeping as ``.previous``: a finished run, or one with a complete checkpoint. An unfinished start with
+    no checkpoint is discarded instead, so it never pushes a finished run out of ``.previous``."""
+    if not step_dir.is_dir() or not any(step_dir.iterdir()):
+        return False
+    if rec is None and not previous_finished:
+        return True  # made by an older version: keep it
+    if rec is not None and rec.get("status") == "finished":
+        return True
+    ckpts = [p for p in step_dir.rglob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return any(checkpoint_problem(c) is None for c in ckpts)
+
+
+def _move_results(root: Path, step: str, dest: Path | None) -> None:
+    """Move the step's files under ``results/`` into ``dest`` (``None``: delete them)."""
+    for rel in RESULTS.get(step, ()):
+        src = Path(root) / "results" / rel
+        if not src.exists():
+            continue
+        if dest is None:
+            shutil.rmtree(src) if src.is_dir() else src.unlink()
+            continue
+        target = dest / "results" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(target)
+
+
+def _restore_results(root: Path, step: str, src: Path) -> None:
+    for rel in RESULTS.get(step, ()):
+        if (src / "results" / rel).exists():
+            target = Path(root) / "results" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (src / "results" / rel).rename(target)
+    shutil.rmtree(src / "results", ignore_errors=True)
+
+
+def _swap_previous(root: Path, step: str, log: Callable[[str], None]) -> None:
+    """``<step>.previous`` (finished with the wanted key) becomes the step folder again; the current folder becomes
+    ``.previous`` when it holds work, else it is discarded."""
+    step_dir, previous = Path(root) / step, Path(root) / f"{step}.previous"
+    parked = previous.with_name(f".{step}.swap")
+    shutil.rmtree(parked, ignore_errors=True)
+    previous.rename(parked)
+    (parked / REPLACED).unlink(missing_ok=True)
+    rec = recorded(step_dir)
+    if _has_work(step_dir, rec, True):
+        _move_results(root, step, step_dir)
+        _write_replaced(step_dir, "the previous run matches these settings again", recorded(parked))
+        step_dir.rename(previous)
+    else:
+        _move_results(root, step, None)
+        shutil.rmtree(step_dir, ignore_errors=True)
+    _restore_results(root, step, parked)
+    parked.rename(step_dir)
+    log(f"[{step}] the run in {previous.name} finished with these settings: restored it to {step_dir}")
+
+
+def _write_replaced(folder: Path, why: str, by: dict[str, Any] | None) -> None:
+    note = {"why": why, "replaced_by_key": (by or {}).get("key"), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(folder / REPLACED, json.dumps(note, indent=1))
+
+
+def prepare_start(cfg: RunConfig, root: Path, step: str, force: bool = False,
+                  log: Callable[[str], None] = print) -> Start:  # fmt: skip
+    """Decide how a (long) step starts without touching anything: ``finished`` (same key, done: a rerun is a
+    no-op), ``resume`` (same key, interrupted) or ``fresh``. A finished ``<step>.previous`` with the wanted key is
+    restored (no retraining when settings go back). The step runs every check that can refuse (trainer config,
+    disk, model load) and only then :func:`commit_start`: a refused start leaves the run folder as it was."""
     step_dir = Path(root) / step
     rec = recorded(step_dir)
     key = step_key(cfg, step)
     if rec is not None and rec.get("key") == key and not force:
-        return "finished" if rec.get("status") == "finished" else "resume"
+        return Start(step, Path(root), "finished" if rec.get("status") == "finished" else "resume")
+    prev = recorded(step_dir.with_name(f"{step}.previous"))
+    if (not force and prev and prev.get("key") == key and prev.get("status") == "finished"
+            and int(os.environ.get("RANK", "0")) == 0):  # fmt: skip
+        _swap_previous(Path(root), step, log)
+        return Start(step, Path(root), "finished")
+    if rec is None:
+        why = "it has no fingerprint (made by an older version or interrupted before it started)"
+    elif force:
+        why = "--force"
+    else:
+        why = "settings changed: " + _describe(changes(rec.get("inputs", {}), step_inputs(cfg, step)))
+    return Start(step, Path(root), "fresh", why)
+
+
+def commit_start(cfg: RunConfig, start: Start, log: Callable[[str], None] = print) -> Path:
+    """Make the step folder ready for ``start`` (after every check passed). A fresh start moves a folder holding
+    work to ``<step>.previous`` (with ``replaced.json`` saying what changed; the step's files under ``results/``
+    move with it); an earlier start that never reached a checkpoint is discarded instead, so a finished
+    ``.previous`` stays until the new run has a checkpoint of its own."""
+    step, root = start.step, start.root
+    step_dir = root / step
+    if start.state != "fresh":
+        step_dir.mkdir(parents=True, exist_ok=True)
+        return step_dir
     if int(os.environ.get("RANK", "0")) != 0:  # distributed: only rank 0 moves folders and writes records
-        return "fresh"
-    if step_dir.exists() and any(step_dir.iterdir()):
-        if rec is None:
-            why = "it has no fingerprint (made by an older version or interrupted before it started)"
-        elif force:
-            why = "--force"
-        else:
-            why = "settings changed: " + _describe(changes(rec.get("inputs", {}), step_inputs(cfg, step)))
-        previous = step_dir.with_name(f"{step}.previous")
+        step_dir.mkdir(parents=True, exist_ok=True)
+        return step_dir
+    rec, previous = recorded(step_dir), step_dir.with_name(f"{step}.previous")
+    prev = recorded(previous)
+    prev_finished = bool(prev) and prev.get("status") == "finished"
+    if _has_work(step_dir, rec, prev_finished):
         shutil.rmtree(previous, ignore_errors=True)
+        _move_results(root, step, step_dir)
+        _write_replaced(step_dir, start.why or "", {"key": step_key(cfg, step)})
         step_dir.rename(previous)
-        log(f"[{step}] starting a new run ({why}); the previous one moved to {previous}")
+        log(f"[{step}] starting a new run ({start.why}); the previous one moved to {previous}")
+    elif step_dir.exists():
+        shutil.rmtree(step_dir)
+        _move_results(root, step, None)
+        if prev_finished:
+            log(f"[{step}] starting a new run ({start.why}); an earlier start without a checkpoint was discarded, "
+                f"the finished run in {previous} is kept")  # fmt: skip
+    else:
+        _move_results(root, step, None)
     step_dir.mkdir(parents=True, exist_ok=True)
     mark(step_dir, cfg, step, "running")
-    return "fresh"
+    return step_dir
+
+
+def begin(
+    cfg: RunConfig, root: Path, step: str, force: bool = False, log: Callable[[str], None] = print
+) -> Literal["finished", "resume", "fresh"]:
+    """:func:`prepare_start` + :func:`commit_start` (for steps with nothing to check in between)."""
+    start = prepare_start(cfg, root, step, force, log)
+    if start.state != "finished":
+        commit_start(cfg, start, log)
+    return start.state

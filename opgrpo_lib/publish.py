@@ -7,11 +7,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from .config import RunConfig
 from .paths import REPO_ROOT, committed_figures, committed_results
 from .provenance import STEPS, is_current
-from .runs import run_paths
+from .runs import run_lock, run_paths
 
 README_PROFILE = "cpu"
 HAND_RUN = ("sweep", "benchmarks")  # scripts/validation_sweep.py, benchmarks/grpo_step.py --profile <profile>
@@ -21,8 +22,18 @@ def publish(cfg: RunConfig, run_dir: str | None = None) -> list[str]:
     """Copy ``<run>/results`` over ``results/<profile>`` (refusing an unfinished or stale run) and rebuild the
     committed figures; returns what was done, line by line."""
     from .figures import build_all, logged_results
+    from .paths import default_run_dir
 
-    paths = run_paths(cfg, run_dir)
+    root = Path(run_dir) if run_dir else default_run_dir(cfg.profile)
+    if not root.is_dir():  # refuse before anything is created
+        raise FileNotFoundError(f"run folder {root} does not exist: nothing to publish (run `opgrpo reproduce "
+                                f"--profile {cfg.profile}{' --run-dir ' + str(run_dir) if run_dir else ''}` first)")  # fmt: skip
+    paths = run_paths(cfg, root)
+    with run_lock(paths.root, "opgrpo publish"):
+        return _publish(cfg, paths, build_all, logged_results)
+
+
+def _publish(cfg: RunConfig, paths, build_all, logged_results) -> list[str]:
     stale = [s.name for s in STEPS.values() if s.name != "figures" and s.enabled(cfg)
              and not is_current(cfg, paths.root, s.name)]  # fmt: skip
     if stale:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import checkpoint_problem  # noqa: F401 (re-exported)
 from .config import RunConfig
 from .paths import REPO_ROOT, atomic_path, atomic_write_bytes, atomic_write_text, default_run_dir  # noqa: F401
 from .provenance import package_versions as _versions
@@ -164,29 +165,6 @@ def timed(timings: dict[str, float], name: str):
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why a Trainer checkpoint folder cannot be resumed from (None = complete): its trainer state must parse
-    and every safetensors file must hold a complete header and data (a kill mid-save truncates them)."""
-    try:
-        json.loads((ckpt / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return f"trainer_state.json unreadable ({type(exc).__name__})"
-    weights = sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("pytorch_model*.bin"))
-    if not weights:
-        return "no weight file"
-    from safetensors import safe_open
-
-    for w in weights:
-        if w.suffix != ".safetensors":
-            continue
-        try:
-            with safe_open(str(w), "np") as fh:
-                fh.keys()
-        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
-            return f"{w.name} is incomplete ({str(exc)[:80]})"
-    return None
-
-
 def last_complete_checkpoint(ckpt_dir: Path, log=print) -> str | None:
     """The newest ``checkpoint-N`` folder that can be resumed from; incomplete newer ones are named and skipped."""
     ckpt_dir = Path(ckpt_dir)
@@ -221,3 +199,129 @@ def check_free_disk(path: Path, need_gb: float, what: str) -> None:
             f"{what} needs about {need_gb:.1f} GB free under {path}, only {free:.1f} GB are: free space or use "
             "--run-dir on a larger disk"
         )
+
+
+# ---------------------------------------------------------------- one writer per run folder
+LOCK_NAME = ".opgrpo.lock"
+LOCK_ENV = "OPGRPO_RUN_LOCK"  # "<pid>:<root>": a parent (``opgrpo reproduce``) holds the lock for its notebooks
+_HELD: dict[str, int] = {}  # root -> nesting depth of the locks this process holds
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _inherited(root: Path, holder: dict[str, Any]) -> bool:
+    """True when an ancestor of this process holds the lock and passed it down (``LOCK_ENV``)."""
+    want = os.environ.get(LOCK_ENV, "")
+    return bool(holder.get("pid")) and want == f"{holder['pid']}:{root}"
+
+
+@contextmanager
+def run_lock(root: Path, what: str = "opgrpo", log=print):
+    """Hold ``<root>/.opgrpo.lock`` (``fcntl.flock``) while a step writes in the run folder. A second process gets
+    :class:`RunFolderBusy` naming the holder's PID; the lock of a dead process is released by the OS, so it is
+    taken over (and said so). Reentrant within a process and inherited by children started with :func:`lock_env`.
+    The lock file is removed on release (a refused or no-op start leaves the folder as it was)."""
+    import fcntl
+
+    root = Path(root).resolve()
+    key = str(root)
+    if int(os.environ.get("RANK", "0")) != 0:  # a distributed job (torchrun): rank 0 holds the lock for all ranks
+        yield
+        return
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    path = root / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OSError(f"run folder {root}: cannot write its lock file {LOCK_NAME} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _holder(path)
+            if _inherited(root, holder):
+                _HELD[key] = 1
+                try:
+                    yield
+                finally:
+                    del _HELD[key]
+                return
+            pid = holder.get("pid", "?")
+            raise RunFolderBusy(
+                f"run folder {root} is in use by PID {pid} ({holder.get('what', 'opgrpo')}, since "
+                f"{holder.get('since', '?')}): wait for it to finish, stop it, or use another --run-dir"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file the previous holder unlinked between our open and our flock
+            break
+        os.close(fd)
+    stale = _holder(path)
+    if stale.get("pid") and stale["pid"] != os.getpid() and not _pid_alive(int(stale["pid"])):
+        log(f"[lock] {root}: took over the lock of PID {stale['pid']} ({stale.get('what', '?')}), no longer running")
+    os.ftruncate(fd, 0)
+    cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:120]
+    info = {
+        "pid": os.getpid(),
+        "what": f"{what}: {cmd}" if cmd else what,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    os.write(fd, json.dumps(info).encode())
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def lock_env(root: Path) -> dict[str, str]:
+    """Environment for a child process that runs steps under this process's lock of ``root``."""
+    return {LOCK_ENV: f"{os.getpid()}:{Path(root).resolve()}"}
+
+
+def locked(what: str):
+    """Decorator for a step entry point ``fn(cfg, paths, ...)``: the step runs under the run folder's lock."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(cfg, paths, *args, **kwargs):
+            with run_lock(paths.root, what):
+                return fn(cfg, paths, *args, **kwargs)
+
+        return inner
+
+    return wrap

@@ -141,11 +141,20 @@ def materialize(name: str, root: Path | None = None) -> Path:
     dest = root / name.split(":", 1)[1]
     marker = dest / ".opgrpo_tiny"
     if marker.exists() and marker.read_text() == _VERSION:
-        return dest
+        from .models import ModelUnavailable, verify_folder
+
+        try:
+            verify_folder(dest, name)  # built in code: a changed file is rebuilt, not used
+            return dest
+        except ModelUnavailable as exc:
+            print(f"[models] {exc.args[0].split(';')[0]}: rebuilding {name}")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))
     try:
         BUILDERS[name](staging)
+        from .models import write_manifest
+
+        write_manifest(staging)
         (staging / ".opgrpo_tiny").write_text(_VERSION)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(staging, dest)

@@ -22,7 +22,7 @@ import pandas as pd
 from .config import ConfigError, RunConfig
 from .progress import trainer_callback
 from .prompts import implicit
-from .runs import RunPaths, atomic_write_parquet, atomic_write_text, resolve_device
+from .runs import RunPaths, atomic_write_parquet, atomic_write_text, locked, resolve_device
 from .text import two_block
 from .validation import Validator, curve_callback, sft_point
 
@@ -425,14 +425,22 @@ def _trainer_args(section: dict[str, Any], keep_all: bool) -> dict[str, Any]:
     return section if keep_all or "save_total_limit" in section else {**section, "save_total_limit": 2}
 
 
-def _start(cfg: RunConfig, paths: RunPaths, step: str, force: bool) -> tuple[str, Path]:
-    from .provenance import begin, require_upstream
+def _start(cfg: RunConfig, paths: RunPaths, step: str, force: bool):
+    """(how it starts, where): nothing in the run folder is touched yet (see ``provenance.prepare_start``)."""
+    from .provenance import prepare_start, require_upstream
 
     require_upstream(cfg, paths.root, step)
-    state = begin(cfg, paths.root, step, force)
-    if state == "finished":
+    start = prepare_start(cfg, paths.root, step, force)
+    if start.state == "finished":
         print(f"[{step}] finished earlier with these settings: nothing to do (force=True / --force retrains)")
-    return state, paths.step(step)
+    return start, paths.root / step
+
+
+def _commit(cfg: RunConfig, start) -> Path:
+    """Every check passed: move an old run aside / make the step folder (``provenance.commit_start``)."""
+    from .provenance import commit_start
+
+    return commit_start(cfg, start)
 
 
 def check_disk(cfg: RunConfig, model_path: str, out: Path, step: str, keep: int | None = None) -> None:
@@ -490,6 +498,7 @@ def _finished_result(paths: RunPaths, out: Path, log_name: str) -> dict[str, Any
     return {"policy": out / "policy", "log": log, "skipped": True}
 
 
+@locked("step 03 (SFT)")
 def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     """Step 03: SFT of the base policy on implicit prompt → core perspectives + summary."""
     from .data import load_prepared
@@ -499,23 +508,25 @@ def run_sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, A
     tc = cfg.train
     if tc.backend == "unsloth":
         ensure_unsloth()  # before anything else imports transformers
-    state, out = _start(cfg, paths, "sft", force)
-    if state == "finished":
+    start, out = _start(cfg, paths, "sft", force)
+    if start.state == "finished":
         sft_point(cfg, paths)
         return _finished_result(paths, out, "sft_train_log.csv")
     from trl import SFTConfig, SFTTrainer
 
+    # every check that can refuse runs before the step folder is touched
     validate_trainer_keys("sft", tc.sft, SFTConfig)
     train, _ = load_prepared(paths.data)
+    check_disk(cfg, resolve(cfg.models.policy), paths.root, "sft")
+    plan = precision_plan(cfg)
+    model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy), plan)
+    out, state = _commit(cfg, start), start.state
     timings: dict[str, float] = {}
     with timed(timings, "summaries"):
         summaries = build_summaries(cfg, train, out / "summaries.jsonl")
     atomic_write_parquet(
         pd.DataFrame({"prompt": list(summaries), "summary": list(summaries.values())}), out / "summaries.parquet"
     )
-    check_disk(cfg, resolve(cfg.models.policy), out, "sft")
-    plan = precision_plan(cfg)
-    model, tok, peft_config = load_model(cfg, resolve(cfg.models.policy), plan)
     ds = sft_dataset(train, sft_targets(cfg, train, summaries, tok))
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **_backend_flags(cfg, plan),
@@ -560,6 +571,7 @@ def grpo_config(cfg: RunConfig, out: Path, plan: Precision | None = None):
     return GRPOConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **kw, **grpo)
 
 
+@locked("step 04 (GRPO)")
 def run_grpo(
     cfg: RunConfig, paths: RunPaths, force: bool = False, callbacks: list | None = None
 ) -> dict[str, Any]:  # fmt: skip
@@ -574,11 +586,12 @@ def run_grpo(
     tc = cfg.train
     if tc.backend == "unsloth":
         ensure_unsloth()  # before anything else imports transformers
-    state, out = _start(cfg, paths, "grpo", force)
-    if state == "finished":
+    start, out = _start(cfg, paths, "grpo", force)
+    if start.state == "finished":
         return _finished_result(paths, out, "train_log.csv")
     from trl import GRPOTrainer
 
+    # every check that can refuse runs before the step folder is touched
     plan = precision_plan(cfg)
     args = grpo_config(cfg, out, plan)
     train, _ = load_prepared(paths.data)
@@ -587,7 +600,7 @@ def run_grpo(
     with timed(timings, "load"):
         init = resolve_policy(tc.init, cfg, paths.root)
         keep_all = tc.grpo.get("max_steps", 0) // max(1, tc.grpo.get("save_steps", 1))
-        check_disk(cfg, init, out, "grpo", keep_all if cfg.eval.checkpoint_rows_per_split else None)
+        check_disk(cfg, init, paths.root, "grpo", keep_all if cfg.eval.checkpoint_rows_per_split else None)
         model, tok, peft_config = load_model(cfg, init, plan)
         longest = check_prompt_lengths(ds, tok, tc.max_prompt_length)
         device = "cuda" if not args.use_cpu else "cpu"
@@ -595,6 +608,8 @@ def run_grpo(
     extra = [trainer_callback("grpo"), _OptimizerInLastCheckpoint(), *(callbacks or [])]
     if tc.validation_every:
         validator = Validator(cfg, paths, reward, args.max_completion_length)
+    out, state = _commit(cfg, start), start.state
+    if tc.validation_every:  # the curve moved aside with an old run: only this run's points are reloaded
         extra.append(curve_callback(validator, tc.validation_every, paths.results / "validation_curve.csv"))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=extra)  # fmt: skip

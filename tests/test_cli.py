@@ -55,3 +55,47 @@ def test_unavailable_model_and_missing_cuda_are_one_line(tmp_path, opv2_dir, cap
     if not torch.cuda.is_available():
         assert main([*args, "--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def _one_line_error(out, *needles):
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("opgrpo: error:"), out.stderr
+    for needle in needles:
+        assert needle in out.stderr, (needle, out.stderr)
+
+
+@pytest.mark.parametrize(
+    "pair, needles",
+    [("seed=[1", ["--set seed", "not valid YAML"]), ("seed", ["KEY=VALUE", "'seed'"]), ("=3", ["key"])],
+)
+def test_bad_set_is_one_line_naming_the_key(pair, needles, tmp_path):
+    _one_line_error(_run("data", "--profile", "tiny", "--set", pair, "--run-dir", str(tmp_path)), *needles)
+    _one_line_error(_run("reproduce", "--profile", "tiny", "--set", pair, "--run-dir", str(tmp_path)), *needles)
+
+
+def test_empty_and_undecodable_files_are_named(tmp_path, opv2_dir):
+    empty, binary = tmp_path / "empty.csv", tmp_path / "latin1.csv"
+    empty.write_text("")
+    binary.write_bytes(b"prompt,answer\n\xff\xfe caf\xe9,x\n")
+    ref = str(opv2_dir / "test_5p.csv")
+    for bad, why in ((empty, "empty"), (binary, "not UTF-8")):
+        out = _run("reward", "--profile", "tiny", "--references", str(bad), "--completions", ref,
+                   "--completion-column", "answer", "--out", str(tmp_path / "s.csv"))  # fmt: skip
+        _one_line_error(out, f"references {bad}", why)
+        out = _run("eval", "sbert", "--references", ref, "--candidates", str(bad), "--candidate-column", "x",
+                   "--model", "tiny:encoder")  # fmt: skip
+        _one_line_error(out, f"candidates {bad}", why)
+    profile = tmp_path / "mine.yaml"
+    profile.write_bytes(b"seed: 1\n# caf\xe9\n")
+    _one_line_error(_run("data", "--profile", str(profile), "--run-dir", str(tmp_path / "r")), "mine.yaml", "UTF-8")
+    response = tmp_path / "response.txt"
+    response.write_bytes(b"\xff\xfe\x00bad")
+    out = _run("explain", "--profile", "tiny", "--situation", "5p:0", "--response-file", str(response))
+    _one_line_error(out, f"--response-file {response}", "not UTF-8")
+
+
+def test_publish_on_a_missing_run_folder_creates_nothing(tmp_path):
+    missing = tmp_path / "no" / "such" / "run"
+    out = _run("publish", "--profile", "tiny", "--run-dir", str(missing))
+    _one_line_error(out, str(missing), "does not exist")
+    assert not (tmp_path / "no").exists()

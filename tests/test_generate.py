@@ -122,6 +122,7 @@ def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
     off = {"models.nli": None, **untrained_only, "eval.checkpoint_rows_per_split": 0}
     nli_off = evaluate.run(load_profile("tiny", off), paths, progress=False)
     assert nli_off["summary"]["nli"].startswith("skipped") and "nli" not in set(nli_off["metrics"]["metric"])
+    assert not (paths.results / "eval" / "nli_per_sample.parquet").exists(), "no old NLI scores once it is off"
 
 
 def test_sampling_is_per_row_independent_of_batch_and_reproducible():

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,45 @@ def test_smollm2_folder_from_gguf(tmp_path, monkeypatch):
     assert tok.chat_template and "<|im_start|>" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False
     )
+
+
+def test_a_built_folder_is_checked_on_every_load(tmp_path):
+    """Size + mtime are compared on load; a file that differs is re-hashed and a changed weight file refused."""
+    folder = tmp_path / "built"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "config.json").write_text("{}")
+    models.write_manifest(folder)
+    models.verify_folder(folder, "org/m")
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(1, 1))  # touched, same bytes: re-hashed and accepted
+    models.verify_folder(folder, "org/m")
+    weights.write_bytes(b"\1" + b"\0" * 63)  # same size, other bytes
+    with pytest.raises(models.ModelUnavailable, match="model.safetensors: changed since it was built"):
+        models.verify_folder(folder, "org/m")
+    weights.unlink()
+    with pytest.raises(models.ModelUnavailable, match="missing"):
+        models.verify_folder(folder, "org/m")
+
+
+def test_resolve_refuses_a_changed_built_model(tmp_path, monkeypatch):
+    spec = models.OfflineModel("fake", "0" * 64, "fake-pkg", lambda dest: dest)
+    monkeypatch.setitem(models.OFFLINE, "org/fake", spec)
+    monkeypatch.setattr(models, "models_dir", lambda: tmp_path)
+    dest = tmp_path / "fake"
+    dest.mkdir()
+    (dest / "model.safetensors").write_bytes(b"weights")
+    assert models.build("org/fake") == dest and (dest / models.MANIFEST).exists()
+    assert models.resolve("org/fake") == str(dest)
+    (dest / "model.safetensors").write_bytes(b"WEIGHTS")
+    with pytest.raises(models.ModelUnavailable, match="changed since it was built"):
+        models.resolve("org/fake")
+
+
+def test_a_changed_tiny_model_is_rebuilt(tmp_path, capsys):
+    folder = materialize("tiny:encoder", root=tmp_path)
+    weights = next(folder.rglob("*.safetensors"))
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + b"\1\2\3\4")
+    assert materialize("tiny:encoder", root=tmp_path) == folder
+    assert "changed since it was built" in capsys.readouterr().out and weights.read_bytes() == original

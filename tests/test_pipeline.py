@@ -180,3 +180,167 @@ def test_failure_names_notebook_and_cell(tmp_path, opv2_dir):
     with pytest.raises(pipeline.StepFailed, match=r"05_generate\.ipynb failed in cell \d+.*04_op_grpo"):
         pipeline.reproduce("tiny", str(tmp_path), only=["01", "05"], quiet=True)
     assert (tmp_path / "data" / "eval.parquet").exists(), "earlier outputs stay"
+
+
+# ---------------------------------------------------------------- run-folder safety on a finished tiny run (issue 22)
+def _tree(root) -> dict[str, str]:
+    import hashlib
+    from pathlib import Path
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def _cli(*args, **kw):
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path, monkeypatch):
+    """Issue 22: `opgrpo train --set train.grpo.learnin_rate=1e-3` (a typo), a full disk or a failing model load
+    refuse before anything moves; `opgrpo reproduce` with the original settings then retrains nothing."""
+    import opgrpo_lib.runs
+
+    run, _ = chain
+    work = tmp_path / "X"
+    shutil.copytree(run, work, symlinks=True)  # cp -a FINISHED X
+    before = _tree(work)
+    out = _cli("train", "--profile", "tiny", "--run-dir", str(work), "--set", "train.grpo.learnin_rate=1e-3")
+    assert out.returncode == 2 and "learnin_rate" in out.stderr and "Traceback" not in out.stderr
+    assert _tree(work) == before
+
+    new = load_profile("tiny", {"train.grpo.learning_rate": 5e-2})
+    full = opgrpo_lib.runs.shutil.disk_usage(work)._replace(free=0)
+    with monkeypatch.context() as m:
+        m.setattr(opgrpo_lib.runs.shutil, "disk_usage", lambda path: full)
+        for _ in range(2):  # a second try on the full disk deleted the finished run before
+            with pytest.raises(OSError, match="GB free"):
+                train.run_grpo(new, run_paths(new, work))
+    with monkeypatch.context() as m:
+
+        def no_model(cfg, path):
+            raise OSError(f"{path}: cannot load")
+
+        m.setattr(train, "load_model", no_model)
+        with pytest.raises(OSError, match="cannot load"):
+            train.run_grpo(new, run_paths(new, work))
+        sft_new = load_profile("tiny", {"train.sft.learning_rate": 5e-2})
+        with pytest.raises(OSError, match="cannot load"):
+            train.run_sft(sft_new, run_paths(sft_new, work))
+    assert _tree(work) == before, "a refused start changes nothing in the run folder"
+
+    report = pipeline.reproduce("tiny", str(work), quiet=True)
+    assert all(r["status"] == "skipped" for r in report), report
+    assert not (work / "grpo.previous").exists()
+
+    summary = _cli("train", "--profile", "tiny", "--run-dir", str(work))  # a real summary, not {}
+    shown = json.loads(summary.stdout[summary.stdout.index("\n{") + 1 :])  # after the "[grpo] finished" line
+    assert summary.returncode == 0 and shown["skipped"] is True and shown["policy"].endswith("grpo/policy")
+    assert shown["log"]["rows"] > 0 and "loss" in shown["log"]["last"]
+
+
+@pytest.mark.slow
+def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
+    """Issue 22: the old run's curve moves aside with it; the new run's curve equals a fresh run's."""
+    run, _ = chain
+    new = load_profile("tiny", {"train.grpo.learning_rate": 5e-2, "train.grpo.max_steps": 2})
+    work = tmp_path / "X"
+    shutil.copytree(run, work, symlinks=True)
+    old_curve = (run / "results" / "validation_curve.csv").read_text()
+    train.run_grpo(new, run_paths(new, work))
+    fresh = _copy_run(run, tmp_path / "fresh", ("data", "estimator", "sft"))
+    train.run_grpo(new, run_paths(new, fresh))
+    curve = pd.read_csv(work / "results" / "validation_curve.csv")
+    assert curve["step"].tolist() == [0, 2]
+    pd.testing.assert_frame_equal(curve, pd.read_csv(fresh / "results" / "validation_curve.csv"))
+    assert (work / "grpo.previous" / "results" / "validation_curve.csv").read_text() == old_curve
+    assert json.loads((work / "grpo.previous" / "replaced.json").read_text())["why"].count("learning_rate")
+    # the original settings again: the kept run comes back with its own curve, nothing retrains
+    cfg = load_profile("tiny")
+    assert train.run_grpo(cfg, run_paths(cfg, work)).get("skipped")
+    assert (work / "results" / "validation_curve.csv").read_text() == old_curve
+
+
+@pytest.mark.slow
+def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp_path, monkeypatch):
+    """Issue 22: checkpoint coverage / NLI switched off and a removed system leave no old files behind; every judge
+    request failing is reported as a failure and its figure panel is skipped with the reason."""
+    from opgrpo_lib import evaluate, figures
+
+    run, _ = chain
+    work = tmp_path / "X"
+    shutil.copytree(run, work, symlinks=True)
+    assert (work / "results" / "eval" / "checkpoint_coverage.csv").exists()
+    assert (work / "results" / "eval" / "nli_per_sample.parquet").exists()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
+    systems = [s for s in load_profile("tiny").to_dict()["generate"]["systems"] if s["name"] != "modplural"]
+    cfg = load_profile("tiny", {"eval.checkpoint_rows_per_split": 0, "models.nli": None, "generate.systems": systems,
+                                "eval.judge.enabled": True, "eval.judge.base_url": "http://127.0.0.1:9/v1",
+                                "eval.judge.max_retries": 0})  # fmt: skip
+    paths = run_paths(cfg, work)
+    generate.run(cfg, paths, progress=False)
+    assert not (work / "results" / "generations" / "modplural.jsonl").exists(), "a removed system's texts go"
+    evaluate.run(cfg, paths, progress=False)
+    eval_dir = work / "results" / "eval"
+    assert not (eval_dir / "checkpoint_coverage.csv").exists() and not (eval_dir / "nli_per_sample.parquet").exists()
+    judge = json.loads((eval_dir / "eval_summary.json").read_text())["judge"]
+    assert judge["status"] == "failed" and "0 of" in judge["reason"] and judge["scored"] == 0
+    assert not (eval_dir / "judge_per_sample.parquet").exists()
+    res = figures.run(cfg, paths)
+    by_name = {f["name"]: f for f in res["figures"]}
+    assert by_name["LLM judge"]["status"] == "missing inputs" and "0 of" in by_name["LLM judge"]["note"]
+    assert not list((work / "figures").rglob("llm_judge*"))
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_at_step_06_is_named(chain, tmp_path):
+    from opgrpo_lib import evaluate
+    from opgrpo_lib.data import load_prepared
+
+    run, _ = chain
+    work = _copy_run(run, tmp_path / "X")
+    ckpt = sorted((work / "grpo" / "checkpoints").glob("checkpoint-*"))[0]
+    (ckpt / "model.safetensors").write_bytes(b"\0" * 100)
+    cfg = load_profile("tiny")
+    paths = run_paths(cfg, work)
+    with pytest.raises(ValueError, match=rf"GRPO checkpoint {ckpt}: model.safetensors is incomplete"):
+        evaluate.checkpoint_coverage(cfg, paths, load_prepared(paths.data)[1], None)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_reproduce_and_its_kernel_mid_training(chain, tmp_path):
+    """Issue 22: kill -TERM of `opgrpo reproduce` during step 04 stops the notebook and its kernel (nothing keeps
+    training or writing checkpoints), leaves the step resumable and says so."""
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    from opgrpo_lib.runs import LOCK_NAME, last_complete_checkpoint
+
+    run, _ = chain
+    work = _copy_run(run, tmp_path / "X", ("data", "estimator", "sft"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opgrpo_lib.cli", "reproduce", "--profile", "tiny", "--run-dir", str(work), "--only",
+         "04", "--set", "train.grpo.max_steps=500", "--set", "train.grpo.save_steps=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ckpts = work / "grpo" / "checkpoints"
+    while proc.poll() is None and not last_complete_checkpoint(ckpts, log=lambda _: None):
+        time.sleep(1)
+    assert proc.poll() is None, proc.communicate()
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert any("ipykernel" in " ".join(p.cmdline()) for p in tree), "the kernel runs in a session of its own"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert "stopped by SIGTERM while 04_op_grpo.ipynb ran" in err and "rerun the same command" in err
+    gone, alive = psutil.wait_procs(tree, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "no orphan keeps running"
+    saved = sorted(p.name for p in ckpts.iterdir())
+    time.sleep(5)
+    assert sorted(p.name for p in ckpts.iterdir()) == saved, "nothing writes checkpoints after the stop"
+    assert recorded(work / "grpo")["status"] == "running" and last_complete_checkpoint(ckpts, log=lambda _: None)
+    assert not (work / LOCK_NAME).exists()
