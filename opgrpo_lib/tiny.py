@@ -141,7 +141,7 @@ def materialize(name: str, root: Path | None = None) -> Path:
     dest = root / name.split(":", 1)[1]
     marker = dest / ".opgrpo_tiny"
     if marker.exists() and marker.read_text() == _VERSION:
-        from .models import ModelUnavailable, verify_folder
+        from .model_files import ModelUnavailable, verify_folder
 
         try:
             verify_folder(dest, name)  # built in code: a changed file is rebuilt, not used
@@ -152,7 +152,7 @@ def materialize(name: str, root: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))
     try:
         BUILDERS[name](staging)
-        from .models import write_manifest
+        from .model_files import write_manifest
 
         write_manifest(staging)
         (staging / ".opgrpo_tiny").write_text(_VERSION)

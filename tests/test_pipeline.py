@@ -220,7 +220,7 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
                 train.run_grpo(new, run_paths(new, work))
     with monkeypatch.context() as m:
 
-        def no_model(cfg, path):
+        def no_model(cfg, path, plan=None):
             raise OSError(f"{path}: cannot load")
 
         m.setattr(train, "load_model", no_model)
@@ -265,8 +265,10 @@ def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
 
 @pytest.mark.slow
 def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp_path, monkeypatch):
-    """Issue 22: checkpoint coverage / NLI switched off and a removed system leave no old files behind; every judge
-    request failing is reported as a failure and its figure panel is skipped with the reason."""
+    """Issue 22: NLI switched off and a removed system leave no old files behind (the same rule removes
+    ``checkpoint_coverage.csv``, but switching that off changes GRPO's key since it decides which checkpoints are
+    kept, so it retrains first); every judge request failing is reported as a failure and its figure panel is
+    skipped with the reason."""
     from opgrpo_lib import evaluate, figures
 
     run, _ = chain
@@ -276,7 +278,7 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     assert (work / "results" / "eval" / "nli_per_sample.parquet").exists()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
     systems = [s for s in load_profile("tiny").to_dict()["generate"]["systems"] if s["name"] != "modplural"]
-    cfg = load_profile("tiny", {"eval.checkpoint_rows_per_split": 0, "models.nli": None, "generate.systems": systems,
+    cfg = load_profile("tiny", {"models.nli": None, "generate.systems": systems,
                                 "eval.judge.enabled": True, "eval.judge.base_url": "http://127.0.0.1:9/v1",
                                 "eval.judge.max_retries": 0})  # fmt: skip
     paths = run_paths(cfg, work)
@@ -284,7 +286,8 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     assert not (work / "results" / "generations" / "modplural.jsonl").exists(), "a removed system's texts go"
     evaluate.run(cfg, paths, progress=False)
     eval_dir = work / "results" / "eval"
-    assert not (eval_dir / "checkpoint_coverage.csv").exists() and not (eval_dir / "nli_per_sample.parquet").exists()
+    assert not (eval_dir / "nli_per_sample.parquet").exists()
+    assert (eval_dir / "checkpoint_coverage.csv").exists(), "still made by this run: kept"
     judge = json.loads((eval_dir / "eval_summary.json").read_text())["judge"]
     assert judge["status"] == "failed" and "0 of" in judge["reason"] and judge["scored"] == 0
     assert not (eval_dir / "judge_per_sample.parquet").exists()
