@@ -145,13 +145,13 @@ def test_compact_lines_are_whole_sentences():
 
 
 @pytest.mark.slow
-def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path, opv2_dir):
+def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path, opv2_dir, monkeypatch):
     """Every perspective line of the cpu profile's SFT targets is a whole sentence of the explanation or a first
     clause that ends on a content word (no "... can be a.", "... to manage your."), inside the token budget."""
     from transformers import AutoTokenizer
 
     from opgrpo_lib import data
-    from opgrpo_lib.models import resolve
+    from opgrpo_lib.models import build
     from opgrpo_lib.runs import run_paths
     from opgrpo_lib.train import _SENTENCE_END_RE, FUNCTION_WORDS, sft_targets, short_sentence
 
@@ -169,7 +169,8 @@ def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path
             assert line.count("(") == line.count(")"), line
             lines += 1
     assert lines > 5000
-    tok = AutoTokenizer.from_pretrained(resolve(cfg.models.policy))
+    monkeypatch.setenv("OPGRPO_MODELS_DIR", str(tmp_path / "models"))  # `make test` does not run `make models`
+    tok = AutoTokenizer.from_pretrained(build(cfg.models.policy))
     targets = sft_targets(cfg, train, {}, tok)
     kept = [t for t in targets if t is not None]
     budget = cfg.train.grpo["max_completion_length"]
