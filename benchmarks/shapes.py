@@ -2,8 +2,8 @@
 
 A step-time / memory benchmark needs the architecture, not trained weights: a model with the same config and random
 weights costs the same per token. The ``qwen2.5-*`` values are those of the published ``config.json`` of
-Qwen/Qwen2.5-{0.5B,1.5B,3B}-Instruct on the Hugging Face Hub (written here from those files; no hub is reachable
-from our machines), checked against the published parameter counts (Qwen2.5 technical report / model cards:
+Qwen/Qwen2.5-{0.5B,1.5B,3B}-Instruct on the Hugging Face Hub (the sizes from ``opgrpo_lib.gpu.KNOWN``, which sizes
+a profile's memory and disk; no hub is reachable from our machines), checked against the published parameter counts (Qwen2.5 technical report / model cards:
 0.49B / 1.54B / 3.09B total, 0.36B / 1.31B / 2.77B non-embedding) by ``tests/test_benchmarks.py`` on the meta
 device. ``tiny`` is the in-code tiny LM of ``opgrpo_lib.tiny`` (its vocabulary is its tokenizer's).
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from opgrpo_lib.gpu import KNOWN
 
 # Shared by every Qwen2.5-*-Instruct config.json (Qwen/Qwen2.5-{0.5B,1.5B,3B}-Instruct, architectures
 # ["Qwen2ForCausalLM"], torch_dtype bfloat16): 151,936-entry vocabulary (padded beyond the tokenizer's 151,665),
@@ -32,6 +34,9 @@ QWEN25_COMMON: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "tie_word_embeddings")  # fmt: skip
+
 SHAPES: dict[str, dict[str, Any]] = {
     # opgrpo_lib.tiny.build_causal_lm's architecture; vocab_size None = the tiny tokenizer's length
     "tiny": {
@@ -44,35 +49,15 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 2048,
         "tie_word_embeddings": True,
     },
-    # Qwen/Qwen2.5-0.5B-Instruct config.json
-    "qwen2.5-0.5b": {
-        **QWEN25_COMMON,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "max_window_layers": 21,
-    },
-    # Qwen/Qwen2.5-1.5B-Instruct config.json
-    "qwen2.5-1.5b": {
-        **QWEN25_COMMON,
-        "hidden_size": 1536,
-        "intermediate_size": 8960,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 2,
-        "max_window_layers": 21,
-    },
-    # Qwen/Qwen2.5-3B-Instruct config.json (the paper's policy)
-    "qwen2.5-3b": {
-        **QWEN25_COMMON,
-        "hidden_size": 2048,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-        "max_window_layers": 70,
+    # the Qwen2.5-*-Instruct sizes: opgrpo_lib.gpu.KNOWN (one copy of the config.json values), plus the fields only a
+    # built model needs; max_window_layers is config.json's value (inert without a sliding window)
+    **{
+        name: {**QWEN25_COMMON, **{k: getattr(KNOWN[hub_id], k) for k in _SIZES}, "max_window_layers": window}
+        for name, hub_id, window in (
+            ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 21),
+            ("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 21),
+            ("qwen2.5-3b", "Qwen/Qwen2.5-3B-Instruct", 70),  # the paper's policy
+        )
     },
 }
 

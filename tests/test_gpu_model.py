@@ -15,15 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("hub_id", sorted(gpu.KNOWN))
-def test_known_shapes_match_the_benchmark_shapes_and_meta_parameter_counts(hub_id):
+def test_known_shapes_match_meta_parameter_counts(hub_id):
+    """The memory model's closed-form parameter count equals the built model's (the benchmark builds its shapes from
+    ``gpu.KNOWN``), exactly, on the meta device."""
     import shapes
 
     name = next(k for k, v in shapes.PUBLISHED.items() if v["hub_id"] == hub_id)
-    s, ref = gpu.KNOWN[hub_id], shapes.SHAPES[name]
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "tie_word_embeddings"):  # fmt: skip
-        assert getattr(s, key) == ref[key], key
-    assert s.parameters() == shapes.count_parameters(name)["total"]  # exact, built on the meta device
+    assert shapes.SHAPES[name]["hidden_size"] == gpu.KNOWN[hub_id].hidden_size
+    assert gpu.KNOWN[hub_id].parameters() == shapes.count_parameters(name)["total"]
 
 
 def test_lora_count_and_shape_of_a_saved_model():
