@@ -90,6 +90,88 @@ def generate_rows(
     return pd.DataFrame([done[s] for s, _ in items], columns=RECORD_COLUMNS)
 
 
+NUCLEUS_TOP_K = 512  # candidates sorted per row; a row whose nucleus is wider falls back to the full sort
+
+
+def _row_tokens(scores, generators: list, temperature: float, top_p: float):
+    """The token :class:`lm.RowSampler` + argmax picks for each row (the same draws from each row's generator), but
+    sorting only the top ``NUCLEUS_TOP_K`` scores and taking Gumbel noise only where the nucleus keeps a token."""
+    import torch
+
+    if temperature <= 0:
+        return scores.argmax(dim=-1)
+    scores = scores.float() / temperature
+    u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in generators]).to(scores.device)
+    if top_p >= 1.0:
+        return (scores - torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))).argmax(dim=-1)
+    k = min(NUCLEUS_TOP_K, scores.shape[-1])
+    top, idx = scores.topk(k, dim=-1)
+    probs = torch.softmax(scores, dim=-1).gather(-1, idx)
+    cum = probs.cumsum(dim=-1)
+    keep = cum - probs < top_p
+    keep[:, 0] = True
+    gumbel = -torch.log(-torch.log(u.gather(-1, idx).clamp_(1e-20, 1.0 - 1e-7)))
+    picked = idx.gather(-1, (top + gumbel).masked_fill(~keep, float("-inf")).argmax(dim=-1, keepdim=True))[:, 0]
+    wide = (cum[:, -1] < top_p).nonzero()[:, 0]  # the nucleus may extend past the k candidates: sort the whole row
+    if len(wide):
+        ws = scores[wide]
+        sorted_scores, order = torch.sort(ws, descending=True, dim=-1)
+        p_sorted = torch.softmax(sorted_scores, dim=-1)
+        drop = p_sorted.cumsum(dim=-1) - p_sorted >= top_p
+        drop[:, 0] = False
+        ws = ws.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        picked[wide] = (ws - torch.log(-torch.log(u[wide].clamp_(1e-20, 1.0 - 1e-7)))).argmax(dim=-1)
+    return picked
+
+
+def sample_compact(
+    model_lm: lm.LM, messages: list[str], max_new_tokens: int, temperature: float, top_p: float, seeds: list[int],
+    system: str | None = None,
+) -> list[str]:  # fmt: skip
+    """:func:`lm.sample` (chat template, per-row seeds) with a decoding loop that drops each row from the batch and
+    its KV cache once it has ended, and samples with :func:`_row_tokens`: the same texts with less work per token
+    (``tests/test_generate.py`` checks the texts on the tiny LM; ``benchmarks/generate_speed.py`` checks them and
+    prints the time ratio for a real policy: 48 rows of the cpu SFT policy, identical, 1.79x)."""
+    import torch
+
+    tok, model = model_lm.tokenizer, model_lm.model
+    convs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
+             for m in messages]  # fmt: skip
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    stop = model.generation_config.eos_token_id
+    stop = set(stop if isinstance(stop, list) else [stop if stop is not None else tok.eos_token_id])
+    generators = [torch.Generator().manual_seed(s) for s in seeds] if temperature > 0 else []
+    mask = enc["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    rows = list(range(len(texts)))  # the original row of each live batch row
+    new_tokens: list[list[int]] = [[] for _ in texts]
+    with torch.inference_mode():
+        out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        cache, last = out.past_key_values, positions[:, -1:]
+        for step in range(max_new_tokens):
+            picked = _row_tokens(out.logits[:, -1, :].float(), generators, temperature, top_p)
+            live = []
+            for i, t in enumerate(picked.tolist()):
+                new_tokens[rows[i]].append(t)
+                if t not in stop:
+                    live.append(i)
+            if not live or step == max_new_tokens - 1:
+                break
+            if len(live) < len(rows):
+                keep = torch.tensor(live, device=mask.device)
+                cache.batch_select_indices(keep)
+                mask, last, picked = mask[keep], last[keep], picked[keep]
+                rows = [rows[i] for i in live]
+                generators = [generators[i] for i in live] if generators else []
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
+            last = last + 1
+            out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=last, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)  # fmt: skip
+    return tok.batch_decode(new_tokens, skip_special_tokens=True)
+
+
 def modplural_fn(cfg: RunConfig, device: str | None):
     """Modular Pluralism: each community LM comments on the bare situation; the integrator answers with the
     original ModPlural prompt. With ``community_system_prompts`` (offline variant) the base model is steered by
@@ -139,7 +221,7 @@ def policy_fn(system: SystemCfg, cfg: RunConfig, root: Path, device: str | None,
     def fn(situations: list[str], attempt: int) -> list[str]:
         seeds = [lm.row_seed(cfg.seed, s, attempt) for s in situations]
         msgs = [render(template, s) for s in situations]
-        return lm.sample(model, msgs, gen.max_new_tokens, gen.temperature, gen.top_p, None, seeds)
+        return sample_compact(model, msgs, gen.max_new_tokens, gen.temperature, gen.top_p, seeds)
 
     return fn
 

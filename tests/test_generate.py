@@ -141,6 +141,35 @@ def test_sampling_is_per_row_independent_of_batch_and_reproducible():
     assert other != batch, "another seed gives another sample"
 
 
+@pytest.mark.parametrize(
+    "temperature, top_p, top_k", [(0.7, 0.9, 512), (0.7, 0.9, 2), (1.0, 1.0, 512), (0.0, 1.0, 512)]
+)
+def test_compact_sampler_gives_lm_sample_texts(monkeypatch, temperature, top_p, top_k):
+    """Step 05's decoding loop (ended rows leave the batch and the KV cache; the nucleus from the top-k scores, the
+    whole row sorted when the nucleus is wider) gives exactly ``lm.sample``'s texts. A token the rows reach at
+    different steps is made a stop token, so rows leave the batch one by one."""
+    from opgrpo_lib import generate, lm
+    from opgrpo_lib.models import resolve
+
+    model = lm.load(resolve("tiny:causal-lm"))
+    msgs = ["In the perspective of care, people", "A longer situation about honesty, duty and many other things", "x",
+            "Lying to protect a friend", "Eating meat"]  # fmt: skip
+    seeds = [lm.row_seed(0, m) for m in msgs]
+    free = lm.sample(model, msgs, 24, temperature, top_p, seeds=seeds)
+    ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in free]
+
+    def ends(t):  # the step at which each row would stop on token t
+        return {row.index(t) if t in row else len(row) for row in ids}
+
+    common = max(set(sum(ids, [])), key=lambda t: len(ends(t)))
+    monkeypatch.setattr(model.model.generation_config, "eos_token_id", [model.tokenizer.eos_token_id, common])
+    monkeypatch.setattr(generate, "NUCLEUS_TOP_K", top_k)
+    ref = lm.sample(model, msgs, 24, temperature, top_p, seeds=seeds)
+    if temperature > 0:  # (the untrained tiny LM's greedy rows are all alike)
+        assert len(ends(common)) > 1 and len(set(ref)) > 1, "rows should end at different steps"
+    assert generate.sample_compact(model, msgs, 24, temperature, top_p, seeds) == ref
+
+
 def test_split_rows_override_rows_per_split():
     import pandas as pd
 
