@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+
+from common import best_of  # noqa: E402
 
 
 def main() -> None:
@@ -44,12 +45,8 @@ def main() -> None:
     msgs = [render(IMPLICIT, s) for s in situations]
     seeds = [lm.row_seed(42, s) for s in situations]
     settings = (args.max_new_tokens, args.temperature, args.top_p)
-    t0 = time.perf_counter()
-    ref = lm.sample(model, msgs, *settings, None, seeds)
-    t_ref = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fast = generate.sample_compact(model, msgs, *settings, seeds)
-    t_fast = time.perf_counter() - t0
+    t_ref, ref = best_of(lambda: lm.sample(model, msgs, *settings, None, seeds), 1)
+    t_fast, fast = best_of(lambda: generate.sample_compact(model, msgs, *settings, seeds), 1)
     tokens = [len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ref]
     res = {
         "policy": args.policy, "rows": len(msgs), "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
