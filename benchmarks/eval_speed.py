@@ -1,5 +1,7 @@
 """Evaluator speed: batched SBERT coverage and NLI (across situations, each distinct input once) vs one call per
-situation, on the same inputs (the authors' released test_5p outputs). CPU; min-of-N timings; ratios only.
+situation, on the same inputs (the authors' released test_5p outputs); and step 06's scoring of one split for
+several systems and texts with every distinct sentence encoded once up front vs once per (system, text).
+CPU; min-of-N timings; ratios only.
 
     python benchmarks/eval_speed.py [--rows 100] [--sbert-model sentence-transformers/all-MiniLM-L6-v2]
                                     [--nli-model tiny:nli] [--json]
@@ -23,10 +25,12 @@ import pandas as pd  # noqa: E402
 from common import best_of  # noqa: E402
 
 from opgrpo_lib.evaluate import (  # noqa: E402
+    CachedEncoder,
     NLIModel,
     join_candidates,
     nli_overton,
     sbert_coverage,
+    sbert_sentences,
     situation_score,
     split_output_sentences,
 )
@@ -55,6 +59,15 @@ def nli_per_situation(refs, cands, model):
     return scores
 
 
+def step06_scoring(refs, texts, encoder, threshold, cached):
+    """One split's SBERT coverage for each candidate list, as step 06 scores it (``cached``) or without the cache."""
+    if cached:
+        encoder = CachedEncoder(encoder)
+        cands = pd.DataFrame({f"t{i}": t for i, t in enumerate(texts)})
+        encoder.encode(sbert_sentences([(refs, cands, list(cands.columns))]))
+    return [sbert_coverage(refs, t, encoder, threshold)[0]["ratio"].tolist() for t in texts]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -77,6 +90,10 @@ def main() -> None:
     t_sb, (per, _) = best_of(lambda: sbert_coverage(refs, core, enc, args.threshold), args.repeats)
     t_sb_ps, ratios = best_of(lambda: sbert_per_situation(refs, core, enc, args.threshold), args.repeats)
     sbert_identical = per["ratio"].tolist() == ratios
+    # step 06: four systems' texts (here: core and summary of the released outputs, twice) on the same references
+    texts = [core, summary, core, summary]
+    t_s6, s6 = best_of(lambda: step06_scoring(refs, texts, enc, args.threshold, cached=True), args.repeats)
+    t_s6_n, s6_n = best_of(lambda: step06_scoring(refs, texts, enc, args.threshold, cached=False), args.repeats)
 
     nli = NLIModel(args.nli_model)
     t_nli, (nper, _) = best_of(lambda: nli_overton(refs, summary, nli), args.repeats)
@@ -92,8 +109,10 @@ def main() -> None:
         "nli": {"model": args.nli_model, "batched_s": round(t_nli, 3), "per_situation_s": round(t_nli_ps, 3),
                 "speedup": round(t_nli_ps / t_nli, 2), "identical": nli_identical, "max_abs_diff": diff,
                 "tolerance": 1e-6},
+        "step06": {"texts": len(texts), "encode_once_s": round(t_s6, 3), "per_text_s": round(t_s6_n, 3),
+                   "speedup": round(t_s6_n / t_s6, 2), "identical": s6 == s6_n},
         "speedup_vs_per_situation": round((t_sb_ps + t_nli_ps) / (t_sb + t_nli), 2),
-        "identical": bool(sbert_identical and nli_identical),
+        "identical": bool(sbert_identical and nli_identical and s6 == s6_n),
     }  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -103,6 +122,9 @@ def main() -> None:
     for key in ("sbert", "nli"):
         r = result[key]
         print(f"{key:<10}{r['batched_s']:>11.3f}{r['per_situation_s']:>17.3f}{r['speedup']:>8.2f}x  {r['identical']}")
+    r = result["step06"]
+    print(f"step 06, {r['texts']} texts on the same references: encode once {r['encode_once_s']:.3f} s, per text "
+          f"{r['per_text_s']:.3f} s, speedup {r['speedup']:.2f}x, identical {r['identical']}")  # fmt: skip
     print(
         f"overall speedup vs one call per situation: {result['speedup_vs_per_situation']}x; identical: {result['identical']}"
     )

@@ -18,7 +18,7 @@ from .coverage import sbert_matches
 from .reward import Encoder
 from .runs import locked
 from .stats import bootstrap_ci, describe
-from .text import MalformedReference, parse_perspectives
+from .text import MalformedReference, eval_candidate_sentences, eval_reference_sentences, parse_perspectives
 
 NLI_THRESHOLD = 0.33  # Accuracy@0.33, strict ">" (Modular Pluralism convention)
 
@@ -70,6 +70,31 @@ def summarize_sbert(
         "missing_candidates": int(missing),
         "skipped": skipped or {},
     }
+
+
+class CachedEncoder:
+    """An encoder that keeps every sentence's embedding. New sentences are encoded sorted, so an embedding depends
+    only on the set of sentences encoded together, never on the order of the calls."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+        self._emb: dict[str, np.ndarray] = {}
+
+    def encode(self, sentences: list[str]) -> np.ndarray:
+        new = sorted(set(sentences).difference(self._emb))
+        if new:
+            self._emb.update(zip(new, self.encoder.encode(new)))
+        return np.stack([self._emb[s] for s in sentences]) if sentences else self.encoder.encode([])
+
+
+def sbert_sentences(groups: Sequence[tuple[pd.DataFrame, pd.DataFrame, Sequence[str]]]) -> list[str]:
+    """Every reference and candidate sentence of (references, outputs, text columns) groups, each once."""
+    out: set[str] = set()
+    for refs, grp, columns in groups:
+        out.update(s for a in refs["answer"] if isinstance(a, str) for s in eval_reference_sentences(a))
+        for col in columns:
+            out.update(s for t in grp[col] if isinstance(t, str) for s in eval_candidate_sentences(t))
+    return sorted(out)
 
 
 # ---------------------------------------------------------------- NLI Overton benchmark
@@ -258,17 +283,23 @@ def score_outputs(
     from .progress import emit
 
     metrics, sbert_rows, nli_rows = [], [], []
-    groups = outputs.groupby(["system", "split"], sort=False)
-    for k, ((system, split), grp) in enumerate(groups):
-        emit("evaluate", k, groups.ngroups, system=system, split=split)
+    groups = []
+    for (system, split), grp in outputs.groupby(["system", "split"], sort=False):
         base = systems.get(system.split("@")[0])
-        column = base.score_column if base else "text"
         refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
+        groups.append((system, split, grp, refs, base.score_column if base else "text"))
+    with timed(timings, "sbert"):  # a split's references are scored once per system, text and evaluator: encode
+        # every distinct sentence once, up front, in one length-sorted pass per encoder
+        corpus = sbert_sentences([(refs, grp, (column, "summary")) for _, _, grp, refs, column in groups])
+        encoders = [("independent", "", CachedEncoder(evs.encoder))] + (
+            [("estimator", "_estimator", CachedEncoder(evs.estimator))] if evs.estimator is not None else [])  # fmt: skip
+        for _, _, encoder in encoders:
+            encoder.encode(corpus)
+    for k, (system, split, grp, refs, column) in enumerate(groups):
+        emit("evaluate", k, len(groups), system=system, split=split)
         extra = {"prompt_style": grp["prompt_style"].iloc[0]}
         with timed(timings, "sbert"):
             summary = grp.assign(_s=grp["summary"].where(grp["summary"].str.strip() != ""))
-            encoders = [("independent", "", evs.encoder)] + ([("estimator", "_estimator", evs.estimator)]
-                                                            if evs.estimator is not None else [])  # fmt: skip
             for (evaluator, suffix, encoder), thr in itertools.product(encoders, cfg.eval.sbert_thresholds):
                 for kind, texts in (("sbert", join_candidates(refs, grp, column)),
                                     ("sbert_summary", join_candidates(refs, summary, "_s"))):  # fmt: skip

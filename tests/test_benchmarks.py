@@ -28,6 +28,7 @@ def test_reward_speed_reports_identical_rewards(released_dir):
 def test_eval_speed_reports_identical_scores(released_dir):
     res = run_json("eval_speed.py", "--rows", "6", "--repeats", "1")
     assert res["identical"] is True and res["rows"] == 6 and "speedup_vs_per_situation" in res
+    assert res["step06"]["identical"] is True and res["step06"]["texts"] == 4
 
 
 def test_tiny_shape_is_the_tiny_lm_architecture():

@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 
 from opgrpo_lib.evaluate import (
+    CachedEncoder,
     NLIModel,
     NLIUnavailable,
     join_candidates,
     nli_overton,
     sbert_coverage,
+    sbert_sentences,
     situation_score,
     split_output_sentences,
     token_stats,
@@ -63,6 +65,28 @@ def test_sbert_coverage_hand_computed():
     assert summary["std"] == pytest.approx(np.std([1, 1 / 3]))
     assert summary["std_error"] == pytest.approx(np.std([1, 1 / 3]) / np.sqrt(2))
     assert summary["skipped"] == {} and summary["missing_candidates"] == 1
+
+
+def test_cached_encoder_encodes_each_sentence_once_and_scores_the_same():
+    class Counting(TableEncoder):
+        calls: list[list[str]] = []
+
+        def encode(self, sentences):
+            self.calls.append(list(sentences))
+            return super().encode(sentences)
+
+    enc = Counting({"alpha": [1, 0, 0, 0], "beta": [0, 1, 0, 0], "gamma": [0, 0, 1, 0], "delta": [0, 0, 1, 0.2]})
+    cands = pd.DataFrame({"prompt": ["s1", "s2"], "a": ["Alpha. Beta!", "Gamma."], "b": ["Beta. Delta.", None]})
+    corpus = sbert_sentences([(REFS, cands, ("a", "b"))])
+    assert len(corpus) == len(set(corpus)) == 6 + 4 and corpus == sorted(corpus)
+    cached = CachedEncoder(enc)
+    cached.encode(corpus)
+    for col in ("a", "b", "a"):  # every later call is answered from the cache, with the uncached scores
+        texts = join_candidates(REFS, cands, col)
+        assert sbert_coverage(REFS, texts, cached)[0].equals(sbert_coverage(REFS, texts, TableEncoder(enc.table))[0])
+    assert enc.calls == [corpus]
+    assert cached.encode(["zeta", corpus[0], "zeta"]).shape == (3, 4) and enc.calls[-1] == ["zeta"]
+    assert cached.encode([]).shape[0] == 0
 
 
 def test_sbert_skips_empty_sides():
