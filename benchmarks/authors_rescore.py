@@ -9,14 +9,13 @@ repeat. Prints both times, their ratio and whether the matched counts are identi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of  # noqa: E402
+from common import best_of, report  # noqa: E402
 
 from opgrpo_lib import authors  # noqa: E402
 from opgrpo_lib.config import load_profile  # noqa: E402
@@ -66,11 +65,7 @@ def main() -> None:
     res = {"logs": len(logs), "rows": len(items), "encoder": args.encoder, "sentences_per_log_loop": total,
            "distinct_sentences_encoded": distinct, "dedup_s": round(t_fast, 3), "per_log_loop_s": round(t_naive, 3),
            "speedup_vs_per_log_loop": round(t_naive / t_fast, 2), "identical": per["k"].tolist() == ks}  # fmt: skip
-    if args.json:
-        print(json.dumps(res))
-    else:
-        for k, v in res.items():
-            print(f"{k:>26}: {v}")
+    report(res, args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -18,6 +19,16 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def report(res: dict, as_json: bool) -> None:
+    """One JSON line (``--json``, what the tests read) or one aligned ``key: value`` line per result."""
+    if as_json:
+        print(json.dumps(res))
+        return
+    width = max(map(len, res), default=0)
+    for k, v in res.items():
+        print(f"{k:>{width}}: {v}")
 
 
 def grpo_like_batch(outputs: Any, n_prompts: int, group: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:

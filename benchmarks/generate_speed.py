@@ -9,14 +9,13 @@ situations, seeds and settings. Prints whether the texts are identical and the t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-from common import best_of  # noqa: E402
+from common import best_of, report  # noqa: E402
 
 
 def main() -> None:
@@ -54,11 +53,7 @@ def main() -> None:
         "mean_tokens": sum(tokens) / len(tokens), "max_tokens": max(tokens),
         "reference_s": round(t_ref, 2), "compact_s": round(t_fast, 2), "speedup_vs_reference": round(t_ref / t_fast, 2),
     }  # fmt: skip
-    if args.json:
-        print(json.dumps(res))
-    else:
-        for k, v in res.items():
-            print(f"{k:>22}: {v}")
+    report(res, args.json)
 
 
 if __name__ == "__main__":

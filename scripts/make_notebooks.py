@@ -84,17 +84,17 @@ WHERE = (
 # Measured times: cpu from results/cpu/manifests/*.json (timings_s); tiny from one `opgrpo reproduce --profile tiny`
 # here (2 CPU cores shared with other jobs: an idle machine is faster); paper: estimates (no GPU run yet).
 TIMES = {
-    "02": "`tiny` 1.0 min; `cpu` 1.4 min measured (mining 41 s, fine-tuning 32 s, evaluation 9 s); `paper` ~1 h "
+    "02": "`tiny` 1.0 min; `cpu` 2.8 min measured (mining 74 s, fine-tuning 50 s, evaluation 17 s); `paper` ~1 h "
     "on one GPU (estimate; mining with the Qwen3-8B judge dominates).",
-    "03": "`tiny` 4.4 min (SFT on the in-code tiny LM); `cpu` 8.1 min measured (training 6.7 min, validation 1.4 min); `paper` ~1 h with "
-    "the Qwen3-14B summaries (estimate).",
-    "04": "`tiny` 1.5 min; `cpu` 23.8 min measured for 8 steps + 2 validation points while three other jobs "
-    "shared the two cores (~48 s per step alone); `paper` ~5-10 h for 150 RL rounds on one 80 GB GPU (estimate).",
-    "05": "`tiny` 2.4 min (6 systems); `cpu` ~58 min for 4 systems × 300 outputs (2.4-3.5 s per output measured, batch 48 "
-    "on both cores; rows are reused on a rerun); `paper` ~1 h (estimate).",
-    "06": "`tiny` 1.3 min (checkpoint curve included); `cpu` 12.4 min measured (SBERT scoring 12.3 min); `paper` ~1 h with NLI (estimate).",
-    "07": "under a minute on every profile (`tiny` 32 s as a notebook; about 20 s for the committed `cpu` results "
-    "here; no GPU, no model).",
+    "03": "`tiny` 4.4 min (SFT on the in-code tiny LM); `cpu` 15.4 min measured (training 12.0 min, validation 2.8 min); "
+    "`paper` ~1 h with the Qwen3-14B summaries (estimate).",
+    "04": "`tiny` 1.5 min; `cpu` 16.7 min measured for 8 steps + 2 validation points; `paper` ~5-10 h for 150 RL "
+    "rounds on one 80 GB GPU (estimate).",
+    "05": "`tiny` 2.4 min (6 systems); `cpu` 50.9 min measured for 4 systems × 250 outputs (2.3-4.2 s per output, batch "
+    "48 on both cores; rows are reused on a rerun); `paper` ~1 h (estimate).",
+    "06": "`tiny` 1.3 min (checkpoint curve included); `cpu` 8.6 min measured (SBERT scoring under both evaluators "
+    "8.2 min); `paper` ~1 h with NLI (estimate).",
+    "07": "under a minute on every profile (`tiny` 32 s as a notebook; 12 s for the `cpu` run; no GPU, no model).",
 }
 PLAIN_ANSWER = (
     "Drinking alcohol as a Christian is a personal decision. The Bible does not forbid alcohol, but it warns "
@@ -162,7 +162,7 @@ notebook(
     + WHERE
     + "`R/data/{train,eval}.parquet`, `R/data/data_card.{json,md}`, `R/data/perspectives_per_row.png`, "
     "`R/results/data_card.json`.\n\n"
-    "**Time:** seconds on every profile (`cpu`: 0.7 s measured, `results/cpu/manifests/01_data.json`).\n\n"
+    "**Time:** seconds on every profile (`cpu`: 16 s measured as a notebook, `results/cpu/manifests/01_data.json`).\n\n"
     "**Look at:** the data card (rows per split, how many situations were carved out for training, the parsing "
     "exceptions) and the histogram of perspectives per situation.",
     [
