@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .config import REPO_ROOT, SPLITS, RunConfig
-from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text, locked
+from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
 from .text import MalformedReference, parse_perspectives
 
 ENV_DATA_DIR = "OPGRPO_DATA_DIR"
@@ -419,25 +419,3 @@ def load_validation(data_dir: Path) -> pd.DataFrame:
     """The validation situations written by step 01 (empty when ``data.validation_situations`` is 0)."""
     path = Path(data_dir) / "val.parquet"
     return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
-
-@locked("step 01 (data)")
-def run(cfg: RunConfig, paths) -> PreparedData:
-    """Step 01 entry point: prepare, write parquet + card under the run dir, the card under results/, a manifest."""
-    from .provenance import mark
-    from .runs import timed, write_manifest
-
-    timings: dict[str, float] = {}
-    paths.data.mkdir(parents=True, exist_ok=True)
-    mark(paths.data, cfg, "data", "running")
-    with timed(timings, "prepare"):
-        prepared = prepare(cfg)
-    with timed(timings, "write"):
-        written = save(prepared, paths.data)
-        paths.results.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(paths.results / "data_card.json", json.dumps(prepared.card, indent=2))
-    write_manifest(
-        paths.data, "01_data", cfg, timings, inputs=[written["train"], written["eval"]], results=paths.results
-    )
-    mark(paths.data, cfg, "data", "finished")
-    return prepared

@@ -18,8 +18,7 @@ from typing import Any
 from .checkpoints import checkpoint_problem  # noqa: F401 (re-exported)
 from .config import RunConfig
 from .paths import REPO_ROOT, atomic_path, atomic_write_bytes, atomic_write_text, default_run_dir  # noqa: F401
-from .provenance import package_versions as _versions
-from .provenance import step_key, step_named
+from .keys import package_versions as _versions
 
 PACKAGES = (
     "torch", "transformers", "trl", "datasets", "peft", "accelerate", "sentence-transformers",
@@ -65,35 +64,27 @@ def run_paths(cfg: RunConfig, run_dir: str | Path | None = None) -> RunPaths:
     return RunPaths(root, root / "results")
 
 
-def resolve_device(cfg: RunConfig) -> str:
-    """ "cuda" when the profile's ``device`` allows it (auto | cuda) and a GPU is present, else "cpu";
-    ``device: cuda`` without a GPU is an error, not a silent CPU run."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if cfg.device in ("auto", "cuda") and not cuda:
-        from .gpu import require_usable_gpu
-
-        require_usable_gpu()  # a visible GPU torch cannot use: say why instead of running on the CPU
-    if cfg.device == "cuda" and not cuda:
-        raise RuntimeError("device: cuda, but torch sees no CUDA GPU here (use device: auto or cpu)")
-    return "cuda" if cfg.device in ("auto", "cuda") and cuda else "cpu"
-
-
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages a manifest records (a superset of the ones in the provenance keys)."""
     return _versions(PACKAGES)
 
 
-def git_state() -> dict[str, Any]:
+def _git(*args: str, timeout: float = 60.0) -> str | None:
+    """``git <args>`` in the repository: its stdout, or None when git is missing, fails or times out."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        return {"sha": sha.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
-        return {"sha": None, "dirty": None}
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+    """The commit a result was made from and whether the tree differed from it. The sha is kept when ``status``
+    fails; ``status`` runs without the notebook clean filter (a Python process per modified notebook on a loaded
+    machine), so a notebook saved with outputs counts as a change."""
+    sha = _git("rev-parse", "HEAD")
+    status = _git("-c", "filter.nbstrip.clean=cat", "status", "--porcelain")
+    return {"sha": sha.strip() or None if sha else None, "dirty": None if status is None else bool(status.strip())}
 
 
 def device_info() -> dict[str, Any]:
@@ -126,17 +117,22 @@ def inputs_digest(paths: list[Path]) -> dict[str, str]:
 
 
 def write_manifest(
-    step_dir: Path, step: str, cfg: RunConfig, timings: dict[str, float], inputs: list[Path] | None = None,
-    extra: dict[str, Any] | None = None, results: Path | None = None,
-) -> Path:  # fmt: skip
-    """Write ``manifest.json`` for one step: config + hash, seeds, versions, device, timings, input digests.
-    With ``results``, a copy without input paths goes to ``results/manifests/<step>.json`` (committed)."""
-    spec = step_named(step)
-    name = spec.name if spec else None
+    step_dir: Path,
+    step: str,
+    cfg: RunConfig,
+    key: str,
+    timings: dict[str, float],
+    inputs: list[Path] | None = None,
+    extra: dict[str, Any] | None = None,
+    results: Path | None = None,
+) -> Path:
+    """Write ``manifest.json`` for one step (``step``: its manifest name, ``key``: the key it ran with): config +
+    hash, seeds, versions, git commit, device, timings, input digests. With ``results``, a copy without input
+    paths and config goes to ``results/manifests/<step>.json`` (committed)."""
     manifest = {
         "step": step,
         "profile": cfg.profile,
-        "key": step_key(cfg, name) if name else None,
+        "key": key,
         "config_hash": cfg.config_hash,
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -199,129 +195,3 @@ def check_free_disk(path: Path, need_gb: float, what: str) -> None:
             f"{what} needs about {need_gb:.1f} GB free under {path}, only {free:.1f} GB are: free space or use "
             "--run-dir on a larger disk"
         )
-
-
-# ---------------------------------------------------------------- one writer per run folder
-LOCK_NAME = ".opgrpo.lock"
-LOCK_ENV = "OPGRPO_RUN_LOCK"  # "<pid>:<root>": a parent (``opgrpo reproduce``) holds the lock for its notebooks
-_HELD: dict[str, int] = {}  # root -> nesting depth of the locks this process holds
-
-
-class RunFolderBusy(RuntimeError):
-    """Another live process holds the run folder's lock."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _holder(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _inherited(root: Path, holder: dict[str, Any]) -> bool:
-    """True when an ancestor of this process holds the lock and passed it down (``LOCK_ENV``)."""
-    want = os.environ.get(LOCK_ENV, "")
-    return bool(holder.get("pid")) and want == f"{holder['pid']}:{root}"
-
-
-@contextmanager
-def run_lock(root: Path, what: str = "opgrpo", log=print):
-    """Hold ``<root>/.opgrpo.lock`` (``fcntl.flock``) while a step writes in the run folder. A second process gets
-    :class:`RunFolderBusy` naming the holder's PID; the lock of a dead process is released by the OS, so it is
-    taken over (and said so). Reentrant within a process and inherited by children started with :func:`lock_env`.
-    The lock file is removed on release (a refused or no-op start leaves the folder as it was)."""
-    import fcntl
-
-    root = Path(root).resolve()
-    key = str(root)
-    if int(os.environ.get("RANK", "0")) != 0:  # a distributed job (torchrun): rank 0 holds the lock for all ranks
-        yield
-        return
-    if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-        return
-    path = root / LOCK_NAME
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OSError(f"run folder {root}: cannot write its lock file {LOCK_NAME} ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = _holder(path)
-            if _inherited(root, holder):
-                _HELD[key] = 1
-                try:
-                    yield
-                finally:
-                    del _HELD[key]
-                return
-            pid = holder.get("pid", "?")
-            raise RunFolderBusy(
-                f"run folder {root} is in use by PID {pid} ({holder.get('what', 'opgrpo')}, since "
-                f"{holder.get('since', '?')}): wait for it to finish, stop it, or use another --run-dir"
-            ) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not a file the previous holder unlinked between our open and our flock
-            break
-        os.close(fd)
-    stale = _holder(path)
-    if stale.get("pid") and stale["pid"] != os.getpid() and not _pid_alive(int(stale["pid"])):
-        log(f"[lock] {root}: took over the lock of PID {stale['pid']} ({stale.get('what', '?')}), no longer running")
-    os.ftruncate(fd, 0)
-    cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:120]
-    info = {
-        "pid": os.getpid(),
-        "what": f"{what}: {cmd}" if cmd else what,
-        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    os.write(fd, json.dumps(info).encode())
-    _HELD[key] = 1
-    try:
-        yield
-    finally:
-        del _HELD[key]
-        try:
-            path.unlink()
-        except OSError:
-            pass
-        os.close(fd)
-
-
-def lock_env(root: Path) -> dict[str, str]:
-    """Environment for a child process that runs steps under this process's lock of ``root``."""
-    return {LOCK_ENV: f"{os.getpid()}:{Path(root).resolve()}"}
-
-
-def locked(what: str):
-    """Decorator for a step entry point ``fn(cfg, paths, ...)``: the step runs under the run folder's lock."""
-    import functools
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(cfg, paths, *args, **kwargs):
-            with run_lock(paths.root, what):
-                return fn(cfg, paths, *args, **kwargs)
-
-        return inner
-
-    return wrap
