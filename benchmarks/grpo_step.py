@@ -328,7 +328,7 @@ def one(work: Path, backend: str) -> dict:
 
 # ---------------------------------------------------------------- parent
 def versions() -> dict:
-    from opgrpo_lib.provenance import package_versions
+    from opgrpo_lib.keys import package_versions
 
     return {"python": platform.python_version(), **package_versions(VERSIONED)}
 

@@ -1,4 +1,4 @@
-"""Whether a Trainer checkpoint folder is complete (used by resume logic in ``runs`` and by ``provenance``)."""
+"""Whether a Trainer checkpoint folder is complete (used by resume logic in ``runs`` and by ``lifecycle``)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _overrides(pairs: Sequence[str]) -> dict:
@@ -77,9 +78,9 @@ def _writable(path: str | None, what: str) -> None:
 
 def stages() -> dict[str, tuple[str, str, str]]:
     """CLI verb -> (module, function, help) of each pipeline step, from the step registry."""
-    from .provenance import STEPS
+    from .registry import STEPS
 
-    return {s.cli: (*s.function.split(":"), s.help) for s in STEPS.values() if s.cli}
+    return {s.name: (*s.entry, s.help) for s in STEPS.values() if s.cli}
 
 
 def cmd_stage(args) -> int:
@@ -349,11 +350,20 @@ def cmd_publish(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_steps, _add_compare, _add_publish, _add_models, _add_reward, _add_explain, _add_eval,
+                _add_reproduce):  # fmt: skip
+        add(sub)
+    return parser
+
+
+def _add_steps(sub: Any) -> None:
+    """``opgrpo <step>`` for every step of the registry that has a verb."""
+    from .registry import STEPS
 
     for name, (_, _, help_text) in stages().items():
         p = sub.add_parser(name, help=help_text)
         _add_profile(p)
-        if name in ("estimator", "sft", "train"):
+        if STEPS[name].long:
             p.add_argument(
                 "--force", action="store_true", help="redo the step even if it finished with these settings"
             )
@@ -361,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--results", default=None, help="build from this results folder (e.g. results/cpu) ...")
             p.add_argument("--out", default=None, help="... into this folder (e.g. figures/cpu); no run folder used")
         p.set_defaults(func=cmd_stage)
+
+
+def _add_compare(sub: Any) -> None:
     p = sub.add_parser("compare", help="score your outputs beside every authors' system on the same OP-V2 situations")
     _add_profile(p)
     p.add_argument("--candidates", required=True, help="CSV with a prompt column and an output column")
@@ -372,10 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare", help="folder for compare.csv, compare_figure.png/pdf")
     p.add_argument("--no-profile-systems", action="store_true", help="leave out results/<profile>/generations")
     p.set_defaults(func=cmd_compare)
+
+
+def _add_publish(sub: Any) -> None:
     p = sub.add_parser("publish", help="copy a run's results into the committed results/<profile>, figures/<profile>")
     _add_profile(p)
     p.set_defaults(func=cmd_publish)
 
+
+def _add_models(sub: Any) -> None:
     models = sub.add_parser("models", help="offline model folders").add_subparsers(
         dest="models_command", required=True
     )
@@ -387,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_models_build)
 
+
+def _add_reward(sub: Any) -> None:
     p = sub.add_parser("reward", help="score stored completions with the OP reward (every component per row)")
     p.add_argument("--references", required=True, help="CSV with prompt, answer (OP-V2 test file)")
     p.add_argument("--completions", required=True, help="CSV with prompt and a completion column")
@@ -407,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_reward)
 
+
+def _add_explain(sub: Any) -> None:
     p = sub.add_parser("explain", help="why a response scores what it scores: every OP reward term for one situation")
     p.add_argument("--situation", required=True, help="'split:row' (e.g. 5p:0), a test-set index, or its text")
     p.add_argument("--reference-file", default=None, help="reference answer for a situation outside OP-V2")
@@ -421,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None, help="also write the heatmap + terms figure (png, pdf, svg)")
     p.set_defaults(func=cmd_explain)
 
+
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser("eval", help="evaluate stored outputs").add_subparsers(dest="eval_command", required=True)
     for name, func, default_model in (
         ("sbert", cmd_eval_sbert, "sentence-transformers/all-mpnet-base-v2"),
@@ -438,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=func)
 
+
+def _add_reproduce(sub: Any) -> None:
     p = sub.add_parser("reproduce", help="run the numbered notebooks with papermill (skips up-to-date steps)")
     p.add_argument("--profile", default="auto", help="tiny | cpu | paper | auto (paper if CUDA + unsloth, else cpu)")
     p.add_argument("--run-dir", default=None)
@@ -445,7 +471,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="notebook stems or numbers, e.g. 01 02")
     p.add_argument("--force", action="store_true", help="rerun steps even when up to date")
     p.set_defaults(func=cmd_reproduce)
-    return parser
 
 
 def _one_line(exc: BaseException) -> str:

@@ -500,10 +500,10 @@ _BASES = (("trl/trainer/base_config.py", "_BaseConfig"), ("transformers/training
 
 
 @functools.cache
-def trainer_fields(section_name: str) -> dict[str, str] | None:
-    """Fields of the installed TRL's ``SFTConfig`` / ``GRPOConfig`` (its bases included) -> annotation text, read
-    from TRL's and transformers' source without importing them (loading a profile stays torch-free); None when TRL
-    is not installed."""
+def _trainer_class(section_name: str) -> dict[str, tuple[str, Any]] | None:
+    """Fields of the installed TRL's ``SFTConfig`` / ``GRPOConfig`` (its bases included) -> (annotation text, default
+    when it is a literal, else ``MISSING``), read from TRL's and transformers' source without importing them (loading
+    a profile stays torch-free); None when TRL is not installed."""
     import ast
     from importlib.util import find_spec
 
@@ -513,22 +513,70 @@ def trainer_fields(section_name: str) -> dict[str, str] | None:
         if spec is None or not spec.origin:
             return None
         roots[pkg] = Path(spec.origin).parent.parent
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, Any]] = {}
     found = set()
     for rel, cls in (_TRAINER_CLASSES[section_name], *_BASES):
         path = roots[rel.split("/")[0]] / rel
-        if not path.exists():
-            continue
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.ClassDef) and node.name == cls:
-                found.add(cls)
-                for item in node.body:
-                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                        name, ann = item.target.id, ast.unparse(item.annotation)
-                        if not name.startswith("_") and "ClassVar" not in ann:
-                            out.setdefault(name, ann)  # the subclass's field wins
-    # A release that moved these classes: no key check here (train.validate_trainer_keys still checks at step start).
-    return out if {_TRAINER_CLASSES[section_name][1], "TrainingArguments"} <= found else None
+        node = next((n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef) and n.name == cls),
+                    None) if path.exists() else None  # fmt: skip
+        found.update([cls] if node else [])
+        for item in node.body if node else []:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                name, ann = item.target.id, ast.unparse(item.annotation)
+                if not name.startswith("_") and "ClassVar" not in ann:
+                    out.setdefault(name, (ann, _literal_default(item.value)))  # the subclass's field wins
+    if not {_TRAINER_CLASSES[section_name][1], "TrainingArguments"} <= found:
+        raise ConfigError(f"train.{section_name}: the installed TRL moved {_TRAINER_CLASSES[section_name][1]} "
+                          "(its fields cannot be read to check the profile); install the trl range of pyproject.toml")  # fmt: skip
+    return out
+
+
+def _literal_default(value: Any) -> Any:
+    """The default of a dataclass field as written in source (``= 8`` or ``field(default=8, ...)``)."""
+    import ast
+
+    if isinstance(value, ast.Call):
+        value = next((k.value for k in value.keywords if k.arg == "default"), None)
+    try:
+        return ast.literal_eval(value) if value is not None else dataclasses.MISSING
+    except ValueError:
+        return dataclasses.MISSING
+
+
+def trainer_fields(section_name: str) -> dict[str, str] | None:
+    """Field -> annotation text of the installed TRL's config for ``train.<section_name>`` (None: no TRL)."""
+    fields = _trainer_class(section_name)
+    return None if fields is None else {k: ann for k, (ann, _) in fields.items()}
+
+
+def trl_value(section: dict[str, Any], section_name: str, key: str) -> Any:
+    """A TRL setting where no TRL config is built (profile checks, SFT targets, validation budget): the profile's
+    value, else the installed TRL's default."""
+    if key in section:
+        return section[key]
+    default = (_trainer_class(section_name) or {}).get(key, (None, dataclasses.MISSING))[1]
+    if default is dataclasses.MISSING:
+        raise ConfigError(f"train.{section_name}.{key}: not set and the installed TRL has no literal default for it")
+    return default
+
+
+def check_grpo_batches(grpo: dict[str, Any], world_size: int = 1) -> None:
+    """TRL's cross-field rules of GRPOConfig (``__post_init__``: the generation batch is whole groups of
+    ``num_generations`` completions) at load, so a bad combination fails before steps 01–03 run, not at 04."""
+    get = functools.partial(trl_value, grpo, "grpo")
+    per_step = get("per_device_train_batch_size") * world_size
+    gen_batch, spg = grpo.get("generation_batch_size"), grpo.get("steps_per_generation")
+    if gen_batch is not None and spg is not None:
+        raise ConfigError("train.grpo: generation_batch_size and steps_per_generation cannot both be set")
+    if gen_batch is not None and gen_batch % per_step:
+        raise ConfigError(f"train.grpo.generation_batch_size: {gen_batch} is not a multiple of the global batch "
+                          f"per_device_train_batch_size x processes = {per_step}")  # fmt: skip
+    if gen_batch is None:
+        gen_batch = per_step * (spg if spg is not None else get("gradient_accumulation_steps"))
+    n = get("num_generations")
+    if n < 2 or gen_batch % n:
+        raise ConfigError(f"train.grpo.num_generations: {n} must be >= 2 and divide the generation batch "
+                          f"({gen_batch} completions per generation step), as TRL's GRPOConfig requires")  # fmt: skip
 
 
 def _trainer_type_ok(value: Any, annotation: str) -> bool:
@@ -585,6 +633,8 @@ def validate(cfg: RunConfig) -> None:
     weight_pair(cfg.reward)
     check_trainer_section("sft", cfg.train.sft)
     check_trainer_section("grpo", cfg.train.grpo)
+    if trainer_fields("grpo") is not None:
+        check_grpo_batches(cfg.train.grpo)
     names = [s.name for s in cfg.generate.systems]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -410,7 +410,7 @@ def load_prepared(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     missing = [p for p in ("train.parquet", "eval.parquet") if not (data_dir / p).exists()]
     if missing:
         raise FileNotFoundError(
-            f"{data_dir}: {missing} missing; run step 01 (notebooks/01_data_prep.ipynb or `opgrpo data`)"
+            f"{data_dir}: {missing} missing; run step 01 (notebooks/01_data.ipynb or `opgrpo data`)"
         )
     return pd.read_parquet(data_dir / "train.parquet"), pd.read_parquet(data_dir / "eval.parquet")
 

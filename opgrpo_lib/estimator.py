@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .runs import RunPaths, atomic_write_text, locked
+from .runs import atomic_write_text
 from .text import REFERENCE_LINE_RE, keywords, mask_sentence, perspective_name, split_segments
 
 JUDGE_PROMPT = (
@@ -555,62 +555,7 @@ def alignment_curve(sims: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def plot_estimator(curves: pd.DataFrame, sims: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = {}
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for model, part in curves.groupby("model", sort=False):
-        ax.plot(part["threshold"], part["precision"], marker="o", label=f"precision ({model})")
-        ax.plot(part["threshold"], part["recall"], marker="s", linestyle="--", label=f"recall ({model})")
-    ax.set_xlabel("cosine threshold")
-    ax.set_ylabel("alignment precision / recall")
-    ax.set_title("Held-out reference-to-sentence alignment")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["calibration"] = out_dir / "calibration.png"
-    fig.savefig(paths["calibration"], dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, sims["model"].nunique(), figsize=(8, 3), sharey=True, squeeze=False)
-    for ax, (model, part) in zip(axes[0], sims.groupby("model", sort=False)):
-        bins = np.linspace(-0.2, 1.0, 31)
-        ax.hist(part["sim_pos"], bins=bins, alpha=0.6, label="anchor–positive")
-        ax.hist(part["sim_neg"], bins=bins, alpha=0.6, label="anchor–negative")
-        ax.set_title(model)
-        ax.set_xlabel("cosine")
-    axes[0][0].set_ylabel("held-out triplets")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths["similarities"] = out_dir / "similarity_distributions.png"
-    fig.savefig(paths["similarities"], dpi=120)
-    plt.close(fig)
-    return paths
-
-
-# ---------------------------------------------------------------- step 02
-def resolve_estimator(cfg: RunConfig, paths: RunPaths) -> str:
-    """The reward's estimator: ``run:estimator`` = the model fine-tuned by step 02, else a path / hub id."""
-    from .models import resolve
-
-    if cfg.reward.estimator == "run:estimator":
-        path = paths.root / "estimator" / "model"
-        if not (path / "modules.json").exists():
-            raise FileNotFoundError(f"no fine-tuned estimator at {path}; run notebook 02_similarity_estimator first")
-        return str(path)
-    return resolve(cfg.reward.estimator)
-
-
-def _previous_result(paths: RunPaths) -> dict[str, Any]:
-    res_dir = paths.results / "estimator"
-    return {"metrics": json.loads((res_dir / "metrics.json").read_text()), "skipped": True,
-            "curves": pd.read_csv(res_dir / "calibration.csv"), "model": paths.root / "estimator" / "model",
-            "plots": {p.stem: p for p in sorted(res_dir.glob("*.png"))}}  # fmt: skip
-
-
+# ---------------------------------------------------------------- evaluation of base vs fine-tuned
 def evaluate_estimators(
     cfg: RunConfig, encoders: dict[str, Any], trip_held: pd.DataFrame, held: pd.DataFrame, outputs: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict | None]:  # fmt: skip
@@ -642,7 +587,7 @@ def evaluate_estimators(
     return sims, curves, by_kind, separation_held
 
 
-def _deviation(ec, rep_fit) -> str | None:
+def deviation(ec: Any, rep_fit: MiningReport) -> str | None:
     if ec.judge == "llm" and ec.candidates == "references":
         return None
     parts = (
@@ -658,86 +603,3 @@ def _deviation(ec, rep_fit) -> str | None:
     if ec.cross_situation and ec.judge == "names":
         parts.append(f"fallback: same-name reference of another situation ({rep_fit.across_situations} triplets)")
     return "; ".join(parts)  # fmt: skip
-
-
-@locked("step 02 (estimator)")
-def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
-    """Mine triplets from the training situations (a seeded held-out share kept apart), fine-tune, evaluate base
-    vs fine-tuned; write ``<run>/estimator/`` and small results under ``<run>/results/estimator/``. A rerun with
-    the same settings is a no-op once finished (``force`` redoes it)."""
-    from .data import load_prepared
-    from .provenance import commit_start, mark, prepare_start, require_upstream
-    from .reward import SentenceEncoder
-    from .runs import atomic_write_parquet, resolve_device, timed, write_manifest
-
-    require_upstream(cfg, paths.root, "estimator")
-    start = prepare_start(cfg, paths.root, "estimator", force)
-    if start.state == "finished":
-        print("[estimator] finished earlier with these settings: nothing to do (force=True / --force redoes it)")
-        return _previous_result(paths)
-    ec = cfg.estimator
-    device = resolve_device(cfg)
-    train, evaluation = load_prepared(paths.data)
-    if ec.max_situations is not None:
-        train = train.iloc[: ec.max_situations]
-    held = train.sample(frac=ec.heldout_fraction, random_state=cfg.seed).sort_index()
-    fit = train.drop(index=held.index)
-    outputs, released_counts, inputs = None, None, [paths.data / "train.parquet"]
-    if ec.candidates == "released_outputs":  # training situations' output lines only (evaluation ones dropped)
-        outputs, released_counts = training_outputs(load_released_outputs(cfg), train, evaluation)
-        inputs += [released_path(name, cfg) for name in RELEASED_FILES.values()]
-    base = SentenceEncoder(cfg.models.encoder, device=device, batch_size=cfg.reward.batch_size)
-    judge = NameJudge() if ec.judge == "names" else LLMJudge(ec.judge_model, device, ec.judge_batch_size)
-    out_dir = commit_start(cfg, start)  # every check passed: only now is an old run moved aside
-    state = start.state
-    res_dir = paths.results / "estimator"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    with timed(timings, "mine"):
-        mine = dict(cross_situation=ec.cross_situation, outputs=outputs, output_threshold=ec.output_threshold)
-        trip_fit, rep_fit = mine_triplets(fit, base, judge, ec.mining_threshold, **mine)
-        trip_held, rep_held = mine_triplets(held, base, judge, ec.mining_threshold, **mine)
-    leaked = (set(trip_fit["prompt"]) | set(trip_held["prompt"])) & set(evaluation["prompt"])
-    if leaked:
-        raise AssertionError(f"triplets mined from {len(leaked)} evaluation situations, e.g. {sorted(leaked)[0]!r}")
-    atomic_write_parquet(trip_fit, out_dir / "triplets_train.parquet")
-    atomic_write_parquet(trip_held, out_dir / "triplets_heldout.parquet")
-    agreement = None
-    if ec.agreement_pairs and ec.judge == "names":
-        with timed(timings, "agreement"):
-            other = LLMJudge(ec.judge_model, device, ec.judge_batch_size)
-            agreement = judge_agreement(fit, base, judge, other, ec.mining_threshold, ec.agreement_pairs)
-            agreement["llm_judge_model"] = ec.judge_model
-    with timed(timings, "finetune"):
-        final = finetune(trip_fit, cfg.models.encoder, out_dir, cfg, device, resume=state == "resume")
-    tuned = SentenceEncoder(str(final), device=device, batch_size=cfg.reward.batch_size)
-    with timed(timings, "evaluate"):
-        sims, curves, by_kind, separation_held = evaluate_estimators(cfg, {"base": base, "fine-tuned": tuned},
-                                                                     trip_held, held, outputs)  # fmt: skip
-    metrics = {
-        "profile": cfg.profile, "base_model": cfg.models.encoder, "judge": ec.judge,
-        "judge_model": ec.judge_model if ec.judge == "llm" else None, "scale": ec.scale,
-        "mining_threshold": ec.mining_threshold, "candidates": ec.candidates, "output_threshold": ec.output_threshold,
-        "cross_situation": ec.cross_situation, "released_outputs": released_counts,
-        "mining_train": rep_fit.__dict__, "mining_heldout": rep_held.__dict__, "judge_agreement": agreement,
-        "heldout_triplets": len(trip_held), "train_triplets": len(trip_fit),
-        "triplet_accuracy_base": triplet_accuracy(sims[sims.model == "base"]),
-        "triplet_accuracy_finetuned": triplet_accuracy(sims[sims.model == "fine-tuned"]),
-        "triplet_accuracy_by_kind": by_kind,
-        "separation_heldout": separation_held,
-        "separation_note": None if separation_held is None else (
-            "cosine of (reference, released 3B output line) pairs of held-out training situations: matched = same "
-            "perspective name; auc = P(matched pair > unmatched pair); mining view = masked explanations, reward "
-            "view = what the reward compares. The base policy's own implicit outputs are not available offline "
-            "(step 05 generates them for evaluation situations only), so outputs vs base-model outputs is not "
-            "measured here."
-        ),
-        "deviation": _deviation(ec, rep_fit),
-    }  # fmt: skip
-    atomic_write_text(res_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    atomic_write_text(res_dir / "calibration.csv", curves.to_csv(index=False))
-    atomic_write_text(res_dir / "similarities.csv", sims.round(5).to_csv(index=False))
-    plots = plot_estimator(curves, sims, res_dir)
-    write_manifest(out_dir, "02_estimator", cfg, timings, inputs=inputs, results=paths.results)
-    mark(out_dir, cfg, "estimator", "finished")
-    return {"metrics": metrics, "curves": curves, "plots": plots, "model": final}

@@ -16,7 +16,6 @@ import pandas as pd
 
 from .coverage import sbert_matches
 from .reward import Encoder
-from .runs import locked
 from .stats import bootstrap_ci, describe
 from .text import MalformedReference, eval_candidate_sentences, eval_reference_sentences, parse_perspectives
 
@@ -267,7 +266,7 @@ def load_evaluators(cfg, paths=None) -> Evaluators:
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
     estimator = None
     if cfg.eval.estimator_coverage:
-        from .estimator import resolve_estimator
+        from .models import resolve_estimator
 
         estimator = SentenceEncoder(resolve_estimator(cfg, paths), batch_size=cfg.reward.batch_size)
     return Evaluators(encoder, tokenizer, nli_model, nli_status, estimator)
@@ -324,66 +323,6 @@ def score_outputs(
     return pd.DataFrame(metrics), sbert_per, nli_per
 
 
-@locked("step 06 (evaluate)")
-def run(cfg, paths, progress: bool = True) -> dict[str, Any]:
-    """Step 06 entry point: SBERT coverage (core and summary text), NLI Overton accuracy (or a plain statement that
-    it was skipped), token efficiency, paired comparisons and the optional LLM judge, for every generated system.
-    Writes per-sample parquet and aggregate tables under ``<run>/results/eval/``."""
-    from .data import load_prepared
-    from .provenance import mark, require_upstream
-    from .runs import atomic_write_parquet, atomic_write_text, timed, write_manifest
-
-    require_upstream(cfg, paths.root, "evaluate")
-    mark(paths.step("evaluate"), cfg, "evaluate", "running")
-    outputs = pd.read_parquet(paths.root / "generate" / "outputs.parquet")
-    _, ev = load_prepared(paths.data)
-    results = paths.results / "eval"
-    results.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    with timed(timings, "load_models"):
-        evs = load_evaluators(cfg, paths)
-    metrics, sbert_per, nli_per = score_outputs(cfg, outputs, ev, evs, timings, progress)
-    comparisons = paired_comparisons(sbert_per, nli_per, cfg.eval.reference_system, cfg.eval.bootstrap_reps, cfg.seed)
-    judge_summary = run_judge(cfg, paths, outputs, ev) if cfg.eval.judge.enabled else {"status": "disabled"}
-    if cfg.eval.checkpoint_rows_per_split:
-        with timed(timings, "checkpoints"):
-            ckpt = checkpoint_coverage(cfg, paths, ev, evs.encoder, progress)
-        atomic_write_text(results / "checkpoint_coverage.csv", ckpt.to_csv(index=False))
-    atomic_write_parquet(sbert_per, results / "sbert_per_sample.parquet")
-    if len(nli_per):
-        atomic_write_parquet(nli_per, results / "nli_per_sample.parquet")
-    made = {"checkpoint_coverage.csv": bool(cfg.eval.checkpoint_rows_per_split), "nli_per_sample.parquet": len(nli_per) > 0,
-            "judge_per_sample.parquet": judge_summary.get("scored", 0) > 0}  # fmt: skip
-    for name, written in made.items():  # a feature switched off (or with nothing to score) leaves no old file
-        if not written:
-            (results / name).unlink(missing_ok=True)
-    atomic_write_text(results / "metrics.csv", metrics.to_csv(index=False))
-    atomic_write_text(results / "comparisons.csv", comparisons.to_csv(index=False))
-    estimator = (
-        cfg.reward.estimator
-        if cfg.reward.estimator != "run:estimator"
-        else f"{cfg.models.encoder} fine-tuned (step 02)"
-    )
-    summary = {
-        "profile": cfg.profile,
-        "eval_encoder": cfg.models.eval_encoder,
-        "reward_estimator": estimator,
-        "eval_encoder_is_reward_estimator": cfg.models.eval_encoder in (estimator, cfg.reward.estimator),
-        "sbert_thresholds": cfg.eval.sbert_thresholds,
-        "nli": evs.nli_status,
-        "nli_text": cfg.eval.nli_text,
-        "retries": cfg.generate.retries,
-        "tokenizer": cfg.models.tokenizer,
-        "judge": judge_summary,
-        "data_label": "offline carve of the test set" if cfg.data.train_source == "carve" else "published splits",
-    }
-    atomic_write_text(results / "eval_summary.json", json.dumps(summary, indent=2, default=str))
-    write_manifest(paths.step("evaluate"), "06_evaluate", cfg, timings,
-                   inputs=[paths.root / "generate" / "outputs.parquet"], results=paths.results)  # fmt: skip
-    mark(paths.step("evaluate"), cfg, "evaluate", "finished")
-    return {"summary": summary, "metrics": metrics, "comparisons": comparisons}
-
-
 def paired_comparisons(
     sbert_per: pd.DataFrame, nli_per: pd.DataFrame, reference: str, reps: int, seed: int
 ) -> pd.DataFrame:
@@ -421,9 +360,10 @@ def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress
     import dataclasses
 
     from .config import SystemCfg
+    from .device import resolve_device
     from .generate import eval_items, generate_rows, job_key, lazy, policy_fn
-    from .provenance import step_key, value_key
-    from .runs import checkpoint_problem, resolve_device
+    from .keys import step_key, value_key
+    from .runs import checkpoint_problem
 
     device = resolve_device(cfg)
     gen = dataclasses.replace(cfg.generate, rows_per_split=cfg.eval.checkpoint_rows_per_split, retries=0)
@@ -439,7 +379,7 @@ def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress
             except (OSError, json.JSONDecodeError) as exc:
                 problem = f"{conf.name} unreadable ({type(exc).__name__})"
         if problem:
-            raise ValueError(f"GRPO checkpoint {p}: {problem}; retrain step 04 (opgrpo train --force) or set "
+            raise ValueError(f"GRPO checkpoint {p}: {problem}; retrain step 04 (opgrpo grpo --force) or set "
                              "eval.checkpoint_rows_per_split=0")  # fmt: skip
     steps = [(0, cfg.train.init)] + [(int(p.name.split("-")[1]), str(p)) for p in ckpts]
     out_dir = paths.step("evaluate") / "checkpoints"

@@ -32,7 +32,6 @@ from .plots import (  # noqa: E402
     write_table,
 )
 from .reward import COMPONENTS  # noqa: E402
-from .runs import locked  # noqa: E402
 from .sweep import best_points  # noqa: E402
 
 PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
@@ -606,7 +605,7 @@ FIGURES: list[tuple[str, Any]] = [
     ("coverage vs perspectives", lambda inp, out: save_figure(fig_coverage_vs_perspectives(
         main_coverage_table(inp.need("metrics", EVAL)), logged_main(inp.logged)), out / "coverage_vs_perspectives")),
     ("training dynamics", lambda inp, out: save_figure(fig_training_dynamics(
-        inp.need("train_log", "results/train_log.csv: run notebook 04_op_grpo"), inp.logged_steps, inp.checkpoints),
+        inp.need("train_log", "results/train_log.csv: run notebook 04_grpo"), inp.logged_steps, inp.checkpoints),
         out / "training_dynamics")),
     ("validation curve", lambda inp, out: save_figure(fig_validation_curve(inp.need(
         "validation", "results/validation_curve.csv: notebook 04 with train.validation_every")), out / "validation_curve")),
@@ -626,7 +625,7 @@ FIGURES: list[tuple[str, Any]] = [
     ("headline gains", lambda inp, out: write_table(headline_table(inp.need("metrics", EVAL)),
         out / "tables" / "headline", "Relative gains (ours - baseline) / baseline next to the paper's claims")),
     ("authors' own outputs", lambda inp, out: figures_authors.build(inp.results, out) or _missing(
-        "results/authors/cells.csv: run notebook 08_authors_evidence")),
+        "results/authors/cells.csv: run notebook 08_authors")),
 ]  # fmt: skip
 
 
@@ -688,27 +687,3 @@ def gallery(out_dir: str | Path) -> list[tuple[str, Path]]:
     return shown
 
 
-@locked("step 07 (figures)")
-def run(cfg, paths, out_dir: Path | None = None) -> dict[str, Any]:
-    """Step 07 entry point: ``<run>/figures`` from the run's results when it has them, else from the committed
-    ``results/<profile>`` (see :func:`results_source`), plus the authors' logged numbers. Only figures of the run's
-    own (current) results mark the step finished."""
-    import shutil
-
-    from .provenance import mark, require_upstream
-
-    out_dir = Path(out_dir) if out_dir else paths.figures
-    source, note = results_source(cfg, paths)
-    own = source == Path(paths.results)
-    if own:
-        require_upstream(cfg, paths.root, "figures")  # never plot results whose step is stale or unfinished
-    print(f"figures from {note} -> {out_dir}")
-    staging = out_dir.with_name(f".{out_dir.name}.building")  # a failure leaves the old figures whole
-    shutil.rmtree(staging, ignore_errors=True)
-    statuses = build_all(source, staging, logged_results())
-    shutil.rmtree(out_dir, ignore_errors=True)  # no figure of a feature switched off survives
-    staging.rename(out_dir)
-    if own:
-        mark(paths.step("figures"), cfg, "figures", "finished")
-    return {"out_dir": str(out_dir), "source": str(source), "source_note": note,
-            "figures": [s.__dict__ for s in statuses]}  # fmt: skip

@@ -15,7 +15,7 @@ from . import lm
 from .config import GenerateCfg, RunConfig, SystemCfg
 from .progress import emit as progress_emit
 from .prompts import MODPLURAL_INTEGRATOR, render
-from .runs import RunPaths, atomic_write_parquet, atomic_write_text, locked
+from .runs import RunPaths, atomic_write_parquet, atomic_write_text
 from .text import check_layout
 
 RECORD_COLUMNS = [
@@ -32,7 +32,7 @@ def _record(prompt: str, split: str, system: str, style: str, text: str, attempt
     }  # fmt: skip
 
 
-def _done(path: Path, key: str) -> dict[str, dict]:
+def done_rows(path: Path, key: str) -> dict[str, dict]:
     """Finished rows of ``path`` made under ``key``; rows made with other settings or another policy are dropped
     from the file (a line cut by a crash is dropped too, so that row is generated again)."""
     if not path.exists():
@@ -63,7 +63,7 @@ def generate_rows(
     from tqdm.auto import tqdm
 
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    done = _done(out_jsonl, key)
+    done = done_rows(out_jsonl, key)
     todo = [(s, split) for s, split in items if s not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=system, disable=not progress)
     with open(out_jsonl, "a") as fh:
@@ -240,7 +240,7 @@ def lazy(factory):
 
 def job_key(cfg: RunConfig, system: SystemCfg, template: str | None) -> str:
     """Fingerprint of one system's outputs: sampling settings, prompt, policy identity, seed and generation code."""
-    from .provenance import code_hash, value_key
+    from .keys import code_hash, value_key
 
     g = cfg.generate
     # no batch size: per-row seeded sampling (lm.sample) gives the same row in any batch
@@ -264,47 +264,3 @@ def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
     return items
 
 
-@locked("step 05 (generate)")
-def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
-    """Step 05 entry point: outputs of every configured system (and prompt style) for every split under
-    ``<run>/generate/<system>.jsonl`` plus one ``outputs.parquet``; rows made under another fingerprint (other
-    settings, a retrained policy) are regenerated, matching ones reused."""
-    from .data import load_prepared
-    from .provenance import mark, require_upstream
-    from .runs import resolve_device, timed, write_manifest
-
-    require_upstream(cfg, paths.root, "generate")
-    device = resolve_device(cfg)
-    _, ev = load_prepared(paths.data)
-    items = eval_items(ev, cfg.generate)
-    out_dir = paths.step("generate")
-    mark(out_dir, cfg, "generate", "running")
-    frames, timings = [], {}
-    jobs = [(s, s.name, "default", None) for s in cfg.generate.systems]
-    if cfg.generate.prompt_styles and cfg.generate.systems:
-        first = cfg.generate.systems[0]
-        jobs += [(first, f"{first.name}@{k}", k, v) for k, v in cfg.generate.prompt_styles.items()]
-    rows: dict[str, dict[str, int]] = {}  # per system: rows generated now vs reused from an earlier run
-    for system, name, style, template in jobs:
-        out, key = out_dir / f"{name}.jsonl", job_key(cfg, system, template)
-        reused = len({p for p, _ in items} & set(_done(out, key)))
-        rows[name] = {"generated": len({p for p, _ in items}) - reused, "reused": reused}
-        if system.kind == "modplural":
-            fn = lazy(lambda: modplural_fn(cfg, device))
-        else:
-            fn = lazy(lambda system=system, template=template: policy_fn(system, cfg, paths.root, device, template))
-        with timed(timings, name):
-            frames.append(generate_rows(fn, items, name, style, cfg.generate, out, key, progress))
-    outputs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
-    atomic_write_parquet(outputs, out_dir / "outputs.parquet")
-    for name, part in outputs.groupby("system", sort=False):  # the texts behind every reported number
-        atomic_write_text(paths.results / "generations" / f"{name}.jsonl", part.to_json(orient="records", lines=True))
-    current = {f"{name}.jsonl" for name in outputs["system"].unique()}
-    for old in (paths.results / "generations").glob("*.jsonl"):  # a system removed from the profile
-        if old.name not in current:
-            old.unlink()
-    write_manifest(out_dir, "05_generate", cfg, timings, inputs=[paths.data / "eval.parquet"],
-                   extra={"retries": cfg.generate.retries, "device_used": device, "rows": rows},
-                   results=paths.results)  # fmt: skip
-    mark(out_dir, cfg, "generate", "finished")
-    return outputs

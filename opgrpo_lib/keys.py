@@ -30,8 +30,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "sentence-transformers")
 FINGERPRINT = "fingerprint.json"
 # Modules that decide whether and where a step runs or report on it, never what it computes: not part of any key
-# (and what they import is not followed).
-NEUTRAL_MODULES = frozenset({"registry", "keys", "lifecycle", "progress", "paths"})
+# (and what they import is not followed). ``gpu`` is the memory/disk model: it refuses a start or picks a profile
+# (which is in the key), it computes nothing a step writes.
+NEUTRAL_MODULES = frozenset({"registry", "keys", "lifecycle", "manifest", "progress", "paths", "gpu"})
 
 
 class StaleUpstream(RuntimeError):

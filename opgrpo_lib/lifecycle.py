@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 from .checkpoints import checkpoint_problem
 from .config import RunConfig
-from .paths import atomic_write_text
 from .keys import _describe, changes, mark, recorded, require_upstream, step_inputs, step_key
+from .manifest import write_manifest
+from .paths import atomic_write_text
 from .registry import STEPS
-from .runs import RunPaths, timed, write_manifest
+from .runs import RunPaths, timed
 
 LOCK_NAME = ".opgrpo.lock"
 LOCK_ENV = "OPGRPO_RUN_LOCK"  # "<pid>:<root>": a parent (``opgrpo reproduce``) holds the lock for its notebooks

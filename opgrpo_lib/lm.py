@@ -20,7 +20,8 @@ def resolve_policy(policy: str, cfg: RunConfig, root: Path) -> str:
     """``policy`` → the profile's base policy; ``run:sft`` / ``run:grpo`` → the policy saved by step 03 / 04 (which
     must be finished and made with the current settings); anything else → a path or hub id."""
     from .models import resolve
-    from .provenance import STEPS, StaleUpstream, is_current, recorded
+    from .keys import StaleUpstream, is_current, recorded
+    from .registry import STEPS
 
     if policy == "policy":
         return resolve(cfg.models.policy)
@@ -42,7 +43,7 @@ def resolve_policy(policy: str, cfg: RunConfig, root: Path) -> str:
 
 def policy_identity(policy: str, cfg: RunConfig) -> str:
     """What a generation depends on when it uses ``policy``: the training step's key for ``run:*``, else the name."""
-    from .provenance import step_key
+    from .keys import step_key
 
     if policy.startswith("run:"):
         return f"{policy}@{step_key(cfg, policy[4:])}"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
+from typing import Any
 
 from .model_files import MANIFEST, ModelUnavailable, sha256_file, verify_folder, write_manifest  # noqa: F401
 from .paths import models_dir
@@ -184,3 +185,13 @@ def resolve(name: str) -> str:
         return str(Path(name).resolve())
     local = local_path(name)
     return str(local) if local is not None else name
+
+
+def resolve_estimator(cfg: Any, paths: Any) -> str:
+    """The reward's estimator: ``run:estimator`` = the model fine-tuned by step 02, else a path / hub id."""
+    if cfg.reward.estimator == "run:estimator":
+        path = paths.root / "estimator" / "model"
+        if not (path / "modules.json").exists():
+            raise FileNotFoundError(f"no fine-tuned estimator at {path}; run notebook 02_estimator first")
+        return str(path)
+    return resolve(cfg.reward.estimator)

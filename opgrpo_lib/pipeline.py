@@ -1,6 +1,6 @@
 """``make reproduce``: run the numbered notebooks in order with papermill, skipping steps that are up to date.
 
-A step is skipped when its output's provenance key (``provenance.step_key``: the config sections it reads, its
+A step is skipped when its output's provenance key (``keys.step_key``: the config sections it reads, its
 upstream keys, its library code, package versions) and the notebook source match what the last run recorded. Keys
 are computed from the inputs, so the plan is known before anything runs: an eval-only change reruns 06-07, a change
 to ``train.grpo`` reruns 04-07, a change to ``figures.py`` reruns 07 only. While a notebook runs, the console shows
@@ -23,8 +23,11 @@ from pathlib import Path
 from .config import RunConfig, load_profile
 from .paths import NOTEBOOK_DIR, committed_results
 from .progress import ENV as PROGRESS_ENV
-from .provenance import STEPS, is_current, step_key, steps_of
-from .runs import atomic_write_text, lock_env, run_lock, run_paths
+from .keys import is_current, step_key
+from .lifecycle import lock_env, run_lock
+from .registry import STEPS, steps_of
+from .registry import notebooks as registry_notebooks
+from .runs import atomic_write_text, run_paths
 
 # Lines the kernel or jupyter_client print on every healthy run (see the module docstring).
 NOISE = (
@@ -85,9 +88,8 @@ def resolve_profile(profile: str) -> str:
 
 
 def notebooks(names: list[str] | None = None) -> list[Path]:
-    """The pipeline notebooks (01-07) in order, optionally restricted to stems or numbers."""
-    pipeline = {s.notebook for s in STEPS.values()}
-    found = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb") if p.stem in pipeline)
+    """The pipeline notebooks (01-08, the registry's) in order, optionally restricted to stems or numbers."""
+    found = [NOTEBOOK_DIR / f"{stem}.ipynb" for stem in registry_notebooks()]
     if names:
         found = [p for p in found if p.stem in names or p.stem[:2] in names]
     return found
@@ -372,10 +374,21 @@ def _reproduce(cfg: RunConfig, profile: str, paths, only, force: bool, overrides
             report.append({"notebook": nb.name, "status": "skipped", "key": key})
             continue
         print(f"[run ] {nb.name} ({item['why']}) started {time.strftime('%H:%M:%S')}", flush=True)
-        record.unlink(missing_ok=True)
         t0 = time.perf_counter()
         params = {"profile": profile, "run_dir": str(paths.root), "overrides": overrides or {}}
-        execute(nb, out_nb, params, progress_file, lock_env(paths.root))
+        # A failed or refused run writes <nb>.failed.ipynb: a finished run's executed notebook and record stay, so
+        # a refused start (other settings) never makes the finished step look changed.
+        running, failed = executed / f".{nb.stem}.running.ipynb", executed / f"{nb.stem}.failed.ipynb"
+        try:
+            execute(nb, running, params, progress_file, lock_env(paths.root))
+        except BaseException as exc:
+            if running.exists():
+                running.replace(failed)
+            if isinstance(exc, StepFailed):
+                raise StepFailed(str(exc).replace(str(running), str(failed))) from None
+            raise
+        running.replace(out_nb)
+        failed.unlink(missing_ok=True)
         wall = time.perf_counter() - t0
         atomic_write_text(record, json.dumps({"key": key, "wall_s": round(wall, 1)}))
         print(f"[done] {nb.name} in {_fmt(wall)}", flush=True)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from .config import RunConfig
 from .paths import REPO_ROOT, committed_figures, committed_results
-from .provenance import STEPS, is_current
-from .runs import run_lock, run_paths
+from .keys import is_current
+from .lifecycle import run_lock
+from .registry import STEPS
+from .runs import run_paths
 
 README_PROFILE = "cpu"
 HAND_RUN = ("sweep", "benchmarks")  # scripts/validation_sweep.py, benchmarks/grpo_step.py --profile <profile>

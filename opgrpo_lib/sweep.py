@@ -2,7 +2,7 @@
 from the run folders of the tried settings (their ``grpo/fingerprint.json`` says what was run, their
 ``results/validation_curve.csv`` what it gave). Settings are chosen on this table, never on the evaluation split.
 
-Not a pipeline step: a sweep is a handful of hand-started ``opgrpo train --run-dir ... --set ...`` runs (README,
+Not a pipeline step: a sweep is a handful of hand-started ``opgrpo grpo --run-dir ... --set ...`` runs (README,
 "Choosing the cpu settings"); ``scripts/validation_sweep.py`` writes the table into the chosen run's
 ``results/sweep/`` so that ``opgrpo publish`` commits it with the numbers it led to."""
 
@@ -22,7 +22,7 @@ def run_settings(run_dir: Path) -> dict:
     """What a GRPO run was made with, from its fingerprint (the inputs behind its provenance key)."""
     fp = Path(run_dir) / "grpo" / "fingerprint.json"
     if not fp.exists():
-        raise FileNotFoundError(f"{fp}: not a GRPO run folder (run `opgrpo train --run-dir {run_dir}` first)")
+        raise FileNotFoundError(f"{fp}: not a GRPO run folder (run `opgrpo grpo --run-dir {run_dir}` first)")
     rec = json.loads(fp.read_text())
     conf = rec["inputs"]["config"]
     grpo = conf["train.grpo"]

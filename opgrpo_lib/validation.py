@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, trl_value
 from .coverage import sbert_matches
 from .prompts import implicit
 from .runs import RunPaths, atomic_write_text
@@ -71,60 +71,20 @@ class Validator:
         }  # fmt: skip
 
 
-def sft_point(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] | None:
-    """Step ``sft_validation`` (run by notebook 03 after SFT): does the saved SFT policy finish the layout within
-    GRPO's completion budget? Greedy outputs on the validation situations -> ``results/sft_validation.json``. Its
-    own key (reward, evaluator, budget), so a reward- or eval-only change re-scores the policy without retraining."""
-    from .estimator import resolve_estimator
-    from .lm import load, resolve_policy
-    from .provenance import begin, mark, require_upstream
+def score_policies(
+    cfg: RunConfig, paths: RunPaths, policies: list[tuple[int, str]], estimator: str, device: str
+) -> list[dict[str, Any]]:
+    """One validation point per (step, saved policy folder): greedy outputs within GRPO's completion budget,
+    scored by the reward (with ``estimator``) and by the independent evaluator."""
+    from .lm import load
     from .reward import build_reward
-    from .runs import resolve_device, timed, write_manifest
 
-    if not cfg.train.validation_every:
-        return None
-    out_json = paths.results / "sft_validation.json"
-    require_upstream(cfg, paths.root, "sft_validation")
-    if begin(cfg, paths.root, "sft_validation", force) == "finished" and out_json.exists():
-        return json.loads(out_json.read_text())
-    device = resolve_device(cfg)
-    timings: dict[str, float] = {}
-    with timed(timings, "validation"):
-        policy = load(resolve_policy("run:sft", cfg, paths.root), device)
-        estimator = resolve_estimator(cfg, paths) if cfg.reward.estimator != "run:estimator" else cfg.models.encoder
-        reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device)
-        budget = cfg.train.grpo.get("max_completion_length", 256)
-        point = Validator(cfg, paths, reward, budget).score(policy.model, policy.tokenizer, 0)
-    record = {**point, "max_new_tokens": budget,
-              "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}  # fmt: skip
-    atomic_write_text(out_json, json.dumps(record, indent=2))
-    step_dir = paths.step("sft_validation")
-    write_manifest(step_dir, "03_sft_validation", cfg, timings, results=paths.results)
-    mark(step_dir, cfg, "sft_validation", "finished")
-    return record
-
-
-def curve_callback(validator: Validator, every: int, out_csv: Path):
-    """A TrainerCallback adding a validation point at step 0 (or the resumed step) and every ``every`` steps."""
-    from transformers import TrainerCallback
-
-    from .progress import emit
-
-    rows: list[dict[str, Any]] = pd.read_csv(out_csv).to_dict("records") if out_csv.exists() else []
-
-    def point(model, tok, step):
-        if any(r["step"] == step for r in rows):
-            return
-        emit("validation", step, None, every_s=0.0)
-        rows.append(validator.score(model, tok, step))
-        atomic_write_text(out_csv, pd.DataFrame(rows).sort_values("step").to_csv(index=False))
-
-    class _Curve(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
-            point(model, processing_class, state.global_step)
-
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
-            if state.global_step % every == 0 or state.global_step == state.max_steps:
-                point(model, processing_class, state.global_step)
-
-    return _Curve()
+    budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length")
+    validator, points = None, []
+    for step, path in policies:
+        policy = load(path, device)
+        if validator is None:
+            reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device)
+            validator = Validator(cfg, paths, reward, budget)
+        points.append({**validator.score(policy.model, policy.tokenizer, step), "max_new_tokens": budget})
+    return points

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nbformat as nbf
 
+from opgrpo_lib.registry import STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "opgrpo/opgrpo"
 # The ref the Colab badge opens and the bootstrap installs: the badge and the clone use the same ref, so the notebook
@@ -154,7 +156,7 @@ notebook(
 )
 
 notebook(
-    "01_data_prep",
+    STEPS["data"].notebook,
     "01 · OP-V2 data",
     "Fetches the OP-V2 files (local folder first, else the authors' repository at a pinned commit, hash-checked), "
     "parses every answer into ordered perspectives and writes the train/eval splits.\n\n"
@@ -166,7 +168,7 @@ notebook(
     "**Look at:** the data card (rows per split, how many situations were carved out for training, the parsing "
     "exceptions) and the histogram of perspectives per situation.",
     [
-        ("code", "from opgrpo_lib import data\n\nprepared = data.run(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import data\n\nprepared = data.run(cfg, paths)"),
         ("md", "## Data card"),
         (
             "code",
@@ -179,35 +181,31 @@ notebook(
 )
 
 notebook(
-    "02_similarity_estimator",
+    STEPS["estimator"].notebook,
     "02 · Similarity estimator",
     "Mines one (anchor, positive, negative) triplet per training situation (keyword-masked cosine ≥ 0.75, a judge "
     "confirms the positive and picks the hard negative), fine-tunes the encoder with sentence-transformers' trainer "
     "(MultipleNegativesRankingLoss, scale 70) and compares base vs fine-tuned on held-out situations.\n\n"
     "**Judges:** `llm` (paper: Qwen3-8B) or `names` (offline deviation: perspective-name structure).\n\n"
     "**Reads:** `R/data/train.parquet`. " + WHERE + "`R/estimator/model` (the reward loads it), "
-    "`R/results/estimator/{metrics.json,calibration.csv,similarities.csv,*.png}`.\n\n"
+    "`R/results/estimator/{metrics.json,calibration.csv,similarities.csv}`.\n\n"
     f"**Time:** {TIMES['02']}\n\n"
     "**Look at:** held-out triplet accuracy base → fine-tuned (it should rise) and the precision/recall curves "
     "around the reward's 0.70 threshold.",
     [
-        ("code", "from opgrpo_lib import estimator\n\nresult = estimator.run(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import estimator\n\nresult = estimator.run(cfg, paths)"),
         (
             "code",
             "import json\n\nprint(json.dumps({k: result['metrics'][k] for k in ('train_triplets', 'heldout_triplets', "
             "'triplet_accuracy_base', 'triplet_accuracy_finetuned', 'judge_agreement')}, indent=2))",
         ),
         ("code", 'result["curves"]'),
-        (
-            "code",
-            "from IPython.display import Image, display\n\n"
-            'for path in result["plots"].values():\n    display(Image(filename=str(path)))',
-        ),
+        ("code", 'from opgrpo_lib.figures import fig_estimator\n\nfig_estimator(result["curves"], result["metrics"])'),
     ],
 )
 
 notebook(
-    "03_sft",
+    STEPS["sft"].notebook,
     "03 · SFT warm start",
     "Writes a summary for every training situation (paper: Qwen3-14B, temperature 0.1, top-p 0.6; offline: one "
     "sentence per comment) and fine-tunes the policy with TRL's `SFTTrainer` on the implicit prompt → "
@@ -218,36 +216,38 @@ notebook(
     "**Look at:** the loss going down and, in `sft_validation.json`, the share of valid two-block layouts and of "
     "outputs clipped at the GRPO token budget (both should be near 1 and 0).",
     [
-        ("code", "from opgrpo_lib import train\n\nsft = train.run_sft(cfg, paths)"),
-        ("code", 'sft["log"].tail()'),
+        ("code", "from opgrpo_lib.steps import sft\n\ntrained = sft.run(cfg, paths)"),
+        ("code", 'trained["log"].tail()'),
     ],
 )
 
 notebook(
-    "04_op_grpo",
+    STEPS["grpo"].notebook,
     "04 · OP-GRPO",
     "GRPO with TRL's `GRPOTrainer` from the SFT policy; the reward is the authors' OP reward "
     "(0.3·coverage ladder + w_f·format + tag + w_u·uniqueness, clipped at 0), batched over each GRPO batch. "
     "Backends: `unsloth` (GPU) or `hf` (CPU/GPU).\n\n"
     "**Reads:** `R/sft/policy`, `R/estimator/model`. " + WHERE + "`R/grpo/policy` (+ checkpoints), "
     "`R/results/train_log.csv` (loss, KL, reward and every component per step), `R/results/validation_curve.csv` "
-    "when `train.validation_every` is set. Rerunning resumes from the last complete checkpoint.\n\n"
+    "when `train.validation_every` is set (scored after training from the checkpoints saved every `validation_every` "
+    "steps: a step of its own, so an evaluation setting never retrains GRPO). Rerunning resumes from the last "
+    "complete checkpoint.\n\n"
     f"**Time:** {TIMES['04']}\n\n"
     "**Look at:** the total reward and its terms per step (noisy: every step sees new prompts), the KL, and the "
     "validation curve if there is one: coverage under the independent evaluator is what settings are chosen on.",
     [
-        ("code", "from opgrpo_lib import train\n\ngrpo = train.run_grpo(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import grpo\n\ntrained = grpo.run(cfg, paths)"),
         (
             "code",
-            'cols = [c for c in grpo["log"].columns if c.startswith("op_reward/") or c in ("step", "loss", "kl")]\n'
-            'grpo["log"][cols].tail(10)',
+            'cols = [c for c in trained["log"].columns if c.startswith("op_reward/") or c in ("step", "loss", "kl")]\n'
+            'trained["log"][cols].tail(10)',
         ),
-        ("code", 'from opgrpo_lib.figures import fig_training_dynamics\n\nfig_training_dynamics(grpo["log"])'),
+        ("code", 'from opgrpo_lib.figures import fig_training_dynamics\n\nfig_training_dynamics(trained["log"])'),
     ],
 )
 
 notebook(
-    "05_generate",
+    STEPS["generate"].notebook,
     "05 · Generation",
     "Outputs of every configured system (OP-GRPO, SFT, base model with implicit and explicit prompts, ModPlural) "
     "for the evaluation splits, plus the prompt-style rewordings; temperature 0.7, top-p 0.9. Retries on invalid "
@@ -258,7 +258,7 @@ notebook(
     f"**Time:** {TIMES['05']}\n\n"
     "**Look at:** rows and valid-layout rate per system and split, and one output in full.",
     [
-        ("code", "from opgrpo_lib import generate\n\noutputs = generate.run(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import generate\n\noutputs = generate.run(cfg, paths)"),
         (
             "code",
             'outputs.groupby(["system", "split"]).agg(rows=("prompt", "size"), valid_format=("valid_format", "mean"))',
@@ -268,7 +268,7 @@ notebook(
 )
 
 notebook(
-    "06_evaluate",
+    STEPS["evaluate"].notebook,
     "06 · Evaluation",
     "SBERT coverage (relative / absolute accuracy, the authors' logged metric) with an evaluator different from the "
     "reward's estimator, the NLI Overton benchmark (Accuracy@0.33; skipped with a plain statement where no NLI model "
@@ -280,7 +280,7 @@ notebook(
     "**Look at:** `comparisons` — OP-GRPO minus each baseline on the same situations with its 95 % CI, under the "
     "independent evaluator and under the reward's own estimator (the headline; notebook 07 draws it).",
     [
-        ("code", 'from opgrpo_lib import evaluate\n\nev = evaluate.run(cfg, paths)\nev["summary"]'),
+        ("code", 'from opgrpo_lib.steps import evaluate\n\nev = evaluate.run(cfg, paths)\nev["summary"]'),
         (
             "code",
             'm = ev["metrics"]\nm[m.metric == "sbert"][["system", "split", "n", "relative_accuracy", "absolute_accuracy"]]',
@@ -290,7 +290,7 @@ notebook(
 )
 
 notebook(
-    "07_figures_and_tables",
+    STEPS["figures"].notebook,
     "07 · Figures and tables",
     "Every figure and table as a pure function of result files (no torch, no model): the headline paired "
     "comparisons with their CIs, coverage vs number of perspectives, training dynamics and the validation curve, the "
@@ -303,7 +303,7 @@ notebook(
     f"**Time:** {TIMES['07']}\n\n"
     "**Look at:** the headline figure first (is each difference's CI clear of 0?), then the tables below it.",
     [
-        ("code", "from opgrpo_lib import figures\n\nfigs = figures.run(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import figures\n\nfigs = figures.run(cfg, paths)"),
         (
             "code",
             "from pathlib import Path\nfrom IPython.display import Markdown, display\n\n"
@@ -313,15 +313,15 @@ notebook(
         ("md", "## Figures and tables\n\nThe headline first: OP-GRPO minus each baseline on the same situations."),
         (
             "code",
-            "from IPython.display import Image\n\n"
-            'for caption, path in figures.gallery(figs["out_dir"]):\n'
+            "from IPython.display import Image\n\nfrom opgrpo_lib.figures import gallery\n\n"
+            'for caption, path in gallery(figs["out_dir"]):\n'
             '    display(Markdown(f"### {caption}"))\n'
             '    display(Image(filename=str(path)) if path.suffix == ".png" else Markdown(path.read_text()))',
         ),
     ],
 )
 notebook(
-    "08_authors_evidence",
+    STEPS["authors"].notebook,
     "08 · What the authors' own outputs say",
     "The paper-scale evidence reachable without the paper's compute: the authors' own per-row SBERT evaluation logs "
     "(213 logs of ~29 systems at a pinned commit of their repository). Each file is read from "
@@ -333,7 +333,7 @@ notebook(
     "**Outputs:** `runs/<profile>/results/authors/` (per-row scores, no authors' texts; published to "
     "`results/<profile>/authors/`) and `runs/<profile>/figures/authors_*` (also drawn by step 07 from the committed results). Runtime (cpu): see the manifest.",
     [
-        ("code", "from opgrpo_lib import authors\n\nsummary = authors.run(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import authors\n\nsummary = authors.run(cfg, paths)"),
         (
             "code",
             "import pandas as pd\n\n"

@@ -10,9 +10,10 @@ import typing
 import pytest
 
 from opgrpo_lib import config as config_mod
-from opgrpo_lib import provenance
+from opgrpo_lib import keys
 from opgrpo_lib.config import TRAINER_THROUGHPUT, ConfigError, load_profile
-from opgrpo_lib.provenance import STEPS, code_closure, step_keys
+from opgrpo_lib.keys import code_closure, step_keys
+from opgrpo_lib.registry import STEPS
 
 PROFILES = ("tiny", "cpu", "paper")
 EVAL_STACK = {"evaluate", "judge", "stats", "generate", "figures", "figures_gpu", "sweep"}
@@ -54,6 +55,11 @@ def _mutate(cfg, key, value, f):
         "authors.rescore_systems": ["all"] if value != ["all"] else ["headline"],
         "authors.rescore_splits": ["5p"] if value != ["5p"] else ["10p"],
     }
+    # TRL's rule (checked at load): the generation batch holds whole groups of num_generations completions
+    if key in ("train.grpo.per_device_train_batch_size", "train.grpo.gradient_accumulation_steps"):
+        return value * 2
+    if key == "train.grpo.num_generations":
+        return value // 2 if value % 4 == 0 else value * 2
     if key in special:
         return special[key]
     tp = typing.get_type_hints(type(_owner(cfg, key)))[key.rsplit(".", 1)[-1]] if f else None
@@ -137,7 +143,8 @@ def test_every_setting_changes_exactly_the_declared_keys(profile):
         ({"eval.nli_batch_size": 8, "generate.batch_size": 3}, set(STEPS), set()),
         ({"train.grpo.dataloader_num_workers": 2}, set(STEPS), set()),
         ({"reward.weights": "early"}, {"data", "estimator", "sft"}, {"sft_validation", "grpo", "evaluate"}),
-        ({"eval.sbert_thresholds": [0.75]}, {"data", "estimator", "sft"}, {"sft_validation", "grpo", "evaluate"}),
+        ({"eval.sbert_thresholds": [0.75]}, {"data", "estimator", "sft", "grpo", "generate"},
+         {"sft_validation", "grpo_validation", "evaluate"}),  # an evaluation setting never retrains
         ({"eval.bootstrap_reps": 500}, {"data", "estimator", "sft", "sft_validation", "grpo", "generate"}, set()),
         ({"eval.checkpoint_rows_per_split": 2}, {"data", "estimator", "sft"}, {"grpo", "evaluate"}),
         ({"train.sft.learning_rate": 2e-4}, {"data", "estimator"}, {"sft", "sft_validation", "grpo"}),
@@ -181,15 +188,15 @@ def _noise(source: str) -> str:
 @pytest.fixture
 def package_copy(tmp_path, monkeypatch):
     copy = tmp_path / "opgrpo_lib"
-    shutil.copytree(provenance.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", copy)
+    shutil.copytree(keys.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(keys, "PACKAGE_DIR", copy)
     return copy
 
 
 def test_comment_and_docstring_edits_change_no_key(package_copy):
     cfgs = {p: load_profile(p) for p in PROFILES}
     before = {p: step_keys(c) for p, c in cfgs.items()}
-    modules = sorted(package_copy.glob("*.py"))
+    modules = sorted(package_copy.rglob("*.py"))
     for path in modules:
         path.write_text(_noise(path.read_text()))
     compile_all = [compile(p.read_text(), str(p), "exec") for p in modules]  # the edits keep valid Python
@@ -202,7 +209,7 @@ def test_comment_and_docstring_edits_change_no_key(package_copy):
 def test_a_code_change_reruns_its_steps_and_downstream(package_copy, module):
     cfg = load_profile("cpu")
     before = step_keys(cfg)
-    path = package_copy / f"{module}.py"
+    path = keys.module_path(module, package_copy)
     path.write_text(path.read_text() + "\n\nBEHAVIOUR_CHANGED_BY_THE_TEST = 1\n")
     after = step_keys(cfg)
     direct = {s for s in STEPS if module in code_closure(STEPS[s].module, package_copy)}
@@ -215,9 +222,28 @@ def test_a_code_change_reruns_its_steps_and_downstream(package_copy, module):
         assert expected == {"evaluate", "figures", "authors"}
 
 
+def test_the_gpu_model_reruns_nothing_and_the_figures_code_step_07_only(package_copy):
+    """The memory/disk model decides whether a step starts (disk check) or which profile ``auto`` picks, never what
+    a step computes; the figures code is step 07's alone."""
+    cfg = load_profile("cpu")
+    before = step_keys(cfg)
+    for module, expected in (("gpu", set()), ("figures", {"figures"})):
+        path = keys.module_path(module, package_copy)
+        path.write_text(path.read_text() + f"\n\nBEHAVIOUR_CHANGED_BY_THE_TEST_{module.upper()} = 1\n")
+        after = step_keys(cfg)
+        assert {s for s in STEPS if before[s] != after[s]} == expected, module
+        before = after
+
+
+def test_the_data_step_is_keyed_over_data_code_only():
+    assert set(code_closure(STEPS["data"].module)) - keys.NEUTRAL_MODULES == {
+        "checkpoints", "config", "data", "prompts", "runs", "steps.data", "text"
+    }  # fmt: skip
+
+
 def test_a_docstring_is_not_a_string_statement():
     """Only the leading string of a module/class/function is a docstring; a string elsewhere is code."""
-    tree = provenance._strip_docstrings(
+    tree = keys._strip_docstrings(
         ast.parse('"""doc"""\nx = 1\n"not a docstring"\ndef f():\n    """d"""\n    return 1\n')
     )
     dumped = ast.dump(tree)
@@ -255,8 +281,9 @@ def test_the_reproduce_cli_fails_before_any_step(tmp_path, capsys):
 
 def test_the_library_has_no_import_cycles():
     """Function-local imports count too: a cycle hidden inside a function is still a cycle."""
-    pkg = provenance.PACKAGE_DIR
-    graph = {p.stem: set(code_closure(p.stem)) - {p.stem} for p in pkg.glob("*.py") if p.stem != "__init__"}
+    pkg = keys.PACKAGE_DIR
+    names = [".".join(p.relative_to(pkg).with_suffix("").parts).removesuffix(".__init__") for p in pkg.rglob("*.py")]
+    graph = {m: set(code_closure(m)) - {m} for m in names if m != "__init__"}
     cycles = sorted(a for a, reach in graph.items() if any(a in graph[b] for b in reach))
     assert not cycles, f"modules on an import cycle: {cycles}"
 
@@ -266,13 +293,12 @@ def test_the_library_has_no_import_cycles():
 NOT_KEYED = {
     "profile": "the profile's name (folders, messages)",
     "train.validation_every": "switches the curve / the sft_validation step on (StepSpec.enabled, the curve keys)",
-    "reward.estimator@estimator": "read by estimator.resolve_estimator, which steps 03-06 call, not step 02",
 }
 
 
 def _config_reads(module: str) -> set[str]:
     """Dotted config keys a module reads as ``cfg.a.b`` (also through ``x = cfg.a`` aliases), maximal chains only."""
-    tree = ast.parse((provenance.PACKAGE_DIR / f"{module}.py").read_text())
+    tree = ast.parse(keys.module_path(module, keys.PACKAGE_DIR).read_text())
 
     def chain(node, aliases):
         parts = []
@@ -300,7 +326,7 @@ def _config_reads(module: str) -> set[str]:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_setting_a_step_module_reads_is_in_its_key(profile):
-    """Each ``cfg.…`` read in a step's entry module is declared by a step of that module or one upstream of it
+    """Each ``cfg.…`` read in a step's entry module or the library code it imports is declared by a step of that module or one upstream of it
     (an upstream key covers it), or is throughput-only, or is listed in NOT_KEYED with its reason."""
     cfg = load_profile(profile)
 
@@ -313,15 +339,21 @@ def test_every_setting_a_step_module_reads_is_in_its_key(profile):
                 todo += list(STEPS[s].upstream(cfg))
         return seen
 
-    for module in sorted({s.module for s in STEPS.values()}):
-        steps = {s for s, spec in STEPS.items() if spec.module == module}
-        covering = set().union(*(upstream_closure(s) for s in steps))
+    # each step module and each library module a step module imports itself, with the steps that use it (config
+    # checks every key and the neutral modules compute nothing: left out)
+    users: dict[str, set[str]] = {}
+    for step, spec in STEPS.items():
+        for used in {spec.module, *keys._module(spec.module, keys.PACKAGE_DIR)[1]}:
+            users.setdefault(used, set()).add(step)
+    top = {f.name for f in dataclasses.fields(cfg)}  # a ``cfg`` of a section type (RewardCfg...) is not this one
+    for used in sorted(set(users) - keys.NEUTRAL_MODULES - {"config"}):
+        covering = set().union(*(upstream_closure(s) for s in users[used]))
         declared = set().union(*(set(STEPS[s].config(cfg)) for s in covering))
-        for read in _config_reads(module):
+        for read in (r for r in _config_reads(used) if r.split(".")[0] in top):
             field = _field_of(cfg, read)
-            if read in NOT_KEYED or f"{read}@{module}" in NOT_KEYED or _is_throughput(read, field):
+            if read in NOT_KEYED or f"{read}@{used}" in NOT_KEYED or _is_throughput(read, field):
                 continue
-            assert any(read == d or read.startswith(d + ".") for d in declared), f"{module} reads {read}: undeclared"
+            assert any(read == d or read.startswith(d + ".") for d in declared), f"{used} reads {read}: undeclared"
 
 
 def _field_of(cfg, dotted):

@@ -1,0 +1,3 @@
+"""Step 08 (placeholder until the authors split lands)."""
+
+from ..authors import run  # noqa: F401

@@ -1,0 +1,127 @@
+"""Step 04: OP-GRPO from the SFT policy (``train.init``) with the OP reward (TRL's ``GRPOTrainer``), then the
+validation curve scored from its checkpoints (its own step and key: an evaluation setting never retrains GRPO)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ..config import ConfigError, RunConfig
+from ..data import load_prepared, load_validation
+from ..device import resolve_device
+from ..lifecycle import step_run
+from ..lm import resolve_policy
+from ..models import resolve_estimator
+from ..progress import trainer_callback
+from ..reward import build_reward
+from ..runs import RunPaths, atomic_write_text, checkpoint_problem
+from ..train import (
+    OptimizerInLastCheckpoint,
+    check_disk,
+    check_prompt_lengths,
+    check_trainable_dtype,
+    chunk_generation,
+    drop_optimizers,
+    ensure_unsloth,
+    grpo_config,
+    grpo_dataset,
+    kept_checkpoints,
+    load_model,
+    log_frame,
+    precision_plan,
+    resume_from,
+    save_at,
+    save_policy,
+)
+from ..validation import score_policies
+
+
+def run(cfg: RunConfig, paths: RunPaths, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
+    """GRPO; a finished run with the same settings is a no-op, an interrupted one resumes from its last complete
+    checkpoint (extra trainer ``callbacks`` are for benchmarks). Then :func:`validate`."""
+    if cfg.train.backend == "unsloth":
+        ensure_unsloth()  # before anything else imports transformers
+    with step_run(cfg, paths, "grpo", force) as step:
+        if step.done:
+            log_path = paths.results / "train_log.csv"
+            log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame()
+            result = {"policy": step.folder / "policy", "log": log, "skipped": True}
+        else:
+            result = _train(cfg, paths, step, callbacks or [])
+    validate(cfg, paths, force)
+    return result
+
+
+def _train(cfg: RunConfig, paths: RunPaths, step, callbacks: list) -> dict[str, Any]:
+    from trl import GRPOTrainer
+
+    tc = cfg.train
+    plan = precision_plan(cfg)  # every check that can refuse runs before the step folder is touched
+    args = grpo_config(cfg, step.folder, plan)
+    train, _ = load_prepared(paths.data)
+    ds = grpo_dataset(train, cfg.data.grpo_rows if cfg.data.train_source == "final_train" else None)
+    if tc.validation_every and load_validation(paths.data).empty:
+        raise ConfigError("train.validation_every needs validation situations: set data.validation_situations")
+    with step.timed("load"):
+        init = resolve_policy(tc.init, cfg, paths.root)
+        check_disk(cfg, init, paths.root, "grpo", kept_checkpoints(args, tc.validation_every))
+        model, tok, peft_config = load_model(cfg, init, plan)
+        longest = check_prompt_lengths(ds, tok, tc.max_prompt_length)
+        device = "cpu" if args.use_cpu else "cuda"
+        reward = build_reward(cfg.reward, resolve_estimator(cfg, paths), tokenizer=tok, device=device)
+    extra = [trainer_callback("grpo"), OptimizerInLastCheckpoint(), *callbacks]
+    extra += [save_at(tc.validation_every)] if tc.validation_every else []
+    out = step.begin()
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
+                          peft_config=peft_config, callbacks=extra)  # fmt: skip
+    check_trainable_dtype(trainer.model, plan)
+    chunk_generation(trainer.model, tc.generation_chunk)
+    with step.timed("train"):
+        trainer.train(resume_from_checkpoint=resume_from(step.resuming, out))
+    policy = save_policy(trainer, out / "policy", merge=tc.merge_adapter)
+    log = log_frame(trainer.state.log_history)
+    if args.process_index == 0:
+        atomic_write_text(paths.results / "train_log.csv", log.to_csv(index=False))
+        drop_optimizers(out, "grpo")
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    step.inputs = [paths.data / "train.parquet"]
+    step.extra = {"backend": tc.backend, "weights": cfg.reward.weights, "longest_prompt_tokens": longest,
+                  "world_size": args.world_size, "prompts": len(ds), "completions_per_step": per_step}  # fmt: skip
+    return {"policy": policy, "log": log}
+
+
+def checkpoints(cfg: RunConfig, paths: RunPaths) -> list[tuple[int, str]]:
+    """(step, policy) of the validation curve: the init policy at step 0, then every ``train.validation_every``-th
+    checkpoint and the last one. A damaged checkpoint is named up front, not a loader traceback halfway through."""
+    every = cfg.train.validation_every
+    found = sorted((paths.root / "grpo" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+    last = int(found[-1].name[11:]) if found else 0
+    points = [(0, resolve_policy(cfg.train.init, cfg, paths.root))]
+    for ckpt in found:
+        n = int(ckpt.name[11:])
+        if n % every and n != last:
+            continue
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            raise ValueError(f"GRPO checkpoint {ckpt}: {problem}; retrain step 04 (opgrpo grpo --force)")
+        points.append((n, str(ckpt)))
+    return points
+
+
+def validate(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame | None:
+    """Step ``grpo_validation``: greedy outputs of the init policy and of GRPO's checkpoints on the validation
+    situations, scored by the reward and the independent evaluator -> ``results/validation_curve.csv``."""
+    if not cfg.train.validation_every:
+        return None
+    out_csv = paths.results / "validation_curve.csv"
+    with step_run(cfg, paths, "grpo_validation", force) as step:
+        if step.done and out_csv.exists():
+            return pd.read_csv(out_csv)
+        policies = checkpoints(cfg, paths)
+        step.begin()
+        with step.timed("validation"):
+            points = score_policies(cfg, paths, policies, resolve_estimator(cfg, paths), resolve_device(cfg))
+        curve = pd.DataFrame(points).drop(columns="max_new_tokens")
+        atomic_write_text(out_csv, curve.to_csv(index=False))
+    return curve
