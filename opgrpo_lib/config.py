@@ -609,7 +609,7 @@ def check_trainer_section(section_name: str, values: dict[str, Any]) -> None:
 
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {dotted}: not a field of the installed TRL's {cls}{hint}")
+            raise ConfigError(f"{dotted}: not a field of the installed TRL's {cls}{hint}")
         if fields is not None and not _trainer_type_ok(value, fields[key]):
             raise ConfigError(f"{dotted}: expected {fields[key]}, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and not math.isfinite(value):

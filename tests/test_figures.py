@@ -89,7 +89,7 @@ def test_every_figure_builds_and_missing_inputs_are_named(tmp_path):
     assert statuses["reward ablation"].status == "missing inputs" and "ablations" in statuses["reward ablation"].note
     assert (tmp_path / "figs" / "coverage_vs_perspectives.pdf").exists()
     empty = {s.name: s for s in figures.build_all(tmp_path / "nothing", tmp_path / "figs2", None)}
-    assert empty["training dynamics"].status == "missing inputs" and "04_op_grpo" in empty["training dynamics"].note
+    assert empty["training dynamics"].status == "missing inputs" and "04_grpo" in empty["training dynamics"].note
     assert "05" in empty["main coverage table"].note
     assert "missing inputs" in (tmp_path / "figs2" / "INDEX.md").read_text()
 

@@ -87,7 +87,7 @@ def test_prompt_templates():
 
 def test_missing_trained_policy_names_the_notebook(tmp_path):
     cfg = load_profile("tiny")
-    with pytest.raises(FileNotFoundError, match="04_op_grpo"):
+    with pytest.raises(FileNotFoundError, match="04_grpo"):
         resolve_policy("run:grpo", cfg, run_paths(cfg, tmp_path).root)
 
 

@@ -50,7 +50,7 @@ def outputs(nb: nbformat.NotebookNode, mime: str) -> list[str]:
 def test_figures_notebook_on_a_fresh_clone_shows_the_committed_results(tmp_path, monkeypatch):
     repo = fresh_clone(tmp_path)
     run = tmp_path / "run"
-    nb = execute(repo, "07_figures_and_tables", monkeypatch, profile="cpu", run_dir=str(run))
+    nb = execute(repo, "07_figures", monkeypatch, profile="cpu", run_dir=str(run))
     pngs = outputs(nb, "image/png")
     md = "\n".join(outputs(nb, "text/markdown"))
     committed = {p.name for p in (repo / "figures" / "cpu").glob("*.png")}
@@ -78,7 +78,7 @@ def test_reward_explorer_notebook_on_a_fresh_clone(tmp_path, monkeypatch):
 
 
 def _bootstrap_source() -> str:
-    nb = nbformat.read(ROOT / "notebooks" / "07_figures_and_tables.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "notebooks" / "07_figures.ipynb", as_version=4)
     return next(c.source for c in nb.cells if c.cell_type == "code")
 
 
@@ -132,7 +132,7 @@ def test_the_readme_colab_badge_opens_a_notebook_that_needs_no_run():
 
     badge = re.search(r"colab\.research\.google\.com/github/[^)]*/notebooks/([0-9a-z_]+)\.ipynb\)",
                       (ROOT / "README.md").read_text())  # fmt: skip
-    assert badge and badge.group(1) in {"00_explore_reward", "07_figures_and_tables"}
+    assert badge and badge.group(1) in {"00_explore_reward", "07_figures"}
 
 
 @pytest.mark.slow

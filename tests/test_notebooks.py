@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_there_are_notebooks():
     chain = [p for p in NOTEBOOKS if not p.name.startswith("00_")]  # 00 = the reward explorer, not a pipeline step
-    assert chain and chain[0].name == "01_data_prep.ipynb"
+    assert chain and chain[0].name == "01_data.ipynb"
     numbers = [int(p.name[:2]) for p in chain]
     assert numbers == list(range(1, len(numbers) + 1)), "numbered contiguously from 01"
     assert [p.name for p in NOTEBOOKS if p.name.startswith("00_")] == ["00_explore_reward.ipynb"]

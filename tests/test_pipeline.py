@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from opgrpo_lib import generate, pipeline, train
+from opgrpo_lib import generate, pipeline
+from opgrpo_lib.steps import grpo as grpo_step
+from opgrpo_lib.steps import sft as sft_step
 from opgrpo_lib.config import load_profile
 from opgrpo_lib.paths import REPO_ROOT
-from opgrpo_lib.provenance import StaleUpstream, recorded, step_key
+from opgrpo_lib.keys import StaleUpstream, recorded, step_key
 from opgrpo_lib.runs import run_paths
 
 
@@ -84,9 +86,9 @@ def test_rerun_skips_everything_and_plans_only_what_changed(chain):
     assert all(r["status"] == "skipped" for r in report)
     cfg = load_profile("tiny")
     reruns = {
-        "eval.bootstrap_reps": (500, ["06_evaluate", "07_figures_and_tables"]),
-        "generate.max_new_tokens": (8, ["05_generate", "06_evaluate", "07_figures_and_tables"]),
-        "train.grpo.learning_rate": (2e-3, ["04_op_grpo", "05_generate", "06_evaluate", "07_figures_and_tables"]),
+        "eval.bootstrap_reps": (500, ["06_evaluate", "07_figures"]),
+        "generate.max_new_tokens": (8, ["05_generate", "06_evaluate", "07_figures"]),
+        "train.grpo.learning_rate": (2e-3, ["04_grpo", "05_generate", "06_evaluate", "07_figures"]),
     }
     for key, (value, expected) in reruns.items():
         changed = load_profile("tiny", {key: value})
@@ -103,7 +105,7 @@ def test_finished_training_rerun_is_a_no_op(chain, tmp_path):
     shutil.copytree(run / "results", work / "results")
     cfg = load_profile("tiny")
     before = sorted(p.name for p in (work / "grpo" / "checkpoints").iterdir())
-    res = train.run_grpo(cfg, run_paths(cfg, work))
+    res = grpo_step.run(cfg, run_paths(cfg, work))
     assert res.get("skipped") and sorted(p.name for p in (work / "grpo" / "checkpoints").iterdir()) == before
 
 
@@ -115,7 +117,7 @@ def test_changed_settings_retrain_and_regenerate(chain, tmp_path):
     new = load_profile("tiny", {"train.grpo.learning_rate": 2e-3, "train.grpo.max_steps": 2})
     with pytest.raises(StaleUpstream, match="learning_rate"):
         generate.run(new, run_paths(new, work), progress=False)
-    train.run_grpo(new, run_paths(new, work))
+    grpo_step.run(new, run_paths(new, work))
     assert (work / "grpo.previous" / "checkpoints").exists(), "the old run is kept aside, not continued"
     assert recorded(work / "grpo")["key"] == step_key(new, "grpo")
     old_rows = [json.loads(x) for x in (work / "generate" / "op_grpo.jsonl").read_text().splitlines()]
@@ -157,7 +159,7 @@ def test_grpo_resumes_from_last_complete_checkpoint(chain, tmp_path, capsys):
                 raise Killed
 
     with pytest.raises(Killed):
-        train.run_grpo(cfg, paths, callbacks=[KillAfterSave()])
+        grpo_step.run(cfg, paths, callbacks=[KillAfterSave()])
     weights = work / "grpo" / "checkpoints" / "checkpoint-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert recorded(work / "grpo")["status"] == "running"
@@ -168,7 +170,7 @@ def test_grpo_resumes_from_last_complete_checkpoint(chain, tmp_path, capsys):
         def on_step_end(self, args, state, control, **kw):
             Steps.ran.append(state.global_step)
 
-    res = train.run_grpo(cfg, paths, callbacks=[Steps()])
+    res = grpo_step.run(cfg, paths, callbacks=[Steps()])
     assert Steps.ran == [3, 4], Steps.ran  # resumed from checkpoint-2: only steps 3-4 ran again
     assert "skipping checkpoint-4" in capsys.readouterr().out
     assert res["log"]["step"].tolist()[-1] == 4 and recorded(work / "grpo")["status"] == "finished"
@@ -177,7 +179,7 @@ def test_grpo_resumes_from_last_complete_checkpoint(chain, tmp_path, capsys):
 @pytest.mark.slow
 def test_failure_names_notebook_and_cell(tmp_path, opv2_dir):
     os.environ["OPGRPO_DATA_DIR"] = str(opv2_dir)
-    with pytest.raises(pipeline.StepFailed, match=r"05_generate\.ipynb failed in cell \d+.*04_op_grpo"):
+    with pytest.raises(pipeline.StepFailed, match=r"05_generate\.ipynb failed in cell \d+.*04_grpo"):
         pipeline.reproduce("tiny", str(tmp_path), only=["01", "05"], quiet=True)
     assert (tmp_path / "data" / "eval.parquet").exists(), "earlier outputs stay"
 
@@ -199,7 +201,7 @@ def _cli(*args, **kw):
 
 @pytest.mark.slow
 def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path, monkeypatch):
-    """Issue 22: `opgrpo train --set train.grpo.learnin_rate=1e-3` (a typo), a full disk or a failing model load
+    """Issue 22: `opgrpo grpo --set train.grpo.learnin_rate=1e-3` (a typo), a full disk or a failing model load
     refuse before anything moves; `opgrpo reproduce` with the original settings then retrains nothing."""
     import opgrpo_lib.runs
 
@@ -207,7 +209,7 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
     work = tmp_path / "X"
     shutil.copytree(run, work, symlinks=True)  # cp -a FINISHED X
     before = _tree(work)
-    out = _cli("train", "--profile", "tiny", "--run-dir", str(work), "--set", "train.grpo.learnin_rate=1e-3")
+    out = _cli("grpo", "--profile", "tiny", "--run-dir", str(work), "--set", "train.grpo.learnin_rate=1e-3")
     assert out.returncode == 2 and "learnin_rate" in out.stderr and "Traceback" not in out.stderr
     assert _tree(work) == before
 
@@ -217,7 +219,7 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
         m.setattr(opgrpo_lib.runs.shutil, "disk_usage", lambda path: full)
         for _ in range(2):  # a second try on the full disk deleted the finished run before
             with pytest.raises(OSError, match="GB free"):
-                train.run_grpo(new, run_paths(new, work))
+                grpo_step.run(new, run_paths(new, work))
     with monkeypatch.context() as m:
 
         def no_model(cfg, path, plan=None):
@@ -225,17 +227,17 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
 
         m.setattr(train, "load_model", no_model)
         with pytest.raises(OSError, match="cannot load"):
-            train.run_grpo(new, run_paths(new, work))
+            grpo_step.run(new, run_paths(new, work))
         sft_new = load_profile("tiny", {"train.sft.learning_rate": 5e-2})
         with pytest.raises(OSError, match="cannot load"):
-            train.run_sft(sft_new, run_paths(sft_new, work))
+            sft_step.run(sft_new, run_paths(sft_new, work))
     assert _tree(work) == before, "a refused start changes nothing in the run folder"
 
     report = pipeline.reproduce("tiny", str(work), quiet=True)
     assert all(r["status"] == "skipped" for r in report), report
     assert not (work / "grpo.previous").exists()
 
-    summary = _cli("train", "--profile", "tiny", "--run-dir", str(work))  # a real summary, not {}
+    summary = _cli("grpo", "--profile", "tiny", "--run-dir", str(work))  # a real summary, not {}
     shown = json.loads(summary.stdout[summary.stdout.index("\n{") + 1 :])  # after the "[grpo] finished" line
     assert summary.returncode == 0 and shown["skipped"] is True and shown["policy"].endswith("grpo/policy")
     assert shown["log"]["rows"] > 0 and "loss" in shown["log"]["last"]
@@ -249,9 +251,9 @@ def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
     work = tmp_path / "X"
     shutil.copytree(run, work, symlinks=True)
     old_curve = (run / "results" / "validation_curve.csv").read_text()
-    train.run_grpo(new, run_paths(new, work))
+    grpo_step.run(new, run_paths(new, work))
     fresh = _copy_run(run, tmp_path / "fresh", ("data", "estimator", "sft"))
-    train.run_grpo(new, run_paths(new, fresh))
+    grpo_step.run(new, run_paths(new, fresh))
     curve = pd.read_csv(work / "results" / "validation_curve.csv")
     assert curve["step"].tolist() == [0, 2]
     pd.testing.assert_frame_equal(curve, pd.read_csv(fresh / "results" / "validation_curve.csv"))
@@ -259,7 +261,7 @@ def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
     assert json.loads((work / "grpo.previous" / "replaced.json").read_text())["why"].count("learning_rate")
     # the original settings again: the kept run comes back with its own curve, nothing retrains
     cfg = load_profile("tiny")
-    assert train.run_grpo(cfg, run_paths(cfg, work)).get("skipped")
+    assert grpo_step.run(cfg, run_paths(cfg, work)).get("skipped")
     assert (work / "results" / "validation_curve.csv").read_text() == old_curve
 
 
@@ -322,7 +324,8 @@ def test_sigterm_stops_reproduce_and_its_kernel_mid_training(chain, tmp_path):
 
     import psutil
 
-    from opgrpo_lib.runs import LOCK_NAME, last_complete_checkpoint
+    from opgrpo_lib.lifecycle import LOCK_NAME
+    from opgrpo_lib.runs import last_complete_checkpoint
 
     run, _ = chain
     work = _copy_run(run, tmp_path / "X", ("data", "estimator", "sft"))
@@ -339,7 +342,7 @@ def test_sigterm_stops_reproduce_and_its_kernel_mid_training(chain, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
-    assert "stopped by SIGTERM while 04_op_grpo.ipynb ran" in err and "rerun the same command" in err
+    assert "stopped by SIGTERM while 04_grpo.ipynb ran" in err and "rerun the same command" in err
     gone, alive = psutil.wait_procs(tree, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "no orphan keeps running"
     saved = sorted(p.name for p in ckpts.iterdir())

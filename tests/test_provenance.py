@@ -4,11 +4,21 @@ import json
 
 import pytest
 
-from opgrpo_lib import provenance
+from opgrpo_lib import keys
 from opgrpo_lib.config import load_profile
-from opgrpo_lib.provenance import STEPS, begin, changes, code_closure, mark, recorded, require_upstream, step_key
+from opgrpo_lib.keys import changes, code_closure, mark, recorded, require_upstream, step_key
+from opgrpo_lib.lifecycle import commit_start, prepare_start
+from opgrpo_lib.registry import STEPS
 
-ORDER = ["data", "estimator", "sft", "sft_validation", "grpo", "generate", "evaluate", "figures", "authors"]
+ORDER = list(STEPS)
+
+
+def begin(cfg, root, step):
+    """How a long step starts, and its folder made ready (what ``lifecycle.step_run`` does around a body)."""
+    start = prepare_start(cfg, root, step)
+    if start.state != "finished":
+        commit_start(cfg, start)
+    return start.state
 
 
 def _invalidated(override: dict) -> list[str]:
@@ -26,17 +36,20 @@ def _invalidated(override: dict) -> list[str]:
         ({"reward.weights": "early"}, ["grpo", "generate", "evaluate", "figures"]),
         ({"estimator.scale": 60.0}, ["estimator", "grpo", "generate", "evaluate", "figures"]),
         ({"train.sft.learning_rate": 1e-3}, ["sft", "grpo", "generate", "evaluate", "figures"]),
-        ({"data.eval_per_split": 4}, [s for s in ORDER if s != "sft_validation"]),  # the curve is off here
+        ({"data.eval_per_split": 4}, [s for s in ORDER if not s.endswith("_validation")]),  # the curve is off here
     ],
 )
 def test_a_change_invalidates_exactly_its_step_and_downstream(override, expected):
     assert _invalidated(override) == expected
 
 
-def test_validation_curve_settings_are_in_the_training_keys_only_when_on():
+def test_validation_curve_settings_are_never_in_the_training_keys():
+    """The curve is scored in its own step from GRPO's checkpoints: an evaluator change re-scores, never retrains."""
     on, off = load_profile("tiny"), load_profile("tiny", {"train.validation_every": 0})
     changed = {"models.eval_encoder": "sentence-transformers/all-MiniLM-L6-v2"}
-    assert step_key(load_profile("tiny", changed), "grpo") != step_key(on, "grpo")
+    new = load_profile("tiny", changed)
+    assert step_key(new, "grpo") == step_key(on, "grpo") and step_key(new, "sft") == step_key(on, "sft")
+    assert step_key(new, "grpo_validation") != step_key(on, "grpo_validation")
     changed_off = load_profile("tiny", {"train.validation_every": 0, **changed})
     assert step_key(changed_off, "grpo") == step_key(off, "grpo") and step_key(changed_off, "sft") == step_key(
         off, "sft"
@@ -45,7 +58,7 @@ def test_validation_curve_settings_are_in_the_training_keys_only_when_on():
 
 def test_code_fingerprint_follows_imports():
     assert "train" not in code_closure("figures") and "figures" not in code_closure("train")
-    assert {"reward", "text", "config"} <= set(code_closure("train"))
+    assert {"reward", "text", "config", "train"} <= set(code_closure("steps.grpo"))
     assert "lm" in code_closure("generate")
 
 
@@ -65,11 +78,11 @@ def test_begin_finished_resume_and_new_run(tmp_path, capsys):
 
 def test_upstream_made_with_other_settings_is_refused(tmp_path):
     cfg = load_profile("tiny")
-    with pytest.raises(provenance.StaleUpstream, match="run notebook 01_data_prep"):
+    with pytest.raises(keys.StaleUpstream, match="run notebook 01_data"):
         require_upstream(cfg, tmp_path, "sft")
     (tmp_path / "data").mkdir()
     mark(tmp_path / "data", load_profile("tiny", {"data.max_train_rows": 10}), "data", "finished")
-    with pytest.raises(provenance.StaleUpstream, match="data.max_train_rows: 10 -> 40"):
+    with pytest.raises(keys.StaleUpstream, match="data.max_train_rows: 10 -> 40"):
         require_upstream(cfg, tmp_path, "sft")
     mark(tmp_path / "data", cfg, "data", "finished")
     assert require_upstream(cfg, tmp_path, "sft") == {"data": step_key(cfg, "data")}
@@ -77,7 +90,7 @@ def test_upstream_made_with_other_settings_is_refused(tmp_path):
 
 def test_changes_are_readable():
     assert changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == ["a.c: 2 -> 3"]
-    assert json.loads(json.dumps(provenance.step_inputs(load_profile("tiny"), "grpo")))["upstream"].keys() == {
+    assert json.loads(json.dumps(keys.step_inputs(load_profile("tiny"), "grpo")))["upstream"].keys() == {
         "data", "estimator", "sft"}  # fmt: skip
     assert set(STEPS) == set(ORDER)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from opgrpo_lib.config import load_profile
-from opgrpo_lib.provenance import REPLACED, commit_start, mark, prepare_start, recorded, step_key
-from opgrpo_lib.runs import LOCK_NAME, RunFolderBusy, lock_env, run_lock
+from opgrpo_lib.keys import mark, recorded, step_key
+from opgrpo_lib.lifecycle import REPLACED, commit_start, prepare_start
+from opgrpo_lib.lifecycle import LOCK_NAME, RunFolderBusy, lock_env, run_lock
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -86,7 +87,7 @@ def test_a_new_run_with_a_checkpoint_becomes_previous(tmp_path):
 
 def test_second_process_is_refused_with_the_holders_pid(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from opgrpo_lib.runs import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from opgrpo_lib.lifecycle import run_lock\n"
          f"with run_lock({str(tmp_path)!r}, 'test holder'):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -116,7 +117,7 @@ def test_lock_is_reentrant_and_inherited_by_children(tmp_path, monkeypatch):
         with run_lock(tmp_path):  # a step calling another step
             pass
         assert (tmp_path / LOCK_NAME).exists()
-        code = f"from opgrpo_lib.runs import run_lock\nwith run_lock({str(tmp_path)!r}):\n    print('ok')"
+        code = f"from opgrpo_lib.lifecycle import run_lock\nwith run_lock({str(tmp_path)!r}):\n    print('ok')"
         env = {**os.environ, **lock_env(tmp_path)}
         child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         assert child.stdout.strip() == "ok", child.stderr  # a notebook kernel under `opgrpo reproduce`
@@ -128,7 +129,7 @@ def test_lock_is_reentrant_and_inherited_by_children(tmp_path, monkeypatch):
 def test_concurrent_lockers_never_both_hold(tmp_path):
     """Many processes racing for the lock (acquire, note, release, again): no two hold it at once."""
     code = (
-        "import os, sys, time\nfrom opgrpo_lib.runs import run_lock, RunFolderBusy\n"
+        "import os, sys, time\nfrom opgrpo_lib.lifecycle import run_lock, RunFolderBusy\n"
         f"root = {str(tmp_path)!r}\nfor _ in range(40):\n    try:\n        with run_lock(root):\n"
         "            fd = os.open(os.path.join(root, 'holder'), os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
         "            time.sleep(0.002)\n            os.close(fd); os.unlink(os.path.join(root, 'holder'))\n"

@@ -7,14 +7,8 @@ import pytest
 
 from opgrpo_lib.config import ConfigError, load_profile
 from opgrpo_lib.text import check_layout, parse_perspectives
-from opgrpo_lib.train import (
-    capitalise_sentences,
-    grpo_config,
-    offline_summary,
-    sft_target,
-    summary_prompt,
-    validate_trainer_keys,
-)
+from opgrpo_lib.sft_data import capitalise_sentences, offline_summary, sft_target, summary_prompt
+from opgrpo_lib.train import grpo_config, precision_plan, sft_config
 
 PERSP = [
     {"name": "Honesty", "explanation": "Truth matters. It builds trust."},
@@ -23,22 +17,24 @@ PERSP = [
 
 
 def test_trainer_keys_are_validated_against_installed_trl(tmp_path):
-    from trl import GRPOConfig
-
-    with pytest.raises(ConfigError, match=r"train\.grpo\.max_prompt_length is not a field of trl\.GRPOConfig"):
-        validate_trainer_keys("grpo", {"max_prompt_length": 512}, GRPOConfig)
-    with pytest.raises(ConfigError, match="kl_coef"):  # now at load, before any step
+    """Once, at load: a key the installed TRL does not have (TRL 1.x dropped max_prompt_length) never reaches a
+    step, nor does a num_generations that does not divide the generation batch (TRL's own cross-field rule)."""
+    with pytest.raises(ConfigError, match=r"train\.grpo\.max_prompt_length: not a field of the installed TRL"):
+        load_profile("tiny", {"train.grpo.max_prompt_length": 512})
+    with pytest.raises(ConfigError, match="kl_coef"):
         load_profile("tiny", {"train.grpo.kl_coef": 0.1})
+    with pytest.raises(ConfigError, match=r"train\.grpo\.num_generations: 3 must be >= 2 and divide"):
+        load_profile("tiny", {"train.grpo.num_generations": 3})
     assert grpo_config(load_profile("tiny"), tmp_path).max_steps > 0
 
 
-@pytest.mark.parametrize("profile", ["tiny", "cpu", "paper"])
-def test_every_profile_passes_trl_validation(profile):
-    from trl import GRPOConfig, SFTConfig
-
-    cfg = load_profile(profile)
-    validate_trainer_keys("grpo", cfg.train.grpo, GRPOConfig)
-    validate_trainer_keys("sft", cfg.train.sft, SFTConfig)
+@pytest.mark.parametrize("profile", ["tiny", "cpu", "paper", "gpu-small"])
+def test_every_profile_builds_the_trl_configs(profile, tmp_path):
+    """What passes the load check also passes TRL's own ``__post_init__`` (the rules are the same)."""
+    cfg = load_profile(profile, {"device": "cpu", "train.backend": "hf"})
+    plan = precision_plan(cfg, "cpu")
+    assert grpo_config(cfg, tmp_path, plan).num_generations == cfg.train.grpo.get("num_generations", 8)
+    assert sft_config(cfg, tmp_path, plan).output_dir.endswith("checkpoints")
 
 
 def test_paper_profile_keeps_per_prompt_settings():
@@ -76,8 +72,9 @@ def test_summary_prompt_and_capitalisation():
 
 def test_unsloth_without_gpu_is_a_clear_error(tmp_path):
     code = (
-        "from opgrpo_lib.config import load_profile; from opgrpo_lib.runs import run_paths; from opgrpo_lib import train;"
-        f"cfg = load_profile('tiny', {{'train.backend': 'unsloth'}}); train.run_grpo(cfg, run_paths(cfg, r'{tmp_path}'))"
+        "from opgrpo_lib.config import load_profile; from opgrpo_lib.runs import run_paths; "
+        "from opgrpo_lib.steps import grpo as grpo_step;"
+        f"cfg = load_profile('tiny', {{'train.backend': 'unsloth'}}); grpo_step.run(cfg, run_paths(cfg, r'{tmp_path}'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0 and "needs a CUDA GPU" in out.stderr
@@ -118,7 +115,7 @@ def test_disk_check_fails_before_training(tmp_path, monkeypatch):
 def test_compact_targets_keep_the_layout_and_every_name():
     from opgrpo_lib.reward import format_parts
     from opgrpo_lib.text import check_layout
-    from opgrpo_lib.train import compact_target
+    from opgrpo_lib.sft_data import compact_target
 
     persp = [{"name": "Honesty", "explanation": "Returning the wallet intact reflects truthfulness and integrity. More."},
              {"name": "Duty to respect property", "explanation": "People have a duty not to keep what belongs to others"}]  # fmt: skip
@@ -130,7 +127,7 @@ def test_compact_targets_keep_the_layout_and_every_name():
 
 
 def test_compact_lines_are_whole_sentences():
-    from opgrpo_lib.train import short_sentence
+    from opgrpo_lib.sft_data import short_sentence
 
     long = "Stealing the wallet from Konrad violates the value of honesty, as taking property without permission is wrong."
     assert short_sentence(long, 12) == "Stealing the wallet from Konrad violates the value of honesty"
@@ -153,7 +150,7 @@ def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path
     from opgrpo_lib import data
     from opgrpo_lib.models import build
     from opgrpo_lib.runs import run_paths
-    from opgrpo_lib.train import _SENTENCE_END_RE, FUNCTION_WORDS, sft_targets, short_sentence
+    from opgrpo_lib.sft_data import _SENTENCE_END_RE, FUNCTION_WORDS, sft_targets, short_sentence
 
     cfg = load_profile("cpu", {"data.local_dir": str(opv2_dir)})
     paths = run_paths(cfg, tmp_path)
