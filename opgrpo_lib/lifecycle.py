@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from .checkpoints import checkpoint_problem
 from .config import RunConfig
-from .keys import _describe, changes, mark, recorded, require_upstream, step_inputs, step_key
+from .keys import _describe, changes, is_current, mark, recorded, require_upstream, step_inputs, step_key
 from .manifest import write_manifest
 from .paths import atomic_write_text
 from .registry import STEPS
@@ -339,7 +339,8 @@ def step_run(cfg: RunConfig, paths: RunPaths, name: str, force: bool = False, up
         if spec.long:
             start = prepare_start(cfg, paths.root, name, force, log)
         else:
-            start = Start(name, paths.root, "fresh")
+            current = spec.noop_when_current and not force and is_current(cfg, paths.root, name)
+            start = Start(name, paths.root, "finished" if current else "fresh")
         run = StepRun(cfg, paths, name, start, step_key(cfg, name), log)
         if run.done:
             log(f"[{name}] finished earlier with these settings: nothing to do (force=True / --force redoes it)")

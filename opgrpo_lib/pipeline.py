@@ -55,20 +55,20 @@ def default_profile() -> tuple[str, str]:
     silent CPU run."""
     from importlib.util import find_spec
 
-    from . import gpu
+    from . import device, gpu
 
     if find_spec("torch") is None:
         return "cpu", "torch is not installed"
-    gpu.require_usable_gpu()
-    if not gpu.cuda_usable():
+    device.require_usable_gpu()
+    if not device.cuda_usable():
         return "cpu", "no CUDA GPU"
-    name = gpu.gpu_name()
+    name = device.gpu_name()
     if find_spec("unsloth") is None:
         return (
             "cpu",
             f"CUDA GPU ({name}) found but the [gpu] extra (unsloth) is not installed: pip install -e '.[gpu]'",
         )
-    free = gpu.free_gib()
+    free = device.free_gib()
     needs = []
     for prof in GPU_PROFILES:
         need = gpu.peak_gib(load_profile(prof))

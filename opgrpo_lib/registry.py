@@ -36,6 +36,7 @@ class StepSpec:
     enabled: Callable[[RunConfig], bool] = lambda cfg: True  # a step that is off has no output to reuse or check
     cli: bool = True  # ``opgrpo <name>`` runs it (False: run by its notebook's first step)
     long: bool = False
+    noop_when_current: bool = False  # a rerun with the same key does nothing (always so for a long step)
     part_of: str | None = None  # run inside this step's notebook (``03_sft`` runs sft, then sft_validation)
 
     @property
@@ -60,9 +61,13 @@ class StepSpec:
 
     @property
     def moves(self) -> tuple[str, ...]:
-        """Files under ``results/`` that belong to one run of a long step: they move aside (and come back) with
-        its folder, so a new run never inherits the old run's curve, log or metrics."""
-        return (*self.outputs, f"manifests/{self.manifest}.json") if self.long else ()
+        """Files under ``results/`` that belong to one run of a long step (its own and those of the steps run by it,
+        e.g. GRPO's validation curve): they move aside (and come back) with its folder, so a new run never inherits
+        the old run's curve, log or metrics."""
+        if not self.long:
+            return ()
+        mine = [s for s in STEPS.values() if s.name == self.name or s.part_of == self.name]
+        return tuple(f for s in mine for f in (*s.outputs, f"manifests/{s.manifest}.json"))
 
 
 def _grpo_upstream(cfg: RunConfig) -> tuple[str, ...]:
@@ -120,13 +125,13 @@ STEPS: dict[str, StepSpec] = {
                  "step 03: SFT warm start (core perspectives + summary)", long=True),
         StepSpec("03", "sft_validation", "sft:validate", _keys(*_VALIDATION), lambda c: ("data", "sft"),
                  ("sft_validation.json",), "end-of-SFT validation point (run by `opgrpo sft`)", _validating,
-                 cli=False, long=True, part_of="sft"),
+                 cli=False, noop_when_current=True, part_of="sft"),
         StepSpec("04", "grpo", "grpo:run", _keys(*_GRPO), _grpo_upstream, ("train_log.csv",),
                  "step 04: OP-GRPO (resumes from the last checkpoint)", long=True),
         StepSpec("04", "grpo_validation", "grpo:validate", _keys(*_VALIDATION, "train.validation_every"),
                  lambda c: ("data", "grpo"), ("validation_curve.csv",),
                  "GRPO's validation curve, scored from its checkpoints (run by `opgrpo grpo`)", _validating,
-                 cli=False, long=True, part_of="grpo"),
+                 cli=False, noop_when_current=True, part_of="grpo"),
         StepSpec("05", "generate", "generate:run", _keys("seed", "device", "models.policy", "generate"),
                  lambda c: ("data", *policy_steps(c)), ("generations",),
                  "step 05: outputs of every configured system for the eval splits"),

@@ -93,7 +93,7 @@ def test_second_process_is_refused_with_the_holders_pid(tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        out = subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", "train", "--profile", "tiny", "--run-dir",
+        out = subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", "grpo", "--profile", "tiny", "--run-dir",
                               str(tmp_path)], capture_output=True, text=True)  # fmt: skip
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and f"in use by PID {holder.pid}" in out.stderr

@@ -91,7 +91,7 @@ def test_grpo_ddp_two_cpu_processes(tmp_path, opv2_dir):
     sets = ["train.init=tiny:causal-lm", "reward.estimator=tiny:encoder", "train.grpo.max_steps=2",
             "train.grpo.save_steps=1", "train.grpo.per_device_train_batch_size=4"]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "opgrpo_lib.cli",
-           "train", "--profile", "tiny", "--run-dir", run] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+           "grpo", "--profile", "tiny", "--run-dir", run] + [x for s in sets for x in ("--set", s)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
