@@ -116,8 +116,10 @@ def _printable(summary: dict) -> dict:
             out[k] = str(v)
         elif hasattr(v, "to_dict") and hasattr(v, "columns"):  # a DataFrame
             last = v.iloc[-1].to_dict() if len(v) else {}
-            out[k] = {"rows": len(v), "last": {c: (round(x, 5) if isinstance(x, float) else x) for c, x in last.items()
-                                               if x == x}}  # fmt: skip
+            out[k] = {
+                "rows": len(v),
+                "last": {c: (round(x, 5) if isinstance(x, float) else x) for c, x in last.items() if x == x},
+            }
     return out
 
 
@@ -238,9 +240,14 @@ def cmd_explain(args) -> int:
     flags = ["--response-file", "--response-file2"]
     texts = [sys.stdin.read() if f == "-" else _read_text(f, flag, allow_empty=True) for f, flag in zip(files, flags)]
     exps = explain.explain_many(
-        situation, texts, labels=files, encoder=args.encoder or cfg.models.encoder, cfg=cfg,
-        prompt_style=args.prompt_style, device=args.device or "cpu",
-    )  # fmt: skip
+        situation,
+        texts,
+        labels=files,
+        encoder=args.encoder or cfg.models.encoder,
+        cfg=cfg,
+        prompt_style=args.prompt_style,
+        device=args.device or "cpu",
+    )
     if args.figure:
         explain.save_figure(explain.figure(exps), args.figure)
     if args.json:
@@ -289,8 +296,11 @@ def _finish_eval(args, per, summary: dict) -> int:
 
     summary = {**summary, "model": args.model, "candidate_column": args.candidate_column}
     if summary.get("missing_candidates"):
-        print(f"opgrpo: {summary['missing_candidates']} reference rows have no candidate with the same prompt: "
-              "excluded from n (missing_candidates)", file=sys.stderr)  # fmt: skip
+        print(
+            f"opgrpo: {summary['missing_candidates']} reference rows have no candidate with the same prompt: "
+            "excluded from n (missing_candidates)",
+            file=sys.stderr,
+        )
     if args.per_row:
         atomic_write_text(Path(args.per_row), per.to_csv(index=False))
     clean = json.loads(json.dumps(summary, default=float).replace("NaN", "null"))
@@ -324,11 +334,21 @@ def cmd_compare(args) -> int:
 
     cfg = _cfg(args)
     evaluators = args.evaluator or [cfg.models.eval_encoder]
-    res = compare(cfg, Path(args.candidates), args.candidate_column, evaluators, Path(args.out), name=args.name,
-                  systems=args.systems or ["all"], with_profile=None if args.no_profile_systems else cfg.profile)  # fmt: skip
+    res = compare(
+        cfg,
+        Path(args.candidates),
+        args.candidate_column,
+        evaluators,
+        Path(args.out),
+        name=args.name,
+        systems=args.systems or ["all"],
+        with_profile=None if args.no_profile_systems else cfg.profile,
+    )
     counts = {k: res[k] for k in ("rows", "duplicate_prompt_rows", "empty_outputs", "not_opv2_prompts")}
-    print(f"{res['matched_situations']} OP-V2 situations matched ({counts}); {len(res['authors_systems'])} authors' "
-          f"systems on them; evaluators {res['evaluators']}")  # fmt: skip
+    print(
+        f"{res['matched_situations']} OP-V2 situations matched ({counts}); {len(res['authors_systems'])} authors' "
+        f"systems on them; evaluators {res['evaluators']}"
+    )
     table = res["table"]
     if not table.empty:
         cols = ["evaluator", "b", "split", "n", "score_a", "score_b", "diff", "ci_low", "ci_high"]
@@ -350,8 +370,16 @@ def cmd_publish(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_steps, _add_compare, _add_publish, _add_models, _add_reward, _add_explain, _add_eval,
-                _add_reproduce):  # fmt: skip
+    for add in (
+        _add_steps,
+        _add_compare,
+        _add_publish,
+        _add_models,
+        _add_reward,
+        _add_explain,
+        _add_eval,
+        _add_reproduce,
+    ):
         add(sub)
     return parser
 
@@ -378,8 +406,11 @@ def _add_compare(sub: Any) -> None:
     _add_profile(p)
     p.add_argument("--candidates", required=True, help="CSV with a prompt column and an output column")
     p.add_argument("--candidate-column", required=True, help="the column holding the outputs to score")
-    p.add_argument("--evaluator", action="append", help="sentence-transformers id / path / tiny:* (repeatable; "
-                   "default models.eval_encoder of the profile)")  # fmt: skip
+    p.add_argument(
+        "--evaluator",
+        action="append",
+        help="sentence-transformers id / path / tiny:* (repeatable; default models.eval_encoder of the profile)",
+    )
     p.add_argument("--name", default=None, help="label of your system (default: the column name)")
     p.add_argument("--systems", action="append", help="authors' systems to include (default: all)")
     p.add_argument("--out", default="compare", help="folder for compare.csv, compare_figure.png/pdf")

@@ -474,9 +474,14 @@ def load_profile(profile: str | Path, overrides: dict[str, Any] | None = None) -
 _FLOATISH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 # TRL / transformers settings that change speed or progress display only (left out of the provenance keys).
 TRAINER_THROUGHPUT = frozenset(
-    {"dataloader_num_workers", "dataloader_pin_memory", "dataloader_prefetch_factor", "dataloader_persistent_workers",
-     "disable_tqdm"}
-)  # fmt: skip
+    {
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_prefetch_factor",
+        "dataloader_persistent_workers",
+        "disable_tqdm",
+    }
+)
 # Ranges of the TRL / transformers settings a profile is likely to set: (lo, hi, lo excluded). Every other number
 # must at least be finite. max_steps is -1 (train by epochs) or >= 1.
 TRAINER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
@@ -517,8 +522,11 @@ def _trainer_class(section_name: str) -> dict[str, tuple[str, Any]] | None:
     found = set()
     for rel, cls in (_TRAINER_CLASSES[section_name], *_BASES):
         path = roots[rel.split("/")[0]] / rel
-        node = next((n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef) and n.name == cls),
-                    None) if path.exists() else None  # fmt: skip
+        node = (
+            next((n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+            if path.exists()
+            else None
+        )
         found.update([cls] if node else [])
         for item in node.body if node else []:
             if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
@@ -526,8 +534,10 @@ def _trainer_class(section_name: str) -> dict[str, tuple[str, Any]] | None:
                 if not name.startswith("_") and "ClassVar" not in ann:
                     out.setdefault(name, (ann, _literal_default(item.value)))  # the subclass's field wins
     if not {_TRAINER_CLASSES[section_name][1], "TrainingArguments"} <= found:
-        raise ConfigError(f"train.{section_name}: the installed TRL moved {_TRAINER_CLASSES[section_name][1]} "
-                          "(its fields cannot be read to check the profile); install the trl range of pyproject.toml")  # fmt: skip
+        raise ConfigError(
+            f"train.{section_name}: the installed TRL moved {_TRAINER_CLASSES[section_name][1]} "
+            "(its fields cannot be read to check the profile); install the trl range of pyproject.toml"
+        )
     return out
 
 
@@ -569,14 +579,18 @@ def check_grpo_batches(grpo: dict[str, Any], world_size: int = 1) -> None:
     if gen_batch is not None and spg is not None:
         raise ConfigError("train.grpo: generation_batch_size and steps_per_generation cannot both be set")
     if gen_batch is not None and gen_batch % per_step:
-        raise ConfigError(f"train.grpo.generation_batch_size: {gen_batch} is not a multiple of the global batch "
-                          f"per_device_train_batch_size x processes = {per_step}")  # fmt: skip
+        raise ConfigError(
+            f"train.grpo.generation_batch_size: {gen_batch} is not a multiple of the global batch "
+            f"per_device_train_batch_size x processes = {per_step}"
+        )
     if gen_batch is None:
         gen_batch = per_step * (spg if spg is not None else get("gradient_accumulation_steps"))
     n = get("num_generations")
     if n < 2 or gen_batch % n:
-        raise ConfigError(f"train.grpo.num_generations: {n} must be >= 2 and divide the generation batch "
-                          f"({gen_batch} completions per generation step), as TRL's GRPOConfig requires")  # fmt: skip
+        raise ConfigError(
+            f"train.grpo.num_generations: {n} must be >= 2 and divide the generation batch "
+            f"({gen_batch} completions per generation step), as TRL's GRPOConfig requires"
+        )
 
 
 def _trainer_type_ok(value: Any, annotation: str) -> bool:

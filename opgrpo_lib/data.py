@@ -134,7 +134,7 @@ def local_dir(cfg: RunConfig) -> Path | None:
 
 def download(
     name: str, base_url: str, commit: str, dest_dir: Path, timeout: float = 60.0, spec: RemoteFile | None = None
-) -> Path:  # fmt: skip
+) -> Path:
     """Download one pinned file, verify its hash, write it atomically; nothing is left behind on failure.
     ``spec`` describes a file outside :data:`FILES` (the authors' evaluation logs)."""
     spec = spec or FILES[name]
@@ -306,7 +306,7 @@ def prepare(cfg: RunConfig) -> PreparedData:
 
 def data_card(
     train: pd.DataFrame, ev: pd.DataFrame, reports: list[ParseReport], cfg: RunConfig, val: pd.DataFrame | None = None
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     def stats(df: pd.DataFrame) -> dict[str, Any]:
         words = df["answer"].str.split().str.len() if len(df) else pd.Series(dtype=float)
         return {

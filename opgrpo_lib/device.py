@@ -26,8 +26,12 @@ def visible_gpu() -> str | None:
         return fake
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)  # fmt: skip
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             line = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
             if line:
                 name, _, driver = line.partition(",")
@@ -52,10 +56,14 @@ def why_unusable(visible: str) -> str:
     if build is None:
         cause = f"torch {torch.__version__} is a CPU-only build"
     else:
-        cause = (f"torch {torch.__version__} is built for CUDA {build} and the driver cannot run it (CUDA 12.x builds "
-                 "need driver >= 525.60, CUDA 13.0 builds >= 580)")  # fmt: skip
-    return (f"{visible} is visible but torch cannot use it: {cause}. Install the [gpu] stack (README, 'One GPU') "
-            "or set PROFILE=cpu / device: cpu to run on the CPU on purpose")  # fmt: skip
+        cause = (
+            f"torch {torch.__version__} is built for CUDA {build} and the driver cannot run it (CUDA 12.x builds "
+            "need driver >= 525.60, CUDA 13.0 builds >= 580)"
+        )
+    return (
+        f"{visible} is visible but torch cannot use it: {cause}. Install the [gpu] stack (README, 'One GPU') "
+        "or set PROFILE=cpu / device: cpu to run on the CPU on purpose"
+    )
 
 
 def require_usable_gpu() -> None:

@@ -182,9 +182,13 @@ def _candidate_pairs(
 
 
 def build_candidates(
-    frame: pd.DataFrame, encoder: Any, threshold: float, report: MiningReport,
-    outputs: dict[str, list[OutputLine]] | None = None, output_threshold: float | None = None,
-) -> list[SituationCandidates]:  # fmt: skip
+    frame: pd.DataFrame,
+    encoder: Any,
+    threshold: float,
+    report: MiningReport,
+    outputs: dict[str, list[OutputLine]] | None = None,
+    output_threshold: float | None = None,
+) -> list[SituationCandidates]:
     """Every situation's references (and, with ``outputs``, its own model-output lines), keyword-masked with the
     situation's non-stopwords and embedded in one encoder call; situations with < 2 sentences are skipped."""
     staged = []
@@ -221,7 +225,9 @@ def build_candidates(
     return sits
 
 
-def judge_rounds(judge: PairJudge, queues: Sequence[Sequence[JudgePair]], want: bool, report: MiningReport) -> list[int | None]:  # fmt: skip
+def judge_rounds(
+    judge: PairJudge, queues: Sequence[Sequence[JudgePair]], want: bool, report: MiningReport
+) -> list[int | None]:
     """For each queue, the index of its first pair whose verdict is ``want`` (None when there is none). Round r
     sends the r-th pair of every undecided queue to the judge in one batched call: the result equals scanning
     each queue in order, with one judge call per round."""
@@ -250,7 +256,9 @@ class Positive:
     kind: TripletKind
 
 
-def select_positives(sits: Sequence[SituationCandidates], judge: PairJudge, report: MiningReport) -> list[Positive | None]:  # fmt: skip
+def select_positives(
+    sits: Sequence[SituationCandidates], judge: PairJudge, report: MiningReport
+) -> list[Positive | None]:
     """The first candidate pair (most similar first) the judge confirms, per situation."""
     found = judge_rounds(judge, [[s.judge_pair(i, j) for i, j in s.pairs] for s in sits], True, report)
     out: list[Positive | None] = []
@@ -263,7 +271,9 @@ def select_positives(sits: Sequence[SituationCandidates], judge: PairJudge, repo
     return out
 
 
-def cross_situation_positives(sits: Sequence[SituationCandidates], chosen: Sequence[Positive | None]) -> list[Positive | None]:  # fmt: skip
+def cross_situation_positives(
+    sits: Sequence[SituationCandidates], chosen: Sequence[Positive | None]
+) -> list[Positive | None]:
     """Name-judge fallback for situations without a confirmed pair: the most similar (masked cosine) pair of one
     of its references and a same-name reference of another situation (labelled ``across``)."""
     by_name: dict[str, list[tuple[int, int]]] = {}
@@ -286,7 +296,9 @@ def cross_situation_positives(sits: Sequence[SituationCandidates], chosen: Seque
     return out
 
 
-def select_negatives(sits: Sequence[SituationCandidates], positives: Sequence[Positive], judge: PairJudge, report: MiningReport) -> list[int | None]:  # fmt: skip
+def select_negatives(
+    sits: Sequence[SituationCandidates], positives: Sequence[Positive], judge: PairJudge, report: MiningReport
+) -> list[int | None]:
     """Hard negative per situation: the first sentence of the same situation (reference or output line), in
     descending masked cosine to the anchor, that the judge rejects; None when it rejects none."""
     orders = [
@@ -299,9 +311,14 @@ def select_negatives(sits: Sequence[SituationCandidates], positives: Sequence[Po
 
 
 def mine_triplets(
-    frame: pd.DataFrame, encoder: Any, judge: PairJudge, threshold: float = 0.75, cross_situation: bool = True,
-    outputs: dict[str, list[OutputLine]] | None = None, output_threshold: float | None = None,
-) -> tuple[pd.DataFrame, MiningReport]:  # fmt: skip
+    frame: pd.DataFrame,
+    encoder: Any,
+    judge: PairJudge,
+    threshold: float = 0.75,
+    cross_situation: bool = True,
+    outputs: dict[str, list[OutputLine]] | None = None,
+    output_threshold: float | None = None,
+) -> tuple[pd.DataFrame, MiningReport]:
     """At most one (anchor, positive, negative) per situation, the authors' rule with batched judging.
 
     Candidates are the (i < j) pairs of a situation's prefix-stripped perspective sentences whose keyword-masked
@@ -335,8 +352,15 @@ def mine_triplets(
             report.skip("judge rejected no sentence")
             continue
         report.negatives_from_outputs += s.is_output(neg)
-        rows.append({"prompt": s.prompt, "anchor": s.sents[p.anchor], "positive": p.text, "negative": s.sents[neg],
-                     "kind": p.kind})  # fmt: skip
+        rows.append(
+            {
+                "prompt": s.prompt,
+                "anchor": s.sents[p.anchor],
+                "positive": p.text,
+                "negative": s.sents[neg],
+                "kind": p.kind,
+            }
+        )
     out = pd.DataFrame(rows, columns=TRIPLET_COLUMNS)
     report.triplets = len(out)
     report.within_situation = int((out["kind"] == "within").sum())
@@ -384,8 +408,12 @@ def training_outputs(
     if leaked:
         raise AssertionError(f"{len(leaked)} evaluation situations would be mined, e.g. {sorted(leaked)[0]!r}")
     in_eval = int(released["prompt"].isin(eval_prompts).sum())
-    counts = {"released_rows": int(len(released)), "training_situations": len(kept), "evaluation_excluded": in_eval,
-              "other_excluded": int(len(released)) - len(kept) - in_eval}  # fmt: skip
+    counts = {
+        "released_rows": int(len(released)),
+        "training_situations": len(kept),
+        "evaluation_excluded": in_eval,
+        "other_excluded": int(len(released)) - len(kept) - in_eval,
+    }
     return kept, counts
 
 
@@ -401,7 +429,9 @@ def separation_auc(matched: Sequence[float], unmatched: Sequence[float]) -> floa
     return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
 
 
-def reference_output_pairs(frame: pd.DataFrame, outputs: dict[str, list[OutputLine]], view: str = "mining", keyword_text: Any = None) -> pd.DataFrame:  # fmt: skip
+def reference_output_pairs(
+    frame: pd.DataFrame, outputs: dict[str, list[OutputLine]], view: str = "mining", keyword_text: Any = None
+) -> pd.DataFrame:
     """Every (reference perspective, output line) pair of the situations of ``frame`` that have output lines,
     with ``matched`` = same perspective name (case-insensitive). ``view`` says what gets compared:
 
@@ -428,8 +458,16 @@ def reference_output_pairs(frame: pd.DataFrame, outputs: dict[str, list[OutputLi
             raise ValueError(f"view: expected 'mining' or 'reward', got {view!r}")
         for i, (n, r) in enumerate(zip(names, refs)):
             for j, (ln, c) in enumerate(zip(lines, cands)):
-                rows.append({"prompt": row["prompt"], "ref": i, "line": j, "reference": r, "candidate": c,
-                             "matched": _same_name(n, ln.name)})  # fmt: skip
+                rows.append(
+                    {
+                        "prompt": row["prompt"],
+                        "ref": i,
+                        "line": j,
+                        "reference": r,
+                        "candidate": c,
+                        "matched": _same_name(n, ln.name),
+                    }
+                )
     return pd.DataFrame(rows, columns=["prompt", "ref", "line", "reference", "candidate", "matched"])
 
 
@@ -442,9 +480,13 @@ def separation(encoder: Any, pairs: pd.DataFrame, threshold: float) -> dict[str,
     emb = dict(zip(texts, encoder.encode(texts).astype(np.float64)))
     cos = np.array([emb[r] @ emb[c] for r, c in zip(pairs["reference"], pairs["candidate"])])
     m = pairs["matched"].to_numpy(bool)
-    return {"pairs_matched": int(m.sum()), "pairs_unmatched": int((~m).sum()), "auc": separation_auc(cos[m], cos[~m]),
-            f"matched_at_{threshold}": float((cos[m] >= threshold).mean()) if m.any() else float("nan"),
-            f"unmatched_at_{threshold}": float((cos[~m] >= threshold).mean()) if (~m).any() else float("nan")}  # fmt: skip
+    return {
+        "pairs_matched": int(m.sum()),
+        "pairs_unmatched": int((~m).sum()),
+        "auc": separation_auc(cos[m], cos[~m]),
+        f"matched_at_{threshold}": float((cos[m] >= threshold).mean()) if m.any() else float("nan"),
+        f"unmatched_at_{threshold}": float((cos[~m] >= threshold).mean()) if (~m).any() else float("nan"),
+    }
 
 
 def judge_agreement(
@@ -479,7 +521,7 @@ def judge_agreement(
 # ---------------------------------------------------------------- fine-tuning
 def finetune(
     triplets: pd.DataFrame, base: str, out_dir: Path, cfg: RunConfig, device: str | None = None, resume: bool = True
-) -> Path:  # fmt: skip
+) -> Path:
     """MultipleNegativesRankingLoss (in-batch + hard negatives) with SentenceTransformerTrainer; no duplicates in a
     batch; checkpoints under ``out_dir/checkpoints``, resumed from the last complete one when ``resume``; the final
     model in ``out_dir/model``."""
@@ -505,12 +547,25 @@ def finetune(
     ckpt = out_dir / "checkpoints"
     cuda = torch.cuda.is_available() and device != "cpu"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(ckpt), num_train_epochs=ec.epochs, max_steps=ec.max_steps, per_device_train_batch_size=ec.batch_size,
-        learning_rate=ec.learning_rate, warmup_steps=ec.warmup_ratio, fp16=cuda, bf16=False,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="steps", save_steps=ec.save_steps, save_total_limit=2,
-        logging_steps=max(1, ec.save_steps // 5), report_to="none", seed=cfg.seed, use_cpu=not cuda,
-        dataloader_drop_last=False, disable_tqdm=False,
-    )  # fmt: skip
+        output_dir=str(ckpt),
+        num_train_epochs=ec.epochs,
+        max_steps=ec.max_steps,
+        per_device_train_batch_size=ec.batch_size,
+        learning_rate=ec.learning_rate,
+        warmup_steps=ec.warmup_ratio,
+        fp16=cuda,
+        bf16=False,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="steps",
+        save_steps=ec.save_steps,
+        save_total_limit=2,
+        logging_steps=max(1, ec.save_steps // 5),
+        report_to="none",
+        seed=cfg.seed,
+        use_cpu=not cuda,
+        dataloader_drop_last=False,
+        disable_tqdm=False,
+    )
     loss = MultipleNegativesRankingLoss(model, scale=ec.scale)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=ds, loss=loss, callbacks=[trainer_callback("estimator")]
@@ -549,34 +604,47 @@ def alignment_curve(sims: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataF
         matched = best >= t
         correct = matched & best_is_pos
         n_match = int(matched.sum())
-        rows.append({"threshold": round(float(t), 4), "matched": n_match, "correct": int(correct.sum()),
-                     "precision": float(correct.sum() / n_match) if n_match else float("nan"),
-                     "recall": float(correct.sum() / len(sims)) if len(sims) else float("nan")})  # fmt: skip
+        rows.append(
+            {
+                "threshold": round(float(t), 4),
+                "matched": n_match,
+                "correct": int(correct.sum()),
+                "precision": float(correct.sum() / n_match) if n_match else float("nan"),
+                "recall": float(correct.sum() / len(sims)) if len(sims) else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- evaluation of base vs fine-tuned
 def evaluate_estimators(
     cfg: RunConfig, encoders: dict[str, Any], trip_held: pd.DataFrame, held: pd.DataFrame, outputs: Any
-) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict | None]:  # fmt: skip
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict | None]:
     """Held-out triplet similarities, alignment curves, accuracy per triplet kind and (with released outputs) how
     well each encoder separates matched from unmatched (reference, output line) pairs."""
     from .reward import keyword_text_for
 
     sims = pd.concat(
-        [triplet_similarities(enc, trip_held).assign(model=name, kind=trip_held["kind"].to_numpy())
-         for name, enc in encoders.items()], ignore_index=True,
-    )  # fmt: skip
-    by_kind = {m: {k: triplet_accuracy(part[part.kind == k]) for k in KINDS if (part.kind == k).any()}
-               for m, part in sims.groupby("model", sort=False)}  # fmt: skip
+        [
+            triplet_similarities(enc, trip_held).assign(model=name, kind=trip_held["kind"].to_numpy())
+            for name, enc in encoders.items()
+        ],
+        ignore_index=True,
+    )
+    by_kind = {
+        m: {k: triplet_accuracy(part[part.kind == k]) for k in KINDS if (part.kind == k).any()}
+        for m, part in sims.groupby("model", sort=False)
+    }
     separation_held = None
     if outputs is not None:  # held-out TRAINING situations that have a released output
         kw_text = (lambda s: keyword_text_for(s, "qwen2.5")) if cfg.reward.mask == "prompt" else None
         separation_held = {
             view: {name: separation(enc, pairs, cfg.reward.coverage_threshold) for name, enc in encoders.items()}
-            for view, pairs in (("mining", reference_output_pairs(held, outputs, "mining")),
-                                ("reward", reference_output_pairs(held, outputs, "reward", kw_text)))
-        }  # fmt: skip
+            for view, pairs in (
+                ("mining", reference_output_pairs(held, outputs, "mining")),
+                ("reward", reference_output_pairs(held, outputs, "reward", kw_text)),
+            )
+        }
     curves = pd.concat(
         [
             alignment_curve(part, cfg.estimator.thresholds).assign(model=m)
@@ -602,4 +670,4 @@ def deviation(ec: Any, rep_fit: MiningReport) -> str | None:
         )
     if ec.cross_situation and ec.judge == "names":
         parts.append(f"fallback: same-name reference of another situation ({rep_fit.across_situations} triplets)")
-    return "; ".join(parts)  # fmt: skip
+    return "; ".join(parts)

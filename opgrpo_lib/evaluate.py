@@ -50,7 +50,7 @@ def sbert_coverage(
 
 def summarize_sbert(
     per: pd.DataFrame, threshold: float, skipped: dict[str, int] | None = None, missing: int = 0
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     d = describe(per["ratio"].tolist())
     n = d["n"]
     hit = int(per["hit_all"].sum()) if n else 0
@@ -139,9 +139,13 @@ class NLIModel:
         for start in tqdm(steps, desc="NLI", disable=not progress):
             batch = order[start : start + self.batch_size]
             enc = self.tokenizer(
-                [premises[i] for i in batch], [hypotheses[i] for i in batch], truncation=True,
-                max_length=self.max_length, padding=True, return_tensors="pt",
-            ).to(self.model.device)  # fmt: skip
+                [premises[i] for i in batch],
+                [hypotheses[i] for i in batch],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.model.device)
             with torch.inference_mode():
                 probs = torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy()
             out[batch] = probs[:, self.entail_index]
@@ -188,8 +192,15 @@ def nli_overton(
     for prompt, n_ref, n_sent, cells in layout:
         mat = probs[np.asarray(cells, dtype=int)] if n_ref and n_sent else np.zeros((0, 0))
         score = situation_score(mat)
-        records.append({"prompt": prompt, "score": score, "n_references": n_ref, "n_sentences": n_sent,
-                        "covered": score > NLI_THRESHOLD})  # fmt: skip
+        records.append(
+            {
+                "prompt": prompt,
+                "score": score,
+                "n_references": n_ref,
+                "n_sentences": n_sent,
+                "covered": score > NLI_THRESHOLD,
+            }
+        )
     per = pd.DataFrame(records, columns=["prompt", "score", "n_references", "n_sentences", "covered"])
     return per, summarize_nli(per, missing)
 
@@ -274,7 +285,7 @@ def load_evaluators(cfg, paths=None) -> Evaluators:
 
 def score_outputs(
     cfg, outputs: pd.DataFrame, ev: pd.DataFrame, evs: Evaluators, timings: dict[str, float], progress: bool = False
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(metrics, SBERT per-sample, NLI per-sample) for every (system, split) group of ``outputs``."""
     from .runs import timed
 
@@ -291,7 +302,8 @@ def score_outputs(
         # every distinct sentence once, up front, in one length-sorted pass per encoder
         corpus = sbert_sentences([(refs, grp, (column, "summary")) for _, _, grp, refs, column in groups])
         encoders = [("independent", "", CachedEncoder(evs.encoder))] + (
-            [("estimator", "_estimator", CachedEncoder(evs.estimator))] if evs.estimator is not None else [])  # fmt: skip
+            [("estimator", "_estimator", CachedEncoder(evs.estimator))] if evs.estimator is not None else []
+        )
         for _, _, encoder in encoders:
             encoder.encode(corpus)
     for k, (system, split, grp, refs, column) in enumerate(groups):
@@ -300,24 +312,37 @@ def score_outputs(
         with timed(timings, "sbert"):
             summary = grp.assign(_s=grp["summary"].where(grp["summary"].str.strip() != ""))
             for (evaluator, suffix, encoder), thr in itertools.product(encoders, cfg.eval.sbert_thresholds):
-                for kind, texts in (("sbert", join_candidates(refs, grp, column)),
-                                    ("sbert_summary", join_candidates(refs, summary, "_s"))):  # fmt: skip
+                for kind, texts in (
+                    ("sbert", join_candidates(refs, grp, column)),
+                    ("sbert_summary", join_candidates(refs, summary, "_s")),
+                ):
                     if kind == "sbert_summary" and all(t is None for t in texts):
                         continue  # no output has a summary block
                     col = column if kind == "sbert" else "summary"
                     per, summ = sbert_coverage(refs, texts, encoder, thr)
                     metrics.append(_metric_row(system, split, kind + suffix, summ, threshold=thr, text=col, **extra))
-                    sbert_rows.append(per.assign(system=system, split=split, threshold=thr, text=col,
-                                                 evaluator=evaluator))  # fmt: skip
+                    sbert_rows.append(
+                        per.assign(system=system, split=split, threshold=thr, text=col, evaluator=evaluator)
+                    )
         if evs.nli is not None:
             with timed(timings, "nli"):
                 per, summ = nli_overton(refs, join_candidates(refs, grp, cfg.eval.nli_text), evs.nli, progress)
                 metrics.append(_metric_row(system, split, "nli", summ, text=cfg.eval.nli_text, **extra))
                 nli_rows.append(per.assign(system=system, split=split))
         ts = token_stats(grp["text"].tolist(), evs.tokenizer)
-        metrics.append({"system": system, "split": split, "metric": "tokens", "n": ts.n, "mean_tokens": ts.mean_tokens,
-                        "mean_words": ts.mean_words, "valid_format_rate": float(grp["valid_format"].mean()),
-                        "mean_attempts": float(grp["attempts"].mean()), **extra})  # fmt: skip
+        metrics.append(
+            {
+                "system": system,
+                "split": split,
+                "metric": "tokens",
+                "n": ts.n,
+                "mean_tokens": ts.mean_tokens,
+                "mean_words": ts.mean_words,
+                "valid_format_rate": float(grp["valid_format"].mean()),
+                "mean_attempts": float(grp["attempts"].mean()),
+                **extra,
+            }
+        )
     sbert_per = pd.concat(sbert_rows, ignore_index=True) if sbert_rows else pd.DataFrame()
     nli_per = pd.concat(nli_rows, ignore_index=True) if nli_rows else pd.DataFrame()
     return pd.DataFrame(metrics), sbert_per, nli_per
@@ -348,8 +373,16 @@ def paired_comparisons(
                     continue
                 res = paired_bootstrap(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
                 key = key if isinstance(key, tuple) else (key,)
-                rows.append({"metric": metric, **dict(zip(keys, key)), "system": reference, "baseline": other,
-                             "n": len(common), **res})  # fmt: skip
+                rows.append(
+                    {
+                        "metric": metric,
+                        **dict(zip(keys, key)),
+                        "system": reference,
+                        "baseline": other,
+                        "n": len(common),
+                        **res,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -379,8 +412,10 @@ def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress
             except (OSError, json.JSONDecodeError) as exc:
                 problem = f"{conf.name} unreadable ({type(exc).__name__})"
         if problem:
-            raise ValueError(f"GRPO checkpoint {p}: {problem}; retrain step 04 (opgrpo grpo --force) or set "
-                             "eval.checkpoint_rows_per_split=0")  # fmt: skip
+            raise ValueError(
+                f"GRPO checkpoint {p}: {problem}; retrain step 04 (opgrpo grpo --force) or set "
+                "eval.checkpoint_rows_per_split=0"
+            )
     steps = [(0, cfg.train.init)] + [(int(p.name.split("-")[1]), str(p)) for p in ckpts]
     out_dir = paths.step("evaluate") / "checkpoints"
     rows = []
@@ -389,13 +424,27 @@ def checkpoint_coverage(cfg, paths, ev: pd.DataFrame, encoder: Encoder, progress
         key = value_key(job_key(ckcfg, system, None), step_key(cfg, "grpo"), step)
         outs = generate_rows(
             lazy(lambda system=system: policy_fn(system, ckcfg, paths.root, device)),
-            items, f"step_{step}", "default", gen, out_dir / f"step_{step}.jsonl", key, progress,
-        )  # fmt: skip
+            items,
+            f"step_{step}",
+            "default",
+            gen,
+            out_dir / f"step_{step}.jsonl",
+            key,
+            progress,
+        )
         for split, grp in outs.groupby("split", sort=False):
             refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
             _, summ = sbert_coverage(refs, join_candidates(refs, grp, "core"), encoder, cfg.eval.sbert_thresholds[0])
-            rows.append({"step": step, "split": split, "n": summ["n"], "relative_accuracy": summ["relative_accuracy"],
-                         "absolute_accuracy": summ["absolute_accuracy"], "threshold": summ["threshold"]})  # fmt: skip
+            rows.append(
+                {
+                    "step": step,
+                    "split": split,
+                    "n": summ["n"],
+                    "relative_accuracy": summ["relative_accuracy"],
+                    "absolute_accuracy": summ["absolute_accuracy"],
+                    "threshold": summ["threshold"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -413,13 +462,23 @@ def run_judge(cfg, paths, outputs: pd.DataFrame, ev: pd.DataFrame) -> dict[str, 
         per_system[system] = res.summary()
         rows += [{**r, "system": system} for r in res.scores]
     scored = sum(s["parsed"] for s in per_system.values())
-    out = {"status": "ran", "model": js.model, "split": js.split, "rows": len(rows), "scored": scored,
-           "systems": per_system}  # fmt: skip
+    out = {
+        "status": "ran",
+        "model": js.model,
+        "split": js.split,
+        "rows": len(rows),
+        "scored": scored,
+        "systems": per_system,
+    }
     if rows and not scored:  # every request failed or came back malformed: a failure, not a result of 0 scores
         failed = sum(s["failed"] for s in per_system.values())
         malformed = sum(s["malformed"] for s in per_system.values())
-        out.update(status="failed", systems={}, reason=f"judge: 0 of {len(rows)} scored ({failed} requests failed, "
-                   f"{malformed} malformed; endpoint {js.base_url}, model {js.model})")  # fmt: skip
+        out.update(
+            status="failed",
+            systems={},
+            reason=f"judge: 0 of {len(rows)} scored ({failed} requests failed, "
+            f"{malformed} malformed; endpoint {js.base_url}, model {js.model})",
+        )
         print(f"[evaluate] LLM {out['reason']}", flush=True)
         return out
     if rows:

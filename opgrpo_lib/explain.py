@@ -127,9 +127,7 @@ def released_response(cfg: RunConfig, situation: Situation) -> str:
     return two_block(hit.iloc[0]["answer_p"], hit.iloc[0]["answers"])
 
 
-def resolve_responses(
-    cfg: RunConfig, situation: Situation, responses: Sequence[str] | str
-) -> list[tuple[str, str]]:  # fmt: skip
+def resolve_responses(cfg: RunConfig, situation: Situation, responses: Sequence[str] | str) -> list[tuple[str, str]]:
     """(label, text) per response. "released" = the released output for this situation; "released:<split>:<row>" =
     the released output for another situation (scored against this one's references); anything else is a text."""
     out = []
@@ -199,7 +197,7 @@ class Explanation:
                 "valid": layout.valid,
                 "scored": "core block" if layout.valid else "whole response",
                 "summary": layout.summary,
-            },  # fmt: skip
+            },
             "keywords": self.keywords,
             "segments": [{"text": t, "masked": m} for t, m in zip(s.response.segments, s.response.masked)],
             "similarity": s.similarity.tolist(),
@@ -210,7 +208,7 @@ class Explanation:
                 "n_references": p.n_references,
                 "rate": p.coverage_rate,
                 "ladder": p.coverage,
-            },  # fmt: skip
+            },
             "uniqueness": {
                 "threshold": self.cfg.uniqueness_threshold,
                 "redundant_pairs": [
@@ -221,7 +219,7 @@ class Explanation:
                 "rate": p.uniqueness_rate,
                 "ladder": p.uniqueness,
                 "used": self.cfg.use_uniqueness,
-            },  # fmt: skip
+            },
             "format": {
                 "perspective_ratio": f.perspective_ratio,
                 "layout_points": f.layout_points,
@@ -232,7 +230,7 @@ class Explanation:
                 "missing_from_summary": list(f.missing_from_summary),
                 "echo_penalty": f.echo_penalty,
                 "score": f.score,
-            },  # fmt: skip
+            },
             "tag": p.tag,
             "weights": self.weight_values,
             "terms": dict(self.terms),
@@ -246,10 +244,16 @@ class Explanation:
 
 
 def explain_many(
-    situation: Situation | str, responses: Sequence[str], *, labels: Sequence[str] | None = None,
-    reference: str | None = None, encoder: str | Encoder | None = None, cfg: RunConfig | RewardCfg | None = None,
-    prompt_style: str = "qwen2.5", device: str | None = "cpu",
-) -> list[Explanation]:  # fmt: skip
+    situation: Situation | str,
+    responses: Sequence[str],
+    *,
+    labels: Sequence[str] | None = None,
+    reference: str | None = None,
+    encoder: str | Encoder | None = None,
+    cfg: RunConfig | RewardCfg | None = None,
+    prompt_style: str = "qwen2.5",
+    device: str | None = "cpu",
+) -> list[Explanation]:
     """Explain several responses to one situation in one scorer call (one encode of every distinct sentence).
 
     ``prompt_style`` picks the masking text as ``opgrpo reward --prompt-style`` does (default: the authors' decoded
@@ -275,8 +279,11 @@ def explain_many(
         p = d.parts
         terms = reward_terms(rcfg, scorer.weights, p.coverage, p.format, p.tag, p.uniqueness)
         text = text if isinstance(text, str) else ""
-        out.append(Explanation(label, situation.prompt, text, enc_name, prompt_style, rcfg, scorer.weights, kws,
-                               names, d, terms))  # fmt: skip
+        out.append(
+            Explanation(
+                label, situation.prompt, text, enc_name, prompt_style, rcfg, scorer.weights, kws, names, d, terms
+            )
+        )
     return out
 
 
@@ -317,9 +324,7 @@ def _matrix_lines(e: Explanation, max_cols: int) -> list[str]:
     cols = min(n_c, max_cols)
     lines = ["       " + "".join(f"{'S' + str(j + 1):>7}" for j in range(cols)) + (" …" if cols < n_c else "")]
     for i in range(n_ref):
-        cells = "".join(
-            f"{s.similarity[i, j]:6.2f}{'*' if (i, j) in matched else ' '}" for j in range(cols)
-        )  # fmt: skip
+        cells = "".join(f"{s.similarity[i, j]:6.2f}{'*' if (i, j) in matched else ' '}" for j in range(cols))
         lines.append(f"  R{i + 1:<4}" + cells)
     return lines
 
@@ -327,8 +332,13 @@ def _matrix_lines(e: Explanation, max_cols: int) -> list[str]:
 def render_text(e: Explanation, max_items: int = 30) -> str:
     s, p, f = e.score, e.score.parts, e.score.response.format
     layout, cfg = s.response.layout, e.cfg
-    out = [f"== {e.label}", f"situation: {e.situation}", f"encoder: {e.encoder}; masking text: {e.prompt_style} "
-           f"({len(e.keywords)} keywords, e.g. {', '.join(e.keywords[:8])})", ""]  # fmt: skip
+    out = [
+        f"== {e.label}",
+        f"situation: {e.situation}",
+        f"encoder: {e.encoder}; masking text: {e.prompt_style} "
+        f"({len(e.keywords)} keywords, e.g. {', '.join(e.keywords[:8])})",
+        "",
+    ]
     if layout.valid:
         out.append("layout: valid <core perspectives> + <summary> blocks -> the core block is scored; tag term 0")
     else:
@@ -344,23 +354,34 @@ def render_text(e: Explanation, max_items: int = 30) -> str:
         out += ["", f"similarity (cosine; * = greedy one-to-one match at >= {_fmt(cfg.coverage_threshold)}):"]
         out += _matrix_lines(e, min(max_items, 12))
     pairs = ", ".join(f"R{r + 1}<->S{c + 1} {s.similarity[r, c]:.2f}" for r, c in s.matches[:max_items])
-    out += ["", f"coverage: {p.matched} of {p.n_references} references matched" + (f" ({pairs})" if pairs else "")
-            + f" -> rate {p.coverage_rate:.2f} -> ladder {p.coverage}"]  # fmt: skip
+    out += [
+        "",
+        f"coverage: {p.matched} of {p.n_references} references matched"
+        + (f" ({pairs})" if pairs else "")
+        + f" -> rate {p.coverage_rate:.2f} -> ladder {p.coverage}",
+    ]
     red = ", ".join(f"S{j + 1} repeats S{i + 1} ({s.self_similarity[i, j]:.2f})" for i, j in s.redundant[:max_items])
     n_red = len({j for _, j in s.redundant})
-    out.append(f"uniqueness: {n_red} of {p.n_candidates} segments redundant at >= {_fmt(cfg.uniqueness_threshold)}"
-               + (f" ({red})" if red else "") + f" -> rate {p.uniqueness_rate:.2f} -> ladder {_fmt(p.uniqueness)}"
-               + ("" if cfg.use_uniqueness else " (not used: reward.use_uniqueness is false)"))  # fmt: skip
+    out.append(
+        f"uniqueness: {n_red} of {p.n_candidates} segments redundant at >= {_fmt(cfg.uniqueness_threshold)}"
+        + (f" ({red})" if red else "")
+        + f" -> rate {p.uniqueness_rate:.2f} -> ladder {_fmt(p.uniqueness)}"
+        + ("" if cfg.use_uniqueness else " (not used: reward.use_uniqueness is false)")
+    )
     missing = ", ".join(f.missing_from_summary[:max_items]) or "none"
-    out.append(f"format (core block, else the whole text): {len(f.names)}/{len(f.segments)} segments name a "
-               f"perspective (ratio {f.perspective_ratio:.2f} -> {_fmt(f.layout_points)} points); repeats: "
-               f"{f.duplicate_segments} segments + {f.duplicate_names} names ({_fmt(-f.repeat_penalty)}); names "
-               f"missing from the summary (the whole text without a <summary> block): {missing} "
-               f"({_fmt(f.echo_penalty)}) -> F = {_fmt(f.score)}")  # fmt: skip
+    out.append(
+        f"format (core block, else the whole text): {len(f.names)}/{len(f.segments)} segments name a "
+        f"perspective (ratio {f.perspective_ratio:.2f} -> {_fmt(f.layout_points)} points); repeats: "
+        f"{f.duplicate_segments} segments + {f.duplicate_names} names ({_fmt(-f.repeat_penalty)}); names "
+        f"missing from the summary (the whole text without a <summary> block): {missing} "
+        f"({_fmt(f.echo_penalty)}) -> F = {_fmt(f.score)}"
+    )
     w, t = e.weight_values, e.terms
-    out.append(f"total = max(0, {_fmt(w['coverage'])}x{p.coverage} + {_fmt(w['format'])}x{_fmt(p.format)} "
-               f"+ {_fmt(p.tag)} + {_fmt(w['uniqueness'])}x{_fmt(p.uniqueness)}) = max(0, {_fmt(t['coverage'])} "
-               f"+ {_fmt(t['format'])} + {_fmt(t['tag'])} + {_fmt(t['uniqueness'])}) = {_fmt(p.total)}")  # fmt: skip
+    out.append(
+        f"total = max(0, {_fmt(w['coverage'])}x{p.coverage} + {_fmt(w['format'])}x{_fmt(p.format)} "
+        f"+ {_fmt(p.tag)} + {_fmt(w['uniqueness'])}x{_fmt(p.uniqueness)}) = max(0, {_fmt(t['coverage'])} "
+        f"+ {_fmt(t['format'])} + {_fmt(t['tag'])} + {_fmt(t['uniqueness'])}) = {_fmt(p.total)}"
+    )
     return "\n".join(out)
 
 
@@ -403,14 +424,24 @@ def plot_similarity(e: Explanation, ax: Any = None, max_segments: int = 40, vmin
     if n_ref * max(n_c, 1) <= 300:
         for i in range(n_ref):
             for j in range(n_c):
-                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        weight="bold" if (i, j) in s.matches else "normal")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{sim[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    weight="bold" if (i, j) in s.matches else "normal",
+                )
     ax.set_yticks(range(n_ref), [f"R{i + 1} {_cut(n, 22)}" for i, n in enumerate(e.reference_names)], fontsize=7)
     ax.set_xticks(range(n_c), [f"S{j + 1}" for j in range(n_c)], fontsize=7)
     more = f" (first {n_c} of {s.similarity.shape[1]} segments)" if s.similarity.shape[1] > n_c else ""
     empty = "" if n_c else " — no segment to score"
-    ax.set_title(f"{_cut(e.label, 60)}: {s.parts.matched}/{s.parts.n_references} matched, "
-                 f"coverage ladder {s.parts.coverage}{more}{empty}", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{_cut(e.label, 60)}: {s.parts.matched}/{s.parts.n_references} matched, "
+        f"coverage ladder {s.parts.coverage}{more}{empty}",
+        fontsize=9,
+    )
     ax.set_xlabel("segments (box: match; dashed: >= threshold)", fontsize=8)
     return fig
 
@@ -420,9 +451,12 @@ def plot_terms(e: Explanation, ax: Any = None, xlim: tuple[float, float] = (-0.3
     fig = ax.figure if ax is not None else _figure(5.0, 2.4)
     ax = ax if ax is not None else fig.add_subplot()
     p, w = e.score.parts, e.weight_values
-    raw = {"coverage": f"{_fmt(w['coverage'])} x ladder {p.coverage}", "format": f"{_fmt(w['format'])} x F {_fmt(p.format)}",
-           "tag": "layout ok" if p.valid_format else "no layout",
-           "uniqueness": f"{_fmt(w['uniqueness'])} x ladder {_fmt(p.uniqueness)}"}  # fmt: skip
+    raw = {
+        "coverage": f"{_fmt(w['coverage'])} x ladder {p.coverage}",
+        "format": f"{_fmt(w['format'])} x F {_fmt(p.format)}",
+        "tag": "layout ok" if p.valid_format else "no layout",
+        "uniqueness": f"{_fmt(w['uniqueness'])} x ladder {_fmt(p.uniqueness)}",
+    }
     names = [*TERM_ORDER, "total"]
     values = [e.terms[k] for k in TERM_ORDER] + [p.total]
     colors = ["tab:green" if v >= 0 else "tab:red" for v in values[:-1]] + ["black"]
@@ -514,9 +548,14 @@ def widgets_enabled(flag: bool | None = None) -> tuple[bool, str]:
 
 
 def explorer(
-    cfg: RunConfig, situation: Situation | None = None, responses: Sequence[str] = (), *,
-    encoder: str | Encoder | None = None, prompt_style: str = "qwen2.5", enabled: bool | None = None,
-):  # fmt: skip
+    cfg: RunConfig,
+    situation: Situation | None = None,
+    responses: Sequence[str] = (),
+    *,
+    encoder: str | Encoder | None = None,
+    prompt_style: str = "qwen2.5",
+    enabled: bool | None = None,
+):
     """The interactive explorer when :func:`widgets_enabled` says so, else None (and a line saying why)."""
     on, why = widgets_enabled(enabled)
     if not on:
@@ -526,9 +565,13 @@ def explorer(
 
 
 def build_explorer(
-    cfg: RunConfig, situation: Situation | None = None, responses: Sequence[str] = (), *,
-    encoder: str | Encoder | None = None, prompt_style: str = "qwen2.5",
-):  # fmt: skip
+    cfg: RunConfig,
+    situation: Situation | None = None,
+    responses: Sequence[str] = (),
+    *,
+    encoder: str | Encoder | None = None,
+    prompt_style: str = "qwen2.5",
+):
     """Pick an OP-V2 test situation (split + row), edit up to two responses, see the explanation update
     (``responses`` as in :func:`resolve_responses`).
 
@@ -539,16 +582,28 @@ def build_explorer(
     responses = [text for _, text in resolve_responses(cfg, situation, responses)]
     frames: dict[str, Any] = {}
     fit = {"description_width": "initial"}  # labels are never cut off
-    split = w.Dropdown(options=list(SPLITS), value=situation.split or "5p", description="split", style=fit,
-                       layout=w.Layout(width="9em"))  # fmt: skip
-    row = w.BoundedIntText(value=situation.row or 0, min=0, max=10_000, description="row", style=fit,
-                           layout=w.Layout(width="9em"))  # fmt: skip
+    split = w.Dropdown(
+        options=list(SPLITS),
+        value=situation.split or "5p",
+        description="split",
+        style=fit,
+        layout=w.Layout(width="9em"),
+    )
+    row = w.BoundedIntText(
+        value=situation.row or 0, min=0, max=10_000, description="row", style=fit, layout=w.Layout(width="9em")
+    )
     big = w.Layout(width="100%", height="11em")
     placeholder = "optional: a second response to compare, for the situation shown above"
-    text_a = w.Textarea(value=responses[0] if len(responses) > 0 else "", description="response A", layout=big,
-                        style=fit)  # fmt: skip
-    text_b = w.Textarea(value=responses[1] if len(responses) > 1 else "", description="response B", layout=big,
-                        style=fit, placeholder=placeholder)  # fmt: skip
+    text_a = w.Textarea(
+        value=responses[0] if len(responses) > 0 else "", description="response A", layout=big, style=fit
+    )
+    text_b = w.Textarea(
+        value=responses[1] if len(responses) > 1 else "",
+        description="response B",
+        layout=big,
+        style=fit,
+        placeholder=placeholder,
+    )
     load = w.Button(description="released output → A", tooltip=RELEASED_LABEL, layout=w.Layout(width="auto"))
     run = w.Button(description="Explain", button_style="primary", layout=w.Layout(width="auto"))
     header, status, report, note = w.HTML(), w.HTML(), w.HTML(), w.HTML()
@@ -567,8 +622,14 @@ def build_explorer(
         state["busy"], run.disabled, run.description = True, True, "Explaining…"
         status.value = "<i>⏳ computing the explanation…</i>"
         try:
-            exps = explain_many(state["situation"], texts, labels=["A", "B"][: len(texts)], encoder=encoder, cfg=cfg,
-                                prompt_style=prompt_style)  # fmt: skip
+            exps = explain_many(
+                state["situation"],
+                texts,
+                labels=["A", "B"][: len(texts)],
+                encoder=encoder,
+                cfg=cfg,
+                prompt_style=prompt_style,
+            )
             png = figure_bytes(figure(exps))
         except Exception as exc:  # shown in the widget, not raised into the event loop
             status.value = f"<span style='color:#b00'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
@@ -603,9 +664,11 @@ def build_explorer(
             finally:
                 state["reverting"] = False
             rows = frame["row_index"]
-            note.value = (f"<span style='color:#b00'>test_{bad_split}.csv "
-                          f"has no parsed row {bad} (rows {int(rows.min())}-{int(rows.max())}); still showing "
-                          f"{html.escape(str(cur.key))}</span>")  # fmt: skip
+            note.value = (
+                f"<span style='color:#b00'>test_{bad_split}.csv "
+                f"has no parsed row {bad} (rows {int(rows.min())}-{int(rows.max())}); still showing "
+                f"{html.escape(str(cur.key))}</span>"
+            )
             return
         note.value = ""
         r = hit.iloc[0]
@@ -629,6 +692,17 @@ def build_explorer(
     else:
         refresh()
     box = w.VBox([w.HBox([split, row, load, run]), note, header, text_a, text_b, status, image, report])
-    box.explorer = {"split": split, "row": row, "a": text_a, "b": text_b, "load": load, "run": run,
-                    "status": status, "report": report, "image": image, "state": state, "note": note}  # fmt: skip
+    box.explorer = {
+        "split": split,
+        "row": row,
+        "a": text_a,
+        "b": text_b,
+        "load": load,
+        "run": run,
+        "status": status,
+        "report": report,
+        "image": image,
+        "state": state,
+        "note": note,
+    }
     return box

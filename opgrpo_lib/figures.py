@@ -66,8 +66,17 @@ def main_coverage_table(metrics: pd.DataFrame, threshold: float | None = None) -
     if threshold is None and len(sb):
         threshold = float(sb["threshold"].min())
     sb = sb[np.isclose(sb["threshold"], threshold)] if len(sb) else sb
-    cols = ["system", "split", "n", "relative_accuracy", "relative_ci_low", "relative_ci_high", "absolute_accuracy",
-            "absolute_ci_low", "absolute_ci_high"]  # fmt: skip
+    cols = [
+        "system",
+        "split",
+        "n",
+        "relative_accuracy",
+        "relative_ci_low",
+        "relative_ci_high",
+        "absolute_accuracy",
+        "absolute_ci_low",
+        "absolute_ci_high",
+    ]
     out = sb[cols].copy()
     nli = metrics[metrics["metric"] == "nli"]
     if len(nli):
@@ -81,7 +90,7 @@ def main_coverage_table(metrics: pd.DataFrame, threshold: float | None = None) -
                     "accuracy_ci_high": "nli_ci_high",
                     "mean_score": "nli_mean_score",
                 }
-            ),  # fmt: skip
+            ),
             on=["system", "split"],
             how="left",
         )
@@ -118,11 +127,19 @@ def reported_vs_reproduced(table: pd.DataFrame, logged: pd.DataFrame | None) -> 
         rep = main[main["system"] == theirs].set_index("split")
         for split in [s for s in SPLITS if s in mine.index and s in rep.index]:
             r, m = rep.loc[split], mine.loc[split]
-            rows.append({"system": ours, "reported_as": theirs, "split": split,
-                         "reported_relative": float(r["relative_accuracy"]), "reproduced_relative": float(m["relative_accuracy"]),
-                         "delta_relative": float(m["relative_accuracy"]) - float(r["relative_accuracy"]),
-                         "reported_absolute": float(r["absolute_accuracy"]), "reproduced_absolute": float(m["absolute_accuracy"]),
-                         "delta_absolute": float(m["absolute_accuracy"]) - float(r["absolute_accuracy"])})  # fmt: skip
+            rows.append(
+                {
+                    "system": ours,
+                    "reported_as": theirs,
+                    "split": split,
+                    "reported_relative": float(r["relative_accuracy"]),
+                    "reproduced_relative": float(m["relative_accuracy"]),
+                    "delta_relative": float(m["relative_accuracy"]) - float(r["relative_accuracy"]),
+                    "reported_absolute": float(r["absolute_accuracy"]),
+                    "reproduced_absolute": float(m["absolute_accuracy"]),
+                    "delta_absolute": float(m["absolute_accuracy"]) - float(r["absolute_accuracy"]),
+                }
+            )
     if not rows:
         raise MissingInputs("no reproduced system with a logged counterpart (op_grpo, modplural)")
     return pd.DataFrame(rows)
@@ -154,11 +171,23 @@ def fig_coverage_vs_perspectives(table: pd.DataFrame, logged: pd.DataFrame | Non
             part = part.set_index("split").reindex([s for s in SPLITS if s in set(part["split"])])
             x = [list(SPLITS).index(s) for s in part.index]
             if system in LOGGED_AS:
-                ax2.plot(x, part["relative_accuracy"], marker=".", linestyle="--", color=system_color(LOGGED_AS[system]),
-                         label=f"{system} (= {LOGGED_AS[system]})")  # fmt: skip
+                ax2.plot(
+                    x,
+                    part["relative_accuracy"],
+                    marker=".",
+                    linestyle="--",
+                    color=system_color(LOGGED_AS[system]),
+                    label=f"{system} (= {LOGGED_AS[system]})",
+                )
             else:  # other variants: context, one legend entry for all of them
-                ax2.plot(x, part["relative_accuracy"], color="#BBBBBB", linewidth=1, zorder=1,
-                         label="other logged systems" if not others else None)  # fmt: skip
+                ax2.plot(
+                    x,
+                    part["relative_accuracy"],
+                    color="#BBBBBB",
+                    linewidth=1,
+                    zorder=1,
+                    label="other logged systems" if not others else None,
+                )
                 others += 1
         ax2.set_title("reported: the authors' logs (their scale-70 SBERT @ 0.70)")
         _legend_below(ax2, ncol=1)
@@ -206,11 +235,22 @@ def fig_training_dynamics(
     for ax, c in zip(flat, comps[:5]):
         y = train_log[f"op_reward/{c}"]
         color = SYSTEM_COLORS["op_grpo"]
-        ax.plot(train_log["step"], y, alpha=0.4 if len(y) >= 5 else 1.0, marker="." if len(y) < 30 else None,
-                color=color, label="per step")  # fmt: skip
+        ax.plot(
+            train_log["step"],
+            y,
+            alpha=0.4 if len(y) >= 5 else 1.0,
+            marker="." if len(y) < 30 else None,
+            color=color,
+            label="per step",
+        )
         if len(y) >= 5:
-            ax.plot(train_log["step"], y.rolling(5, min_periods=1).mean(), linewidth=2, color=color,
-                    label="rolling mean of 5")  # fmt: skip
+            ax.plot(
+                train_log["step"],
+                y.rolling(5, min_periods=1).mean(),
+                linewidth=2,
+                color=color,
+                label="rolling mean of 5",
+            )
         ax.set_title("total reward" if c == "total" else f"reward term: {c}")
         ax.set_xlabel("GRPO step")
         _min_span(ax, 0.2)
@@ -220,8 +260,14 @@ def fig_training_dynamics(
     drawn = False
     if checkpoints is not None and not checkpoints.empty:
         mean = checkpoints.groupby("step")["relative_accuracy"].mean()
-        ax.plot(mean.index, mean.values, marker="s", color=SYSTEM_COLORS["op_grpo"], linewidth=2,
-                label="ours (mean over splits)")  # fmt: skip
+        ax.plot(
+            mean.index,
+            mean.values,
+            marker="s",
+            color=SYSTEM_COLORS["op_grpo"],
+            linewidth=2,
+            label="ours (mean over splits)",
+        )
         drawn = True
     title = "coverage of saved checkpoints"
     if logged_steps is not None and not logged_steps.empty:
@@ -233,8 +279,14 @@ def fig_training_dynamics(
         steps = steps[(steps["sbert"] == setting[0]) & (steps["threshold"] == setting[1])]
         for i, ((model, split), part) in enumerate(steps.groupby(["model", "split"])):
             part = part.sort_values("step").drop_duplicates("step")
-            ax.plot(part["step"], part["relative_accuracy"], marker="o", linestyle="--", color=OTHER_COLORS[i % 4],
-                    label=f"authors: {model} {split}")  # fmt: skip
+            ax.plot(
+                part["step"],
+                part["relative_accuracy"],
+                marker="o",
+                linestyle="--",
+                color=OTHER_COLORS[i % 4],
+                label=f"authors: {model} {split}",
+            )
         title = f"coverage vs RL step\n(authors: {setting[0]} @ {setting[1]})"
         drawn = True
     if drawn:
@@ -268,8 +320,14 @@ def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
         chosen = bool(part["chosen"].iloc[0])
         # the chosen setting is the op_grpo system of every other figure; the rest avoid the systems' colours
         color = SYSTEM_COLORS["op_grpo"] if chosen else OTHER_COLORS[[2, 0, 3, 1][i % 4]]
-        style = {"linewidth": 3 if chosen else 1.3, "marker": "o", "color": color, "zorder": 3 if chosen else 2,
-                 "label": name + (" (chosen)" if chosen else ""), "linestyle": "-" if chosen else ["-", "--"][i % 2]}  # fmt: skip
+        style = {
+            "linewidth": 3 if chosen else 1.3,
+            "marker": "o",
+            "color": color,
+            "zorder": 3 if chosen else 2,
+            "label": name + (" (chosen)" if chosen else ""),
+            "linestyle": "-" if chosen else ["-", "--"][i % 2],
+        }
         axes[0].plot(part["step"], part["sbert_relative_accuracy"], **style)
         axes[1].plot(part["step"], part["coverage_ladder"], **style)
         axes[2].plot(part["step"], part["mean_tokens"], **style)
@@ -286,9 +344,12 @@ def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
 
 def _sweep_outputs(table: pd.DataFrame, out: Path) -> list[Path]:
     files = save_figure(fig_validation_sweep(table), out / "validation_sweep")
-    return files + write_table(best_points(table), out / "tables" / "validation_sweep",
-                               "GRPO settings tried on the validation carve (final and best point per setting; "
-                               "independent SBERT relative accuracy)")  # fmt: skip
+    return files + write_table(
+        best_points(table),
+        out / "tables" / "validation_sweep",
+        "GRPO settings tried on the validation carve (final and best point per setting; "
+        "independent SBERT relative accuracy)",
+    )
 
 
 @styled
@@ -299,8 +360,9 @@ def fig_estimator(calibration: pd.DataFrame, metrics: dict[str, Any]) -> plt.Fig
     for i, (model, part) in enumerate(calibration.groupby("model", sort=False)):
         color = colors.get(str(model), OTHER_COLORS[i % 4])
         axes[0].plot(part["threshold"], part["precision"], marker="o", color=color, label=f"precision, {model}")
-        axes[0].plot(part["threshold"], part["recall"], marker="s", linestyle="--", color=color,
-                     label=f"recall, {model}")  # fmt: skip
+        axes[0].plot(
+            part["threshold"], part["recall"], marker="s", linestyle="--", color=color, label=f"recall, {model}"
+        )
     axes[0].set_xlabel("cosine threshold")
     axes[0].set_ylim(-0.02, 1.02)
     axes[0].set_title("held-out alignment (same-name pairs)")
@@ -322,8 +384,13 @@ def _system_bars(ax: Any, pivot: pd.DataFrame) -> None:
     width = 0.8 / max(len(systems), 1)
     x = np.arange(len(pivot.index))
     for i, system in enumerate(systems):
-        ax.bar(x + (i - (len(systems) - 1) / 2) * width, pivot[system].to_numpy(dtype=float), width,
-               color=system_color(str(system)), label=str(system))  # fmt: skip
+        ax.bar(
+            x + (i - (len(systems) - 1) / 2) * width,
+            pivot[system].to_numpy(dtype=float),
+            width,
+            color=system_color(str(system)),
+            label=str(system),
+        )
     ax.set_xticks(x, [str(i) for i in pivot.index])
 
 
@@ -387,12 +454,28 @@ def headline_table(metrics: pd.DataFrame, ours: str = "op_grpo") -> pd.DataFrame
             claim, note = PAPER_CLAIMS["ModPlural"], "vs ModPlural (NLI)"
         elif base == "modplural":  # an SBERT ratio is not the paper's NLI number: never side by side
             note = "the paper's +19.1 % is NLI Accuracy@0.33; this row is SBERT, not comparable"
-        rows.append({"baseline": base, "metric": name, "ours": means[ours], "baseline_value": means[base],
-                     "relative_gain": relative_gain(means[ours], means[base]), "paper_claim": claim,
-                     "paper_claim_note": note})  # fmt: skip
-    rows.append({"baseline": "GPT-OSS-20B", "metric": "NLI Accuracy@0.33", "ours": None, "baseline_value": None,
-                 "relative_gain": None, "paper_claim": PAPER_CLAIMS["GPT-OSS-20B"],
-                 "paper_claim_note": "not reproduced: GPT-OSS-20B outputs/NLI are not available"})  # fmt: skip
+        rows.append(
+            {
+                "baseline": base,
+                "metric": name,
+                "ours": means[ours],
+                "baseline_value": means[base],
+                "relative_gain": relative_gain(means[ours], means[base]),
+                "paper_claim": claim,
+                "paper_claim_note": note,
+            }
+        )
+    rows.append(
+        {
+            "baseline": "GPT-OSS-20B",
+            "metric": "NLI Accuracy@0.33",
+            "ours": None,
+            "baseline_value": None,
+            "relative_gain": None,
+            "paper_claim": PAPER_CLAIMS["GPT-OSS-20B"],
+            "paper_claim_note": "not reproduced: GPT-OSS-20B outputs/NLI are not available",
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -421,8 +504,12 @@ def fig_reward_ablation(logs: dict[str, pd.DataFrame]) -> plt.Figure:
         raise MissingInputs("no reward-ablation runs under results/<profile>/ablations/<name>/train_log.csv")
     fig, ax = plt.subplots(figsize=(7, 4.4), layout="constrained")
     for i, (name, log) in enumerate(logs.items()):
-        ax.plot(log["step"], log["op_reward/coverage"].rolling(5, min_periods=1).mean(), label=name,
-                color=OTHER_COLORS[i % 4] if i else SYSTEM_COLORS["op_grpo"])  # fmt: skip
+        ax.plot(
+            log["step"],
+            log["op_reward/coverage"].rolling(5, min_periods=1).mean(),
+            label=name,
+            color=OTHER_COLORS[i % 4] if i else SYSTEM_COLORS["op_grpo"],
+        )
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("coverage ladder (rolling mean)")
     ax.set_title("Reward ablation runs")
@@ -441,15 +528,24 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     summary = summary or {}
     c = comparisons.copy()
     c["evaluator"] = c.get("evaluator", pd.Series(index=c.index, dtype=object)).fillna("")
-    panels = [(m, e) for m, e in (("sbert", "independent"), ("sbert", "estimator")) if ((c.metric == m) &
-              (c.evaluator == e)).any()] + [("nli", "")] * bool((c.metric == "nli").any())  # fmt: skip
+    panels = [
+        (m, e)
+        for m, e in (("sbert", "independent"), ("sbert", "estimator"))
+        if ((c.metric == m) & (c.evaluator == e)).any()
+    ] + [("nli", "")] * bool((c.metric == "nli").any())
     if not panels:
         raise MissingInputs("results/eval/comparisons.csv has no SBERT or NLI comparison: run notebook 06")
     headline_pool = "5p+10p" if (c["split"] == "5p+10p").any() else "all"
     ref = str(c["system"].iloc[0])
     baselines = _ordered(set(c["baseline"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(5.2 * len(panels), 12.5), 1.5 + 1.05 * len(baselines)),
-                             sharey=True, squeeze=False, layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(min(5.2 * len(panels), 12.5), 1.5 + 1.05 * len(baselines)),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     sizes: dict[str, int] = {}
     for ax, (metric, evaluator) in zip(axes[0], panels):
         part = c[(c.metric == metric) & (c.evaluator == evaluator)]
@@ -462,14 +558,28 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
                     continue
                 r = row.iloc[0]
                 color = system_color(base)
-                ax.errorbar(r["diff"], y + dy, xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
-                            fmt="o", color=color, mfc=color if filled else "white", markersize=8, capsize=4,
-                            linewidth=2)  # fmt: skip
+                ax.errorbar(
+                    r["diff"],
+                    y + dy,
+                    xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+                    fmt="o",
+                    color=color,
+                    mfc=color if filled else "white",
+                    markersize=8,
+                    capsize=4,
+                    linewidth=2,
+                )
                 outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
-                ax.annotate(f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                            (r["ci_high"] if outward else r["ci_low"], y + dy), xytext=(6 if outward else -6, 0),
-                            textcoords="offset points", ha="left" if outward else "right", va="center",
-                            fontsize=9 if filled else 8, color="#222222" if filled else "#666666")  # fmt: skip
+                ax.annotate(
+                    f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                    (r["ci_high"] if outward else r["ci_low"], y + dy),
+                    xytext=(6 if outward else -6, 0),
+                    textcoords="offset points",
+                    ha="left" if outward else "right",
+                    va="center",
+                    fontsize=9 if filled else 8,
+                    color="#222222" if filled else "#666666",
+                )
                 sizes[pool] = int(r["n"])
         ax.axvline(0, color="black", linewidth=1)
         lo = min(part["ci_low"].min(), 0) if len(part) else -0.1
@@ -492,8 +602,9 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     legend = f"filled = pooled {headline_pool} (n = {sizes.get(headline_pool, '?')} situations)"
     if headline_pool != "all" and "all" in sizes:
         legend += f", hollow = all evaluated splits (n = {sizes['all']})"
-    fig.suptitle(f"Headline: {ref} against each baseline on the same situations (paired bootstrap, 95 % CI)\n"
-                 + legend)  # fmt: skip
+    fig.suptitle(
+        f"Headline: {ref} against each baseline on the same situations (paired bootstrap, 95 % CI)\n" + legend
+    )
     return fig
 
 
@@ -585,48 +696,126 @@ def _main_tables(inp: Inputs, out: Path) -> list[Path]:
     lm = logged_main(inp.logged)
     if not lm.empty:
         keep = ["system", "split", "n", "relative_accuracy", "absolute_accuracy", "candidate_file"]
-        files += write_table(lm[keep].reset_index(drop=True), out / "tables" / "reported_main_sbert",
-                             "Reported: the authors' logged SBERT coverage (scale-70 @ 0.70; reward model as evaluator)")  # fmt: skip
+        files += write_table(
+            lm[keep].reset_index(drop=True),
+            out / "tables" / "reported_main_sbert",
+            "Reported: the authors' logged SBERT coverage (scale-70 @ 0.70; reward model as evaluator)",
+        )
         try:
-            files += write_table(reported_vs_reproduced(table, inp.logged), out / "tables" / "reported_vs_reproduced",
-                                 "Reported (authors' logs, their scale-70 estimator @ 0.70) vs reproduced (our "
-                                 "evaluator and threshold) with the delta")  # fmt: skip
+            files += write_table(
+                reported_vs_reproduced(table, inp.logged),
+                out / "tables" / "reported_vs_reproduced",
+                "Reported (authors' logs, their scale-70 estimator @ 0.70) vs reproduced (our "
+                "evaluator and threshold) with the delta",
+            )
         except MissingInputs:
             pass
     return files
 
 
 FIGURES: list[tuple[str, Any]] = [
-    ("headline comparisons", lambda inp, out: save_figure(fig_comparisons(inp.need(
-        "comparisons", "results/eval/comparisons.csv: run notebooks 05-06"), inp.summary), out / "headline_comparisons")
-        + write_table(inp.comparisons, out / "tables" / "comparisons", "Paired comparisons (reference system - "
-                      "baseline) with paired-bootstrap 95 % CIs, per split and pooled")),
+    (
+        "headline comparisons",
+        lambda inp, out: (
+            save_figure(
+                fig_comparisons(
+                    inp.need("comparisons", "results/eval/comparisons.csv: run notebooks 05-06"), inp.summary
+                ),
+                out / "headline_comparisons",
+            )
+            + write_table(
+                inp.comparisons,
+                out / "tables" / "comparisons",
+                "Paired comparisons (reference system - "
+                "baseline) with paired-bootstrap 95 % CIs, per split and pooled",
+            )
+        ),
+    ),
     ("main coverage table", _main_tables),
-    ("coverage vs perspectives", lambda inp, out: save_figure(fig_coverage_vs_perspectives(
-        main_coverage_table(inp.need("metrics", EVAL)), logged_main(inp.logged)), out / "coverage_vs_perspectives")),
-    ("training dynamics", lambda inp, out: save_figure(fig_training_dynamics(
-        inp.need("train_log", "results/train_log.csv: run notebook 04_grpo"), inp.logged_steps, inp.checkpoints),
-        out / "training_dynamics")),
-    ("validation curve", lambda inp, out: save_figure(fig_validation_curve(inp.need(
-        "validation", "results/validation_curve.csv: notebook 04 with train.validation_every")), out / "validation_curve")),
-    ("validation sweep", lambda inp, out: _sweep_outputs(inp.need(
-        "sweep", "results/sweep/validation_sweep.csv: scripts/validation_sweep.py over the tried runs"), out)),
-    ("similarity estimator", lambda inp, out: save_figure(fig_estimator(
-        inp.need("calibration", "results/estimator/calibration.csv: run notebook 02"),
-        inp.need("estimator", "results/estimator/metrics.json: run notebook 02")), out / "similarity_estimator")),
-    ("reward ablation", lambda inp, out: save_figure(fig_reward_ablation(
-        inp.need("ablations", "results/ablations/*/train_log.csv: ablation runs")), out / "reward_ablation")),
-    ("core vs summary", lambda inp, out: write_table(core_vs_summary_table(inp.need("metrics", EVAL)),
-        out / "tables" / "core_vs_summary", "SBERT coverage of the core block vs the summary text")),
-    ("token efficiency", lambda inp, out: save_figure(fig_tokens(inp.need("metrics", EVAL)), out / "token_efficiency")),
+    (
+        "coverage vs perspectives",
+        lambda inp, out: save_figure(
+            fig_coverage_vs_perspectives(main_coverage_table(inp.need("metrics", EVAL)), logged_main(inp.logged)),
+            out / "coverage_vs_perspectives",
+        ),
+    ),
+    (
+        "training dynamics",
+        lambda inp, out: save_figure(
+            fig_training_dynamics(
+                inp.need("train_log", "results/train_log.csv: run notebook 04_grpo"), inp.logged_steps, inp.checkpoints
+            ),
+            out / "training_dynamics",
+        ),
+    ),
+    (
+        "validation curve",
+        lambda inp, out: save_figure(
+            fig_validation_curve(
+                inp.need("validation", "results/validation_curve.csv: notebook 04 with train.validation_every")
+            ),
+            out / "validation_curve",
+        ),
+    ),
+    (
+        "validation sweep",
+        lambda inp, out: _sweep_outputs(
+            inp.need("sweep", "results/sweep/validation_sweep.csv: scripts/validation_sweep.py over the tried runs"),
+            out,
+        ),
+    ),
+    (
+        "similarity estimator",
+        lambda inp, out: save_figure(
+            fig_estimator(
+                inp.need("calibration", "results/estimator/calibration.csv: run notebook 02"),
+                inp.need("estimator", "results/estimator/metrics.json: run notebook 02"),
+            ),
+            out / "similarity_estimator",
+        ),
+    ),
+    (
+        "reward ablation",
+        lambda inp, out: save_figure(
+            fig_reward_ablation(inp.need("ablations", "results/ablations/*/train_log.csv: ablation runs")),
+            out / "reward_ablation",
+        ),
+    ),
+    (
+        "core vs summary",
+        lambda inp, out: write_table(
+            core_vs_summary_table(inp.need("metrics", EVAL)),
+            out / "tables" / "core_vs_summary",
+            "SBERT coverage of the core block vs the summary text",
+        ),
+    ),
+    (
+        "token efficiency",
+        lambda inp, out: save_figure(fig_tokens(inp.need("metrics", EVAL)), out / "token_efficiency"),
+    ),
     ("LLM judge", lambda inp, out: save_figure(fig_judge(inp.summary.get("judge", {})), out / "llm_judge")),
-    ("GRPO step time per backend", lambda inp, out: figures_gpu.build(inp.results, out) or _missing(
-        "results/gpu/grpo_step_*.json: benchmarks/grpo_step.py on a GPU (scripts/gpu_check.sh)")),
-    ("headline gains", lambda inp, out: write_table(headline_table(inp.need("metrics", EVAL)),
-        out / "tables" / "headline", "Relative gains (ours - baseline) / baseline next to the paper's claims")),
-    ("authors' own outputs", lambda inp, out: figures_authors.build(inp.results, out) or _missing(
-        "results/authors/cells.csv: run notebook 08_authors")),
-]  # fmt: skip
+    (
+        "GRPO step time per backend",
+        lambda inp, out: (
+            figures_gpu.build(inp.results, out)
+            or _missing("results/gpu/grpo_step_*.json: benchmarks/grpo_step.py on a GPU (scripts/gpu_check.sh)")
+        ),
+    ),
+    (
+        "headline gains",
+        lambda inp, out: write_table(
+            headline_table(inp.need("metrics", EVAL)),
+            out / "tables" / "headline",
+            "Relative gains (ours - baseline) / baseline next to the paper's claims",
+        ),
+    ),
+    (
+        "authors' own outputs",
+        lambda inp, out: (
+            figures_authors.build(inp.results, out) or _missing("results/authors/cells.csv: run notebook 08_authors")
+        ),
+    ),
+]
 
 
 def build_all(results: Path, out_dir: Path, logged: pd.DataFrame | None = None) -> list[FigureStatus]:
@@ -685,5 +874,3 @@ def gallery(out_dir: str | Path) -> list[tuple[str, Path]]:
         caption = first.removeprefix("<!-- ").removesuffix(" -->") if first.startswith("<!--") else md.stem
         shown.append((f"table {md.stem}: {caption}", md))
     return shown
-
-

@@ -41,8 +41,13 @@ def _colour_legend(fig: plt.Figure, systems: list[str], kind: str) -> None:
     def handle(color: str) -> Any:
         return Patch(color=color) if kind == "patch" else Line2D([], [], color=color, marker="o", linewidth=2)
 
-    fig.legend([handle(col) for col, _ in entries], [t for _, t in entries], loc="outside lower center",
-               ncol=min(len(entries), 3), title="colour: the same system in our own figures")  # fmt: skip
+    fig.legend(
+        [handle(col) for col, _ in entries],
+        [t for _, t in entries],
+        loc="outside lower center",
+        ncol=min(len(entries), 3),
+        title="colour: the same system in our own figures",
+    )
 
 
 def _split_title(split: str) -> str:
@@ -69,8 +74,10 @@ def setting(evaluator: str, threshold: float) -> str:
 def coverage_tables(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Systems × splits, one table per evaluator setting: relative accuracy [95 % CI] / hit_all / n."""
     out = {}
-    c = cells.assign(row=cells.apply(_name, axis=1), value=cells.apply(
-        lambda r: f"{_cell(r)} / {int(r['hit_all'])}/{int(r['n'])}", axis=1))  # fmt: skip
+    c = cells.assign(
+        row=cells.apply(_name, axis=1),
+        value=cells.apply(lambda r: f"{_cell(r)} / {int(r['hit_all'])}/{int(r['n'])}", axis=1),
+    )
     for (ev, thr), g in c.groupby(["evaluator", "threshold"], sort=True):
         t = g.pivot_table(index="row", columns="split", values="value", aggfunc="first")
         t = t[[s for s in SPLIT_ORDER if s in t.columns]].fillna("–")
@@ -81,8 +88,11 @@ def coverage_tables(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
 @styled
 def fig_steps(cells: pd.DataFrame) -> plt.Figure:
     """Relative accuracy vs RL step for Qwen2.5-1.5B and Llama-3.2-3B on 5p and 10p (base SBERT @ 0.75), 95 % CIs."""
-    steps = cells[(cells["rl_step"].astype(str) != "") & (cells["evaluator"] == "paraphrase-mpnet-base-v2")
-                  & (cells["threshold"].astype(float).round(2) == 0.75)].copy()  # fmt: skip
+    steps = cells[
+        (cells["rl_step"].astype(str) != "")
+        & (cells["evaluator"] == "paraphrase-mpnet-base-v2")
+        & (cells["threshold"].astype(float).round(2) == 0.75)
+    ].copy()
     if steps.empty:
         raise LookupError("no step-ablation cells")
     steps["step"] = steps["rl_step"].astype(float).astype(int)
@@ -118,14 +128,18 @@ def reward_variants(cells: pd.DataFrame) -> pd.DataFrame:
 
 def core_vs_summary(cells: pd.DataFrame) -> pd.DataFrame:
     s = cells[cells.system.str.contains("summary-format", regex=False)]
-    return s.assign(value=s.apply(_cell, axis=1))[["system", "version", "split", "evaluator", "threshold", "n",
-                                                   "value", "absolute_accuracy"]].reset_index(drop=True)  # fmt: skip
+    return s.assign(value=s.apply(_cell, axis=1))[
+        ["system", "version", "split", "evaluator", "threshold", "n", "value", "absolute_accuracy"]
+    ].reset_index(drop=True)
 
 
 def estimator_ablation(cells: pd.DataFrame) -> pd.DataFrame:
     """The same candidates under different evaluators / thresholds (systems × splits logged in > 1 setting)."""
-    c = cells.assign(setting=[setting(e, t) for e, t in zip(cells.evaluator, cells.threshold)],
-                     row=cells.apply(_name, axis=1), value=cells.apply(_cell, axis=1))  # fmt: skip
+    c = cells.assign(
+        setting=[setting(e, t) for e, t in zip(cells.evaluator, cells.threshold)],
+        row=cells.apply(_name, axis=1),
+        value=cells.apply(_cell, axis=1),
+    )
     multi = c.groupby(["row", "split"])["setting"].transform("nunique") > 1
     t = c[multi].pivot_table(index=["row", "split"], columns="setting", values="value", aggfunc="first")
     return t.fillna("–").reset_index().rename(columns={"row": "system"})
@@ -135,7 +149,8 @@ def output_length(cells: pd.DataFrame) -> pd.DataFrame:
     """Mean words (and tokens) of the candidate sentences per system and split: an approximation of the raw output
     length (the authors' splitter drops final punctuation and numbering; text outside the scored block is absent)."""
     cols = ["candidate_words_mean", "candidate_sentences_mean"] + (
-        ["candidate_tokens_mean"] if "candidate_tokens_mean" in cells else [])  # fmt: skip
+        ["candidate_tokens_mean"] if "candidate_tokens_mean" in cells else []
+    )
     c = cells.assign(row=cells.apply(_name, axis=1))
     c = c.drop_duplicates(["row", "split"])  # the same candidates under every evaluator: one length
     return c[["row", "split", *cols]].rename(columns={"row": "system"}).sort_values(["system", "split"])
@@ -145,23 +160,38 @@ def output_length(cells: pd.DataFrame) -> pd.DataFrame:
 def fig_length(length: pd.DataFrame) -> plt.Figure:
     """Mean words of the scored candidate sentences per system, one panel per split (5p, 10p), longest on top; a
     system of ours' logged counterpart in that system's colour."""
-    g = length[length.split.isin(["5p", "10p"])].pivot_table(index="system", columns="split",
-                                                              values="candidate_words_mean")  # fmt: skip
+    g = length[length.split.isin(["5p", "10p"])].pivot_table(
+        index="system", columns="split", values="candidate_words_mean"
+    )
     splits = [s for s in ("5p", "10p") if s in g.columns]
     g = g.assign(_mean=g[splits].mean(axis=1)).sort_values(["_mean"], ascending=False, kind="stable")
     systems, y = list(g.index), list(range(len(g)))
     colors = [_color(s) for s in systems]
-    fig, axes = plt.subplots(1, len(splits), figsize=(10.5, 0.27 * len(g) + 2.2), sharey=True, sharex=True,
-                             squeeze=False, layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(splits),
+        figsize=(10.5, 0.27 * len(g) + 2.2),
+        sharey=True,
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
+    )
     top = float(g[splits].max().max())
     for ax, split in zip(axes[0], splits):
         v = g[split]
         ax.barh(y, v.fillna(0).to_numpy(dtype=float), color=colors, height=0.7)
         for yi, val in zip(y, v):
             missing = pd.isna(val)
-            ax.annotate("not logged" if missing else f"{val:.0f}", (0 if missing else val, yi), xytext=(3, 0),
-                        textcoords="offset points", va="center", fontsize=9,
-                        color="#666666" if missing else "#222222", style="italic" if missing else "normal")  # fmt: skip
+            ax.annotate(
+                "not logged" if missing else f"{val:.0f}",
+                (0 if missing else val, yi),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=9,
+                color="#666666" if missing else "#222222",
+                style="italic" if missing else "normal",
+            )
         ax.set_xlim(0, top * 1.2)
         ax.set_title(_split_title(split))
         ax.set_xlabel("mean words per output")
@@ -169,23 +199,28 @@ def fig_length(length: pd.DataFrame) -> plt.Figure:
     axes[0][0].set_yticks(y, systems)
     axes[0][0].set_ylim(len(g) - 0.5, -0.5)
     _colour_legend(fig, systems, "patch")
-    fig.suptitle("Output length of the authors' logged systems: mean words in the scored candidate sentences\n"
-                 "(approximates output length: their splitter drops numbering and final punctuation, and text "
-                 "outside the scored block is not logged)")  # fmt: skip
+    fig.suptitle(
+        "Output length of the authors' logged systems: mean words in the scored candidate sentences\n"
+        "(approximates output length: their splitter drops numbering and final punctuation, and text "
+        "outside the scored block is not logged)"
+    )
     return fig
 
 
 def _pick_claims(claims: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, a, b): the pooled 5p+10p where logged, else every common split pooled, else a split."""
     c = claims.copy()
-    c["setting"] = [setting(e, t) if str(t) not in ("", "nan", "None") else str(e)
-                    for e, t in zip(c.evaluator, c.threshold)]  # fmt: skip
+    c["setting"] = [
+        setting(e, t) if str(t) not in ("", "nan", "None") else str(e) for e, t in zip(c.evaluator, c.threshold)
+    ]
     key = ["setting", "a", "b"]
     rank = c["split"].map({"5p+10p": 0, "all common": 1}).fillna(2)
     picked = c.assign(_rank=rank).sort_values("_rank", kind="stable").drop_duplicates(key)
     parts = {k: [s for s in g["split"] if s not in ("5p+10p", "all common")] for k, g in c.groupby(key, sort=False)}
-    picked["pool"] = [sp if sp != "all common" else "pooled " + ", ".join(parts[(st, a, b)]) if parts[(st, a, b)]
-                      else "all common" for st, a, b, sp in zip(picked.setting, picked.a, picked.b, picked.split)]  # fmt: skip
+    picked["pool"] = [
+        sp if sp != "all common" else "pooled " + ", ".join(parts[(st, a, b)]) if parts[(st, a, b)] else "all common"
+        for st, a, b, sp in zip(picked.setting, picked.a, picked.b, picked.split)
+    ]
     order = {k: i for i, k in enumerate(dict.fromkeys(zip(c.setting, c.a, c.b)))}
     picked["_order"] = [order[k] for k in zip(picked.setting, picked.a, picked.b)]
     return picked.sort_values("_order").drop(columns=["_rank", "_order"]).reset_index(drop=True)
@@ -206,8 +241,11 @@ def _comparison(a: str, b: str, ref: str) -> str:
 
 def _evaluator_note(setting_name: str) -> str:
     ev = setting_name.split(" @ ")[0]
-    return "the authors' fine-tuned estimator = their reward model" if ev.startswith("op-sbert") else \
-        "off-the-shelf SBERT"  # fmt: skip
+    return (
+        "the authors' fine-tuned estimator = their reward model"
+        if ev.startswith("op-sbert")
+        else "off-the-shelf SBERT"
+    )
 
 
 @styled
@@ -225,13 +263,26 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
     side = len(settings) > 1 and all(labels[s] == labels[settings[0]] for s in settings)
     rows = [len(labels[s]) for s in settings]
     if side:
-        fig, axes = plt.subplots(1, len(settings), figsize=(4 + 4.2 * len(settings), 1.9 + 0.5 * rows[0]),
-                                 sharey=True, sharex=True, squeeze=False, layout="constrained")  # fmt: skip
+        fig, axes = plt.subplots(
+            1,
+            len(settings),
+            figsize=(4 + 4.2 * len(settings), 1.9 + 0.5 * rows[0]),
+            sharey=True,
+            sharex=True,
+            squeeze=False,
+            layout="constrained",
+        )
         axes = list(axes[0])
     else:
-        fig, axes = plt.subplots(len(settings), 1, figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
-                                 sharex=True, squeeze=False, layout="constrained",
-                                 gridspec_kw={"height_ratios": [r + 0.8 for r in rows]})  # fmt: skip
+        fig, axes = plt.subplots(
+            len(settings),
+            1,
+            figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
+            sharex=True,
+            squeeze=False,
+            layout="constrained",
+            gridspec_kw={"height_ratios": [r + 0.8 for r in rows]},
+        )
         axes = list(axes[:, 0])
     # x-range with room for the value labels (about 1.9 in at 9 pt): right of a positive difference's interval,
     # left of a negative one's; a label of width f (a fraction of the axis) needs the range (hi - lo) / (1 - f)
@@ -245,8 +296,16 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
         part = c[c.setting == st].reset_index(drop=True)
         for y, r in part.iterrows():
             color = _color(str(r["b"]))
-            ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]], fmt="o",
-                        color=color, markersize=7, capsize=4, linewidth=2)  # fmt: skip
+            ax.errorbar(
+                r["diff"],
+                y,
+                xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+                fmt="o",
+                color=color,
+                markersize=7,
+                capsize=4,
+                linewidth=2,
+            )
             outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
             text = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
             ax.annotate(
@@ -269,8 +328,9 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
             ax.set_xlabel("paired difference in relative accuracy (a − b)\n← b better  |  a better →")
     axes[0].set_xlim(lo - pad_lo, hi + pad_hi)
     _colour_legend(fig, list(c["b"]), "marker")
-    fig.suptitle(f"{title}: paired differences a − b on the same situations (paired bootstrap, 95 % CI)\n"
-                 f"'vs b' means a = {ref}")  # fmt: skip
+    fig.suptitle(
+        f"{title}: paired differences a − b on the same situations (paired bootstrap, 95 % CI)\n'vs b' means a = {ref}"
+    )
     return fig
 
 
@@ -285,8 +345,11 @@ def build(results: Path, out: Path) -> list[Path]:
     files: list[Path] = []
     for name, t in coverage_tables(cells).items():
         stem = "authors_coverage_" + name.replace(" @ ", "_at_").replace(".", "")
-        files += write_table(t, tab / stem, f"Authors' logged SBERT coverage, regenerated per row: {name} "
-                             "(relative accuracy [95 % CI] / hit_all/n)")  # fmt: skip
+        files += write_table(
+            t,
+            tab / stem,
+            f"Authors' logged SBERT coverage, regenerated per row: {name} (relative accuracy [95 % CI] / hit_all/n)",
+        )
     try:
         files += save_figure(fig_steps(cells), out / "authors_rl_steps")
     except LookupError:
@@ -299,8 +362,9 @@ def build(results: Path, out: Path) -> list[Path]:
         files += write_table(cs, tab / "authors_core_vs_summary", "Core block vs summary text (authors' logs)")
     ea = estimator_ablation(cells)
     if not ea.empty:
-        files += write_table(ea, tab / "authors_estimator_ablation",
-                             "Same candidates, different evaluator / threshold (authors' logs)")  # fmt: skip
+        files += write_table(
+            ea, tab / "authors_estimator_ablation", "Same candidates, different evaluator / threshold (authors' logs)"
+        )
     length = output_length(cells)
     files += write_table(
         length,
@@ -312,16 +376,20 @@ def build(results: Path, out: Path) -> list[Path]:
     claims = _read(src / "claims.csv")
     if claims is not None and not claims.empty:
         files += write_table(claims, tab / "authors_claims", "Paired claims from the authors' per-row counts")
-        files += save_figure(fig_claims(claims, "Headline claims under the authors' evaluators"),
-                             out / "authors_claims")  # fmt: skip
-    for name, caption in (("rescore_scores", "Re-scored under evaluators the authors did not use"),
-                          ("rank_agreement", "Rank agreement with the authors' main-setting scores"),
-                          ("rescore_claims", "Paired claims re-scored under independent evaluators")):  # fmt: skip
+        files += save_figure(
+            fig_claims(claims, "Headline claims under the authors' evaluators"), out / "authors_claims"
+        )
+    for name, caption in (
+        ("rescore_scores", "Re-scored under evaluators the authors did not use"),
+        ("rank_agreement", "Rank agreement with the authors' main-setting scores"),
+        ("rescore_claims", "Paired claims re-scored under independent evaluators"),
+    ):
         df = _read(src / f"{name}.csv")
         if df is not None and not df.empty:
             files += write_table(df, tab / f"authors_{name}", caption)
     rc = _read(src / "rescore_claims.csv")
     if rc is not None and not rc.empty:
-        files += save_figure(fig_claims(rc, "Headline claims re-scored under independent evaluators"),
-                             out / "authors_rescore_claims")  # fmt: skip
+        files += save_figure(
+            fig_claims(rc, "Headline claims re-scored under independent evaluators"), out / "authors_rescore_claims"
+        )
     return files

@@ -27,11 +27,19 @@ def load_rows(results_gpu_dir: Path) -> pd.DataFrame:
         for r in res.get("rows", []):
             if r.get("status", "ok") not in ("ok", "partial") or r.get("step_s") is None:
                 continue
-            rows.append({"shape": res.get("shape", path.stem.removeprefix("grpo_step_")), "backend": r["backend"],
-                         "device": (res.get("device") or {}).get("name"), "step_s": r["step_s"],
-                         "generation_s": r.get("generation_s"), "training_s": r.get("training_s"),
-                         "completion_tokens_per_s": r.get("completion_tokens_per_s"),
-                         "peak_gpu_mem_gib": r.get("peak_gpu_mem_gib"), "source": path.name})  # fmt: skip
+            rows.append(
+                {
+                    "shape": res.get("shape", path.stem.removeprefix("grpo_step_")),
+                    "backend": r["backend"],
+                    "device": (res.get("device") or {}).get("name"),
+                    "step_s": r["step_s"],
+                    "generation_s": r.get("generation_s"),
+                    "training_s": r.get("training_s"),
+                    "completion_tokens_per_s": r.get("completion_tokens_per_s"),
+                    "peak_gpu_mem_gib": r.get("peak_gpu_mem_gib"),
+                    "source": path.name,
+                }
+            )
     df = pd.DataFrame(rows)
     if df.empty:
         return df

@@ -15,21 +15,37 @@ from . import lm
 from .config import GenerateCfg, RunConfig, SystemCfg
 from .progress import emit as progress_emit
 from .prompts import MODPLURAL_INTEGRATOR, render
-from .runs import RunPaths, atomic_write_parquet, atomic_write_text
+from .runs import atomic_write_text
 from .text import check_layout
 
 RECORD_COLUMNS = [
-    "prompt", "split", "system", "prompt_style", "text", "core", "summary", "valid_format", "attempts", "fingerprint",
-]  # fmt: skip
+    "prompt",
+    "split",
+    "system",
+    "prompt_style",
+    "text",
+    "core",
+    "summary",
+    "valid_format",
+    "attempts",
+    "fingerprint",
+]
 
 
 def _record(prompt: str, split: str, system: str, style: str, text: str, attempts: int, key: str) -> dict[str, Any]:
     layout = check_layout(text)
     return {
-        "prompt": prompt, "split": split, "system": system, "prompt_style": style, "text": text,
-        "core": layout.core, "summary": layout.summary, "valid_format": layout.valid, "attempts": attempts,
+        "prompt": prompt,
+        "split": split,
+        "system": system,
+        "prompt_style": style,
+        "text": text,
+        "core": layout.core,
+        "summary": layout.summary,
+        "valid_format": layout.valid,
+        "attempts": attempts,
         "fingerprint": key,
-    }  # fmt: skip
+    }
 
 
 def done_rows(path: Path, key: str) -> dict[str, dict]:
@@ -54,9 +70,15 @@ def done_rows(path: Path, key: str) -> dict[str, dict]:
 
 
 def generate_rows(
-    generate_fn, items: list[tuple[str, str]], system: str, style: str, gen: GenerateCfg, out_jsonl: Path, key: str,
+    generate_fn,
+    items: list[tuple[str, str]],
+    system: str,
+    style: str,
+    gen: GenerateCfg,
+    out_jsonl: Path,
+    key: str,
     progress: bool = True,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """One output per (situation, split) item, batched across splits and resumed from ``out_jsonl``: a rerun reuses
     the rows made under the same ``key`` (settings + policy fingerprint) and regenerates the others. Invalid layouts
     are resampled up to ``gen.retries`` more times. ``generate_fn(situations, attempt) -> texts``."""
@@ -125,9 +147,14 @@ def _row_tokens(scores, generators: list, temperature: float, top_p: float):
 
 
 def sample_compact(
-    model_lm: lm.LM, messages: list[str], max_new_tokens: int, temperature: float, top_p: float, seeds: list[int],
+    model_lm: lm.LM,
+    messages: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seeds: list[int],
     system: str | None = None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """:func:`lm.sample` (chat template, per-row seeds) with a decoding loop that drops each row from the batch and
     its KV cache once it has ended, and samples with :func:`_row_tokens`: the same texts with less work per token
     (``tests/test_generate.py`` checks the texts on the tiny LM; ``benchmarks/generate_speed.py`` checks them and
@@ -135,8 +162,10 @@ def sample_compact(
     import torch
 
     tok, model = model_lm.tokenizer, model_lm.model
-    convs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
-             for m in messages]  # fmt: skip
+    convs = [
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
+        for m in messages
+    ]
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     stop = model.generation_config.eos_token_id
@@ -147,8 +176,9 @@ def sample_compact(
     rows = list(range(len(texts)))  # the original row of each live batch row
     new_tokens: list[list[int]] = [[] for _ in texts]
     with torch.inference_mode():
-        out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)  # fmt: skip
+        out = model(
+            input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         cache, last = out.past_key_values, positions[:, -1:]
         for step in range(max_new_tokens):
             picked = _row_tokens(out.logits[:, -1, :].float(), generators, temperature, top_p)
@@ -167,8 +197,14 @@ def sample_compact(
                 generators = [generators[i] for i in live] if generators else []
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
             last = last + 1
-            out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=last, past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)  # fmt: skip
+            out = model(
+                input_ids=picked[:, None],
+                attention_mask=mask,
+                position_ids=last,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
     return tok.batch_decode(new_tokens, skip_special_tokens=True)
 
 
@@ -244,13 +280,23 @@ def job_key(cfg: RunConfig, system: SystemCfg, template: str | None) -> str:
 
     g = cfg.generate
     # no batch size: per-row seeded sampling (lm.sample) gives the same row in any batch
-    sampling = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
-                "retries": g.retries}  # fmt: skip
+    sampling = {
+        "temperature": g.temperature,
+        "top_p": g.top_p,
+        "max_new_tokens": g.max_new_tokens,
+        "retries": g.retries,
+    }
     mp = dataclasses.asdict(g.modplural) if system.kind == "modplural" else None
     return value_key(
-        dataclasses.asdict(system), template, sampling, mp, lm.policy_identity(system.policy, cfg), cfg.seed,
-        cfg.device, code_hash("generate"),
-    )  # fmt: skip
+        dataclasses.asdict(system),
+        template,
+        sampling,
+        mp,
+        lm.policy_identity(system.policy, cfg),
+        cfg.seed,
+        cfg.device,
+        code_hash("generate"),
+    )
 
 
 def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
@@ -262,5 +308,3 @@ def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
         n = gen.split_rows.get(split, gen.rows_per_split)
         items += [(p, split) for p in (part[:n] if n is not None else part)]
     return items
-
-

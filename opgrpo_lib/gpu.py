@@ -10,9 +10,6 @@ module import time.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +52,15 @@ class Shape:
 
     def lora_parameters(self, r: int, targets: list[str]) -> int:
         h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
-        dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
-                "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
+        dims = {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
         return self.num_hidden_layers * sum(r * (a + b) for t, (a, b) in dims.items() if t in targets)
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
@@ -75,7 +79,7 @@ KNOWN: dict[str, Shape] = {
         num_hidden_layers=24,
         num_attention_heads=14,
         num_key_value_heads=2,
-    ),  # fmt: skip
+    ),
     "Qwen/Qwen2.5-1.5B-Instruct": Shape(
         **_QWEN25,
         hidden_size=1536,
@@ -83,7 +87,7 @@ KNOWN: dict[str, Shape] = {
         num_hidden_layers=28,
         num_attention_heads=12,
         num_key_value_heads=2,
-    ),  # fmt: skip
+    ),
     "Qwen/Qwen2.5-3B-Instruct": Shape(
         **_QWEN25,
         hidden_size=2048,
@@ -91,7 +95,7 @@ KNOWN: dict[str, Shape] = {
         num_hidden_layers=36,
         num_attention_heads=16,
         num_key_value_heads=2,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -112,12 +116,15 @@ def shape_of(model: str) -> Shape | None:
     c = json.loads(conf.read_text())
     c = c.get("text_config", c)
     return Shape(
-        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+        vocab_size=c["vocab_size"],
+        hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["num_hidden_layers"],
+        num_attention_heads=c["num_attention_heads"],
         num_key_value_heads=c.get("num_key_value_heads", c["num_attention_heads"]),
         tie_word_embeddings=c.get("tie_word_embeddings", False),
         attention_bias=c.get("model_type") == "qwen2" or bool(c.get("attention_bias", False)),
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------- memory
@@ -127,8 +134,13 @@ def _grpo_batches(cfg) -> dict[str, int]:
     spg = g.get("steps_per_generation") or g.get("gradient_accumulation_steps", 1)
     gen = int(g.get("generation_batch_size") or micro * spg)
     chunk = cfg.train.generation_chunk or gen
-    return {"micro_batch": micro, "generation_batch": gen, "generation_call": min(chunk, gen),
-            "completion": int(g.get("max_completion_length", 256)), "prompt": cfg.train.max_prompt_length}  # fmt: skip
+    return {
+        "micro_batch": micro,
+        "generation_batch": gen,
+        "generation_call": min(chunk, gen),
+        "completion": int(g.get("max_completion_length", 256)),
+        "prompt": cfg.train.max_prompt_length,
+    }
 
 
 def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
@@ -186,18 +198,30 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
     layer = micro * seq * (8 * h + 4 * shape.intermediate_size) * 2
     logits = micro * logit_tokens * shape.vocab_size * 8 // (16 if unsloth else 1)
     activations = checkpoints + layer + logits
-    parts = {"weights": weights, "compute_copies": copies, "gradients": grads, "optimizer": optim, "reference": reference, "kv_cache": kv,
-             "activations": activations}  # fmt: skip
+    parts = {
+        "weights": weights,
+        "compute_copies": copies,
+        "gradients": grads,
+        "optimizer": optim,
+        "reference": reference,
+        "kv_cache": kv,
+        "activations": activations,
+    }
     generation_phase = weights + copies + optim + reference + kv
     training_phase = weights + copies + grads + optim + reference + activations
     gib = {k: round(v / GIB, 2) for k, v in parts.items()}
     peak = max(generation_phase, training_phase) / GIB + OVERHEAD_GIB
     return {
-        "parameters": n, "trainable_parameters": trainable, "parts_gib": gib,
-        "generation_phase_gib": round(generation_phase / GIB, 2), "training_phase_gib": round(training_phase / GIB, 2),
-        "overhead_gib": OVERHEAD_GIB, "peak_gib": round(peak, 1), "batches": b,
+        "parameters": n,
+        "trainable_parameters": trainable,
+        "parts_gib": gib,
+        "generation_phase_gib": round(generation_phase / GIB, 2),
+        "training_phase_gib": round(training_phase / GIB, 2),
+        "overhead_gib": OVERHEAD_GIB,
+        "peak_gib": round(peak, 1),
+        "batches": b,
         "note": "computed from the profile and the model shape, not measured",
-    }  # fmt: skip
+    }
 
 
 def peak_gib(cfg) -> float | None:
@@ -228,8 +252,13 @@ def disk(cfg, shape: Shape, step: str = "grpo", keep: int | None = None) -> dict
     if keep is None:
         keep = int(section.get("save_total_limit") or 2)
     total = keep * ckpt + optim + final
-    return {"checkpoints": keep, "checkpoint_gb": round(ckpt / GIB, 2), "optimizer_gb": round(optim / GIB, 2),
-            "final_gb": round(final / GIB, 2), "total_gb": round(total / GIB + 0.5, 1)}  # fmt: skip
+    return {
+        "checkpoints": keep,
+        "checkpoint_gb": round(ckpt / GIB, 2),
+        "optimizer_gb": round(optim / GIB, 2),
+        "final_gb": round(final / GIB, 2),
+        "total_gb": round(total / GIB + 0.5, 1),
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -243,8 +272,13 @@ def report(profile: str, overrides: dict[str, Any] | None = None) -> dict[str, A
         raise ValueError(f"{profile}: the shape of models.policy={cfg.models.policy!r} is unknown here")
     g = cfg.train.grpo
     keep = g.get("max_steps", 0) // max(1, g.get("save_steps", 1)) if cfg.eval.checkpoint_rows_per_split else None
-    out: dict[str, Any] = {"profile": profile, "policy": cfg.models.policy, "backend": cfg.train.backend,
-                           "precision": cfg.train.precision, "lora": cfg.train.lora.enabled}  # fmt: skip
+    out: dict[str, Any] = {
+        "profile": profile,
+        "policy": cfg.models.policy,
+        "backend": cfg.train.backend,
+        "precision": cfg.train.precision,
+        "lora": cfg.train.lora.enabled,
+    }
     for step in ("sft", "grpo"):
         out[step] = {
             "memory": memory(cfg, shape, step),
@@ -271,15 +305,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
-    print(f"{r['profile']}: {r['policy']} ({r['backend']}, precision {r['precision']}, "
-          f"{'LoRA' if r['lora'] else 'full fine-tuning'}) - computed, not measured")  # fmt: skip
+    print(
+        f"{r['profile']}: {r['policy']} ({r['backend']}, precision {r['precision']}, "
+        f"{'LoRA' if r['lora'] else 'full fine-tuning'}) - computed, not measured"
+    )
     for step in ("sft", "grpo"):
         m, d = r[step]["memory"], r[step]["disk"]
         parts = ", ".join(f"{k} {v}" for k, v in m["parts_gib"].items())
-        print(f"  {step}: peak {m['peak_gib']} GiB (generation {m['generation_phase_gib']}, training "
-              f"{m['training_phase_gib']}, + {m['overhead_gib']} overhead); {parts}")  # fmt: skip
-        print(f"        disk {d['total_gb']} GiB ({d['checkpoints']} checkpoints x {d['checkpoint_gb']}, optimizer "
-              f"{d['optimizer_gb']} in the last, final policy {d['final_gb']})")  # fmt: skip
+        print(
+            f"  {step}: peak {m['peak_gib']} GiB (generation {m['generation_phase_gib']}, training "
+            f"{m['training_phase_gib']}, + {m['overhead_gib']} overhead); {parts}"
+        )
+        print(
+            f"        disk {d['total_gb']} GiB ({d['checkpoints']} checkpoints x {d['checkpoint_gb']}, optimizer "
+            f"{d['optimizer_gb']} in the last, final policy {d['final_gb']})"
+        )
     print("  fits: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["fits"].items()))
     return 0
 

@@ -68,11 +68,17 @@ class JudgeResult:
         means = {a: (sum(s[a] for s in ok) / len(ok) if ok else None) for a in ASPECTS}
         vals = [v for v in means.values() if v is not None]
         return {
-            "rows": len(self.scores), "parsed": len(ok), "malformed": self.malformed, "failed": self.failed,
-            "cached": self.cached, "requested": self.requested, "cost_usd": round(self.cost_usd, 4),
-            "stopped_by_cost_cap": self.stopped_by_cost_cap, **means,
+            "rows": len(self.scores),
+            "parsed": len(ok),
+            "malformed": self.malformed,
+            "failed": self.failed,
+            "cached": self.cached,
+            "requested": self.requested,
+            "cost_usd": round(self.cost_usd, 4),
+            "stopped_by_cost_cap": self.stopped_by_cost_cap,
+            **means,
             "overall": sum(vals) / len(vals) if vals else None,
-        }  # fmt: skip
+        }
 
 
 def parse_judgement(text: str) -> dict[str, Any] | None:
@@ -132,9 +138,12 @@ class Judge:
         kwargs: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.s.json_mode else {}
         try:
             resp = self.client.chat.completions.create(
-                model=self.s.model, max_tokens=self.s.max_output_tokens, temperature=0,
-                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}], **kwargs,
-            )  # fmt: skip
+                model=self.s.model,
+                max_tokens=self.s.max_output_tokens,
+                temperature=0,
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+                **kwargs,
+            )
         except openai.OpenAIError as exc:
             raise RuntimeError(
                 f"judge request failed after {self.s.max_retries + 1} attempts: {type(exc).__name__}"

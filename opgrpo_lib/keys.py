@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -48,8 +47,11 @@ def _digest(obj: Any) -> str:
 def _behaviour(obj: Any) -> Any:
     """A config value as plain data without its throughput-only fields (``config.throughput`` and the TRL ones)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: _behaviour(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("throughput")}  # fmt: skip
+        return {
+            f.name: _behaviour(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.metadata.get("throughput")
+        }
     if isinstance(obj, dict):
         return {k: _behaviour(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -292,5 +294,3 @@ def require_upstream(cfg: RunConfig, root: Path, step: str) -> dict[str, str]:
             )
         keys[up] = want
     return keys
-
-

@@ -217,8 +217,9 @@ def _write_replaced(folder: Path, why: str, by: dict[str, Any] | None) -> None:
     atomic_write_text(folder / REPLACED, json.dumps(note, indent=1))
 
 
-def prepare_start(cfg: RunConfig, root: Path, step: str, force: bool = False,
-                  log: Callable[[str], None] = print) -> Start:  # fmt: skip
+def prepare_start(
+    cfg: RunConfig, root: Path, step: str, force: bool = False, log: Callable[[str], None] = print
+) -> Start:
     """Decide how a (long) step starts without touching anything: ``finished`` (same key, done: a rerun is a
     no-op), ``resume`` (same key, interrupted) or ``fresh``. A finished ``<step>.previous`` with the wanted key is
     restored (no retraining when settings go back). The step runs every check that can refuse (trainer config,
@@ -229,8 +230,13 @@ def prepare_start(cfg: RunConfig, root: Path, step: str, force: bool = False,
     if rec is not None and rec.get("key") == key and not force:
         return Start(step, Path(root), "finished" if rec.get("status") == "finished" else "resume")
     prev = recorded(step_dir.with_name(f"{step}.previous"))
-    if (not force and prev and prev.get("key") == key and prev.get("status") == "finished"
-            and int(os.environ.get("RANK", "0")) == 0):  # fmt: skip
+    if (
+        not force
+        and prev
+        and prev.get("key") == key
+        and prev.get("status") == "finished"
+        and int(os.environ.get("RANK", "0")) == 0
+    ):
         _swap_previous(Path(root), step, log)
         return Start(step, Path(root), "finished")
     if rec is None:
@@ -268,8 +274,10 @@ def commit_start(cfg: RunConfig, start: Start, log: Callable[[str], None] = prin
         shutil.rmtree(step_dir)
         _move_results(root, step, None)
         if prev_finished:
-            log(f"[{step}] starting a new run ({start.why}); an earlier start without a checkpoint was discarded, "
-                f"the finished run in {previous} is kept")  # fmt: skip
+            log(
+                f"[{step}] starting a new run ({start.why}); an earlier start without a checkpoint was discarded, "
+                f"the finished run in {previous} is kept"
+            )
     else:
         _move_results(root, step, None)
     step_dir.mkdir(parents=True, exist_ok=True)
@@ -327,8 +335,14 @@ def _rank0() -> bool:
 
 
 @contextmanager
-def step_run(cfg: RunConfig, paths: RunPaths, name: str, force: bool = False, upstream: bool = True,
-             log: Callable[[str], None] = print) -> Iterator[StepRun]:  # fmt: skip
+def step_run(
+    cfg: RunConfig,
+    paths: RunPaths,
+    name: str,
+    force: bool = False,
+    upstream: bool = True,
+    log: Callable[[str], None] = print,
+) -> Iterator[StepRun]:
     """Run step ``name``'s body under the lifecycle (see the module docstring). ``upstream=False`` skips the
     upstream check (step 07 drawing the committed results). A body that never calls :meth:`StepRun.begin`
     records nothing (a no-op rerun, or figures of results that are not the run's own)."""

@@ -19,8 +19,8 @@ from .config import RunConfig
 def resolve_policy(policy: str, cfg: RunConfig, root: Path) -> str:
     """``policy`` → the profile's base policy; ``run:sft`` / ``run:grpo`` → the policy saved by step 03 / 04 (which
     must be finished and made with the current settings); anything else → a path or hub id."""
-    from .models import resolve
     from .keys import StaleUpstream, is_current, recorded
+    from .models import resolve
     from .registry import STEPS
 
     if policy == "policy":
@@ -114,26 +114,40 @@ class RowSampler:
 
 
 def sample(
-    lm: LM, messages: Sequence[str], max_new_tokens: int, temperature: float, top_p: float = 1.0,
-    system: str | None = None, seeds: Sequence[int] | None = None, chat: bool = True,
-) -> list[str]:  # fmt: skip
+    lm: LM,
+    messages: Sequence[str],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    system: str | None = None,
+    seeds: Sequence[int] | None = None,
+    chat: bool = True,
+) -> list[str]:
     """One completion per message (a single user turn through the chat template, or the raw text with
     ``chat=False``), batched. ``temperature`` 0 = greedy; otherwise row i samples with ``seeds[i]``."""
     return sample_clipped(lm, messages, max_new_tokens, temperature, top_p, system, seeds, chat)[0]
 
 
 def sample_clipped(
-    lm: LM, messages: Sequence[str], max_new_tokens: int, temperature: float, top_p: float = 1.0,
-    system: str | None = None, seeds: Sequence[int] | None = None, chat: bool = True,
-) -> tuple[list[str], list[bool]]:  # fmt: skip
+    lm: LM,
+    messages: Sequence[str],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    system: str | None = None,
+    seeds: Sequence[int] | None = None,
+    chat: bool = True,
+) -> tuple[list[str], list[bool]]:
     """:func:`sample`, plus per row whether it was clipped (hit ``max_new_tokens`` without an end token)."""
     import torch
     from transformers import LogitsProcessorList
 
     tok, model = lm.tokenizer, lm.model
     if chat:
-        convs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
-                 for m in messages]  # fmt: skip
+        convs = [
+            ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
+            for m in messages
+        ]
         texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
     else:
         texts = list(messages)
@@ -145,9 +159,15 @@ def sample_clipped(
         processors.append(RowSampler(seeds, temperature, top_p))
     with torch.inference_mode():
         out = model.generate(
-            **enc, do_sample=False, temperature=None, top_p=None, top_k=None, logits_processor=processors,
-            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
+            **enc,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            logits_processor=processors,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+        )
     new = out[:, enc["input_ids"].shape[1] :]
     ended = (new == tok.eos_token_id).any(dim=1) | (new == tok.pad_token_id).any(dim=1)
     clipped = [bool(new.shape[1] >= max_new_tokens and not e) for e in ended.tolist()]

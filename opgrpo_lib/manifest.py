@@ -18,9 +18,18 @@ from .keys import package_versions as _versions
 from .paths import REPO_ROOT, atomic_write_text
 
 PACKAGES = (
-    "torch", "transformers", "trl", "datasets", "peft", "accelerate", "sentence-transformers",
-    "pandas", "numpy", "papermill", "unsloth",
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "peft",
+    "accelerate",
+    "sentence-transformers",
+    "pandas",
+    "numpy",
+    "papermill",
+    "unsloth",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -109,5 +118,3 @@ def write_manifest(
         public = {k: v for k, v in manifest.items() if k not in ("inputs", "config")}
         atomic_write_text(Path(results) / "manifests" / f"{step}.json", json.dumps(public, indent=2, default=str))
     return path
-
-

@@ -67,8 +67,9 @@ def verify_folder(folder: Path, hub_id: str) -> None:
         try:
             st = f.stat()
         except OSError:
-            raise ModelUnavailable(f"{f}: missing from the built {hub_id} folder; rebuild: opgrpo models build "
-                                   f"--force {hub_id}") from None  # fmt: skip
+            raise ModelUnavailable(
+                f"{f}: missing from the built {hub_id} folder; rebuild: opgrpo models build --force {hub_id}"
+            ) from None
         if st.st_size == want["size"] and st.st_mtime_ns == want["mtime_ns"]:
             continue
         got = sha256_file(f)

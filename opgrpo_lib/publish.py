@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from .config import RunConfig
-from .paths import REPO_ROOT, committed_figures, committed_results
 from .keys import is_current
 from .lifecycle import run_lock
+from .paths import REPO_ROOT, committed_figures, committed_results
 from .registry import STEPS
 from .runs import run_paths
 
@@ -28,16 +28,21 @@ def publish(cfg: RunConfig, run_dir: str | None = None) -> list[str]:
 
     root = Path(run_dir) if run_dir else default_run_dir(cfg.profile)
     if not root.is_dir():  # refuse before anything is created
-        raise FileNotFoundError(f"run folder {root} does not exist: nothing to publish (run `opgrpo reproduce "
-                                f"--profile {cfg.profile}{' --run-dir ' + str(run_dir) if run_dir else ''}` first)")  # fmt: skip
+        raise FileNotFoundError(
+            f"run folder {root} does not exist: nothing to publish (run `opgrpo reproduce "
+            f"--profile {cfg.profile}{' --run-dir ' + str(run_dir) if run_dir else ''}` first)"
+        )
     paths = run_paths(cfg, root)
     with run_lock(paths.root, "opgrpo publish"):
         return _publish(cfg, paths, build_all, logged_results)
 
 
 def _publish(cfg: RunConfig, paths, build_all, logged_results) -> list[str]:
-    stale = [s.name for s in STEPS.values() if s.name != "figures" and s.enabled(cfg)
-             and not is_current(cfg, paths.root, s.name)]  # fmt: skip
+    stale = [
+        s.name
+        for s in STEPS.values()
+        if s.name != "figures" and s.enabled(cfg) and not is_current(cfg, paths.root, s.name)
+    ]
     if stale:
         raise RuntimeError(
             f"{paths.root}: steps {stale} are not finished with the current settings and code; run `opgrpo reproduce "
@@ -58,7 +63,8 @@ def _publish(cfg: RunConfig, paths, build_all, logged_results) -> list[str]:
     build_all(dest, figs, logged_results())
     lines.append(f"figures: {figs}")
     if cfg.profile == README_PROFILE:
-        subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "update_readme.py"), "--profile", cfg.profile],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, str(REPO_ROOT / "scripts" / "update_readme.py"), "--profile", cfg.profile], check=True
+        )
         lines.append("README.md results table regenerated")
     return lines

@@ -210,9 +210,12 @@ class SentenceEncoder:
             return np.zeros((0, self.model.get_embedding_dimension() or 1), dtype=np.float32)
         with torch.inference_mode():
             emb = self.model.encode(
-                sentences, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                sentences,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
                 show_progress_bar=len(sentences) > 20_000,  # only the large one-off encodes (mining, evaluation)
-            )  # fmt: skip
+            )
         return np.asarray(emb, dtype=np.float32)
 
 
@@ -263,9 +266,13 @@ class ResponseScore:
 
 
 def score_response(
-    cfg: RewardCfg, weights: tuple[float, float], response: PreparedResponse, references: Sequence[str],
-    similarity: np.ndarray, cand_emb: np.ndarray | None,
-) -> ResponseScore:  # fmt: skip
+    cfg: RewardCfg,
+    weights: tuple[float, float],
+    response: PreparedResponse,
+    references: Sequence[str],
+    similarity: np.ndarray,
+    cand_emb: np.ndarray | None,
+) -> ResponseScore:
     """Every term of one completion from its reference × candidate cosines and its candidate embeddings
     (``cand_emb``, one row per masked segment; unused and may be None with fewer than two segments)."""
     n_ref, n_c = len(references), len(response.masked)
@@ -294,17 +301,23 @@ class OPRewardScorer:
         self.weights = weight_pair(self.cfg)  # an unknown weight setting fails here, not mid-batch
 
     def score(
-        self, keyword_texts: Sequence[str], completions: Sequence[str], references: Sequence[str],
+        self,
+        keyword_texts: Sequence[str],
+        completions: Sequence[str],
+        references: Sequence[str],
         prompts_for_errors: Sequence[str] | None = None,
-    ) -> list[RewardParts]:  # fmt: skip
+    ) -> list[RewardParts]:
         """``keyword_texts[i]`` is the text whose non-stopwords mask completion i (the decoded prompt, or the
         situation alone with the ``situation`` masking option)."""
         return [d.parts for d in self.score_detailed(keyword_texts, completions, references, prompts_for_errors)]
 
     def score_detailed(
-        self, keyword_texts: Sequence[str], completions: Sequence[str], references: Sequence[str],
+        self,
+        keyword_texts: Sequence[str],
+        completions: Sequence[str],
+        references: Sequence[str],
         prompts_for_errors: Sequence[str] | None = None,
-    ) -> list[ResponseScore]:  # fmt: skip
+    ) -> list[ResponseScore]:
         """:meth:`score` with the matches, redundant pairs and similarity matrices of every completion."""
         n = len(completions)
         if not (len(keyword_texts) == len(references) == n):
@@ -332,9 +345,13 @@ class OPRewardScorer:
         return out  # type: ignore[return-value]
 
     def _prepare(
-        self, keyword_texts: Sequence[str], completions: Sequence[str], references: Sequence[str],
-        prompts_for_errors: Sequence[str] | None, index: dict[str, int],
-    ) -> tuple[dict[str, tuple[list[str], list[int]]], list[PreparedResponse], list[list[int]]]:  # fmt: skip
+        self,
+        keyword_texts: Sequence[str],
+        completions: Sequence[str],
+        references: Sequence[str],
+        prompts_for_errors: Sequence[str] | None,
+        index: dict[str, int],
+    ) -> tuple[dict[str, tuple[list[str], list[int]]], list[PreparedResponse], list[list[int]]]:
         """Validate each distinct reference once (its segments and their rows in ``index``) and prepare every
         completion (with the rows of its masked segments); every sentence to encode is registered in ``index``."""
 
@@ -393,9 +410,13 @@ class OPReward:
     __name__ = "op_reward"
 
     def __init__(
-        self, scorer: OPRewardScorer, tokenizer: Any = None, mask: str = "prompt",
-        reference_key: str = "reference", situation_key: str = "situation",
-    ):  # fmt: skip
+        self,
+        scorer: OPRewardScorer,
+        tokenizer: Any = None,
+        mask: str = "prompt",
+        reference_key: str = "reference",
+        situation_key: str = "situation",
+    ):
         if mask not in ("prompt", "situation"):
             raise ValueError(f"reward.mask: expected 'prompt' or 'situation', got {mask!r}")
         self.scorer, self.tokenizer, self.mask = scorer, tokenizer, mask

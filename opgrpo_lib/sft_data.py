@@ -179,8 +179,11 @@ def sft_dataset(train: pd.DataFrame, targets: list[str | None]):
     from datasets import Dataset
 
     rows = [
-        {"prompt": [{"role": "user", "content": implicit(r["prompt"])}],
-         "completion": [{"role": "assistant", "content": t}]}
-        for r, t in zip(train.to_dict("records"), targets) if t is not None
-    ]  # fmt: skip
+        {
+            "prompt": [{"role": "user", "content": implicit(r["prompt"])}],
+            "completion": [{"role": "assistant", "content": t}],
+        }
+        for r, t in zip(train.to_dict("records"), targets)
+        if t is not None
+    ]
     return Dataset.from_list(rows)

@@ -17,9 +17,12 @@ def describe(values: Sequence[float]) -> dict[str, float | int | None]:
 
 
 def bootstrap_ci(
-    values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean, reps: int = 2000, alpha: float = 0.05,
+    values: Sequence[float],
+    stat: Callable[[np.ndarray], float] = np.mean,
+    reps: int = 2000,
+    alpha: float = 0.05,
     seed: int = 0,
-) -> tuple[float, float]:  # fmt: skip
+) -> tuple[float, float]:
     """Percentile bootstrap CI of ``stat`` over situations (resampled with replacement)."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
@@ -32,9 +35,13 @@ def bootstrap_ci(
 
 
 def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean, reps: int = 2000,
-    alpha: float = 0.05, seed: int = 0,
-) -> dict[str, float]:  # fmt: skip
+    a: Sequence[float],
+    b: Sequence[float],
+    stat: Callable[[np.ndarray], float] = np.mean,
+    reps: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
     """Difference stat(a) − stat(b) on the same situations (same resampled indices for both systems):
     the point estimate, its CI, and the share of resamples where the sign flips (a one-sided p-value)."""
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -14,8 +14,17 @@ from pathlib import Path
 import pandas as pd
 
 # the settings a row reports (train.grpo keys; reward weights are reported as a whole)
-SETTING_KEYS = ("learning_rate", "beta", "num_generations", "per_device_train_batch_size", "max_steps",
-                "max_completion_length", "temperature", "mask_truncated_completions", "loss_type")  # fmt: skip
+SETTING_KEYS = (
+    "learning_rate",
+    "beta",
+    "num_generations",
+    "per_device_train_batch_size",
+    "max_steps",
+    "max_completion_length",
+    "temperature",
+    "mask_truncated_completions",
+    "loss_type",
+)
 
 
 def run_settings(run_dir: Path) -> dict:
@@ -55,8 +64,10 @@ def collect(runs: dict[str, Path], chosen: str | None = None) -> pd.DataFrame:
             log = pd.read_csv(log_csv)
             for col, out in (("kl", "train_kl"), ("completions/clipped_ratio", "train_clipped_ratio")):
                 if col in log:
-                    curve[out] = [log.loc[log["step"] <= s, col].iloc[-1] if (log["step"] <= s).any() else 0.0
-                                  for s in curve["step"]]  # fmt: skip
+                    curve[out] = [
+                        log.loc[log["step"] <= s, col].iloc[-1] if (log["step"] <= s).any() else 0.0
+                        for s in curve["step"]
+                    ]
         frames.append(curve.assign(setting=name, **settings, chosen=name == chosen))
     table = pd.concat(frames, ignore_index=True)
     for col, what in (("sft_key", "SFT policy"), ("n", "number of validation situations")):
@@ -72,10 +83,19 @@ def best_points(table: pd.DataFrame) -> pd.DataFrame:
     for name, part in table.groupby("setting", sort=False):
         part = part.sort_values("step")
         final, best = part.iloc[-1], part.loc[part["sbert_relative_accuracy"].idxmax()]
-        rows.append({"setting": name, "chosen": bool(part["chosen"].iloc[0]), "steps": int(final["step"]),
-                     "final_sbert": final["sbert_relative_accuracy"], "final_ladder": final["coverage_ladder"],
-                     "final_tokens": final["mean_tokens"], "final_clipped": final["clipped_ratio"],
-                     "final_valid": final["valid_format_rate"], "final_train_kl": final.get("train_kl"),
-                     "best_step": int(best["step"]),
-                     "best_sbert": best["sbert_relative_accuracy"]})  # fmt: skip
+        rows.append(
+            {
+                "setting": name,
+                "chosen": bool(part["chosen"].iloc[0]),
+                "steps": int(final["step"]),
+                "final_sbert": final["sbert_relative_accuracy"],
+                "final_ladder": final["coverage_ladder"],
+                "final_tokens": final["mean_tokens"],
+                "final_clipped": final["clipped_ratio"],
+                "final_valid": final["valid_format_rate"],
+                "final_train_kl": final.get("train_kl"),
+                "best_step": int(best["step"]),
+                "best_sbert": best["sbert_relative_accuracy"],
+            }
+        )
     return pd.DataFrame(rows)

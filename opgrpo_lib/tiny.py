@@ -54,9 +54,15 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 800):
     )
     tok.train_from_iterator(_corpus(), trainer)
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", unk_token="[UNK]",
-        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
-    )  # fmt: skip
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
     hf.chat_template = CHAT_TEMPLATE
     hf.padding_side = "left"
     hf.save_pretrained(out_dir)
@@ -69,10 +75,18 @@ def build_causal_lm(out_dir: Path, seed: int = 0) -> Path:
 
     tok = build_tokenizer(out_dir)
     cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)
     model.config.architectures = ["Qwen2ForCausalLM"]
@@ -86,9 +100,15 @@ def _bert_config(vocab_size: int, pad_id: int, **kw):
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=512, pad_token_id=pad_id, **kw,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=pad_id,
+        **kw,
+    )
 
 
 def build_encoder(out_dir: Path, seed: int = 0) -> Path:

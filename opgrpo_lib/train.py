@@ -60,8 +60,10 @@ class Precision:
     master: str  # dtype the trainable weights are updated in
 
     def trainer_flags(self) -> dict[str, bool]:
-        return {"bf16": self.autocast and self.compute_dtype == "bfloat16",
-                "fp16": self.autocast and self.compute_dtype == "float16"}  # fmt: skip
+        return {
+            "bf16": self.autocast and self.compute_dtype == "bfloat16",
+            "fp16": self.autocast and self.compute_dtype == "float16",
+        }
 
     def unsloth_kwargs(self, cfg: RunConfig) -> dict[str, Any]:
         """FastLanguageModel.from_pretrained precision arguments (unsloth 2026.10.9, models/vision.py ~4026 and
@@ -111,8 +113,10 @@ def check_trainable_dtype(model: Any, plan: Precision) -> None:
     want = torch.float32
     bad = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != want})
     if bad:
-        raise RuntimeError(f"trainable weights are {bad}, not {plan.master} (train.precision: {plan.master}): "
-                           "the backend did not keep master weights as configured")  # fmt: skip
+        raise RuntimeError(
+            f"trainable weights are {bad}, not {plan.master} (train.precision: {plan.master}): "
+            "the backend did not keep master weights as configured"
+        )
 
 
 def load_model(cfg: RunConfig, path: str, plan: Precision | None = None) -> tuple[Any, Any, Any]:
@@ -124,14 +128,23 @@ def load_model(cfg: RunConfig, path: str, plan: Precision | None = None) -> tupl
         from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(
-            model_name=path, max_seq_length=tc.max_seq_length, load_in_4bit=tc.load_in_4bit,
-            fast_inference=tc.use_vllm, full_finetuning=not tc.lora.enabled, **plan.unsloth_kwargs(cfg),
-        )  # fmt: skip
+            model_name=path,
+            max_seq_length=tc.max_seq_length,
+            load_in_4bit=tc.load_in_4bit,
+            fast_inference=tc.use_vllm,
+            full_finetuning=not tc.lora.enabled,
+            **plan.unsloth_kwargs(cfg),
+        )
         if tc.lora.enabled:
             model = FastLanguageModel.get_peft_model(
-                model, r=tc.lora.r, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout,
-                target_modules=tc.lora.target_modules, use_gradient_checkpointing="unsloth", random_state=cfg.seed,
-            )  # fmt: skip
+                model,
+                r=tc.lora.r,
+                lora_alpha=tc.lora.alpha,
+                lora_dropout=tc.lora.dropout,
+                target_modules=tc.lora.target_modules,
+                use_gradient_checkpointing="unsloth",
+                random_state=cfg.seed,
+            )
         return model, tok, None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -145,9 +158,12 @@ def load_model(cfg: RunConfig, path: str, plan: Precision | None = None) -> tupl
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=tc.lora.r, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout, target_modules=tc.lora.target_modules,
+            r=tc.lora.r,
+            lora_alpha=tc.lora.alpha,
+            lora_dropout=tc.lora.dropout,
+            target_modules=tc.lora.target_modules,
             task_type="CAUSAL_LM",
-        )  # fmt: skip
+        )
     return model, tok, peft_config
 
 
@@ -168,8 +184,10 @@ def chunk_generation(model: Any, chunk: int) -> None:
         n = ids.size(0)
         outs = []
         for i in range(0, n, chunk):
-            part = {k: (v[i : i + chunk] if torch.is_tensor(v) and v.dim() > 0 and v.size(0) == n else v)
-                    for k, v in kw.items()}  # fmt: skip
+            part = {
+                k: (v[i : i + chunk] if torch.is_tensor(v) and v.dim() > 0 and v.size(0) == n else v)
+                for k, v in kw.items()
+            }
             part["input_ids"] = ids[i : i + chunk]
             outs.append(inner(**part))
         width = max(o.size(1) for o in outs)
@@ -199,9 +217,15 @@ def grpo_dataset(train: pd.DataFrame, rows: int | None = None):
 
     part = train.iloc[:rows] if rows else train
     return Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": implicit(r["prompt"])}], "reference": r["answer"], "situation": r["prompt"]}
-         for r in part.to_dict("records")]
-    )  # fmt: skip
+        [
+            {
+                "prompt": [{"role": "user", "content": implicit(r["prompt"])}],
+                "reference": r["answer"],
+                "situation": r["prompt"],
+            }
+            for r in part.to_dict("records")
+        ]
+    )
 
 
 def check_prompt_lengths(ds, tok, limit: int) -> int:
@@ -290,8 +314,13 @@ def sft_config(cfg: RunConfig, out: Path, plan: Precision):
     """TRL's SFTConfig of the profile, with the plan's precision flags."""
     from trl import SFTConfig
 
-    return SFTConfig(output_dir=str(out / "checkpoints"), report_to="none", seed=cfg.seed, **backend_flags(cfg, plan),
-                     **trainer_args(cfg.train.sft, keep_all=False))  # fmt: skip
+    return SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        report_to="none",
+        seed=cfg.seed,
+        **backend_flags(cfg, plan),
+        **trainer_args(cfg.train.sft, keep_all=False),
+    )
 
 
 def grpo_config(cfg: RunConfig, out: Path, plan: Precision | None = None):

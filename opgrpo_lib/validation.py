@@ -4,17 +4,14 @@ by the OP reward and by the independent SBERT evaluator. Settings are chosen on 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .config import ConfigError, RunConfig, trl_value
 from .coverage import sbert_matches
 from .prompts import implicit
-from .runs import RunPaths, atomic_write_text
+from .runs import RunPaths
 from .text import check_layout
 
 
@@ -62,13 +59,15 @@ class Validator:
         per, _, _ = sbert_matches(self.val, cores, self.encoder, self.threshold)
         parts = self.reward.last
         return {
-            "step": step, "n": len(sits), "mean_reward": float(np.mean(totals)),
+            "step": step,
+            "n": len(sits),
+            "mean_reward": float(np.mean(totals)),
             "coverage_ladder": float(np.mean([p.coverage for p in parts])),
             "sbert_relative_accuracy": float(per["ratio"].mean()) if len(per) else None,
             "valid_format_rate": float(np.mean([p.valid_format for p in parts])),
             "clipped_ratio": float(np.mean(clipped)),
             "mean_tokens": float(np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts])),
-        }  # fmt: skip
+        }
 
 
 def score_policies(

@@ -44,8 +44,12 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     res_dir = paths.results / "estimator"
     with step_run(cfg, paths, "estimator", force) as step:
         if step.done:
-            return {"metrics": json.loads((res_dir / "metrics.json").read_text()), "skipped": True,
-                    "curves": pd.read_csv(res_dir / "calibration.csv"), "model": step.folder / "model"}  # fmt: skip
+            return {
+                "metrics": json.loads((res_dir / "metrics.json").read_text()),
+                "skipped": True,
+                "curves": pd.read_csv(res_dir / "calibration.csv"),
+                "model": step.folder / "model",
+            }
         ec, device = cfg.estimator, resolve_device(cfg)
         train, evaluation = load_prepared(paths.data)
         if ec.max_situations is not None:
@@ -66,7 +70,9 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
             trip_held, rep_held = mine_triplets(held, base, judge, ec.mining_threshold, **mine)
         leaked = (set(trip_fit["prompt"]) | set(trip_held["prompt"])) & set(evaluation["prompt"])
         if leaked:
-            raise AssertionError(f"triplets mined from {len(leaked)} evaluation situations, e.g. {sorted(leaked)[0]!r}")
+            raise AssertionError(
+                f"triplets mined from {len(leaked)} evaluation situations, e.g. {sorted(leaked)[0]!r}"
+            )
         atomic_write_parquet(trip_fit, out_dir / "triplets_train.parquet")
         atomic_write_parquet(trip_held, out_dir / "triplets_heldout.parquet")
         agreement = None
@@ -90,22 +96,37 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
     return {"metrics": metrics, "curves": curves, "model": final}
 
 
-def _metrics(cfg: RunConfig, mining: dict[str, Any], trip_fit: pd.DataFrame, trip_held: pd.DataFrame,
-             sims: pd.DataFrame, by_kind: dict, separation: dict | None) -> dict[str, Any]:  # fmt: skip
+def _metrics(
+    cfg: RunConfig,
+    mining: dict[str, Any],
+    trip_fit: pd.DataFrame,
+    trip_held: pd.DataFrame,
+    sims: pd.DataFrame,
+    by_kind: dict,
+    separation: dict | None,
+) -> dict[str, Any]:
     """``results/estimator/metrics.json``: the mining reports, triplet accuracies and separation."""
     ec = cfg.estimator
     return {
-        "profile": cfg.profile, "base_model": cfg.models.encoder, "judge": ec.judge,
-        "judge_model": ec.judge_model if ec.judge == "llm" else None, "scale": ec.scale,
-        "mining_threshold": ec.mining_threshold, "candidates": ec.candidates, "output_threshold": ec.output_threshold,
-        "cross_situation": ec.cross_situation, "released_outputs": mining["released"],
-        "mining_train": mining["train"].__dict__, "mining_heldout": mining["heldout"].__dict__,
+        "profile": cfg.profile,
+        "base_model": cfg.models.encoder,
+        "judge": ec.judge,
+        "judge_model": ec.judge_model if ec.judge == "llm" else None,
+        "scale": ec.scale,
+        "mining_threshold": ec.mining_threshold,
+        "candidates": ec.candidates,
+        "output_threshold": ec.output_threshold,
+        "cross_situation": ec.cross_situation,
+        "released_outputs": mining["released"],
+        "mining_train": mining["train"].__dict__,
+        "mining_heldout": mining["heldout"].__dict__,
         "judge_agreement": mining["agreement"],
-        "heldout_triplets": len(trip_held), "train_triplets": len(trip_fit),
+        "heldout_triplets": len(trip_held),
+        "train_triplets": len(trip_fit),
         "triplet_accuracy_base": triplet_accuracy(sims[sims.model == "base"]),
         "triplet_accuracy_finetuned": triplet_accuracy(sims[sims.model == "fine-tuned"]),
         "triplet_accuracy_by_kind": by_kind,
         "separation_heldout": separation,
         "separation_note": None if separation is None else SEPARATION_NOTE,
         "deviation": deviation(ec, mining["train"]),
-    }  # fmt: skip
+    }

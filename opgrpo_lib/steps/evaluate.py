@@ -29,8 +29,9 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any
         with step.timed("load_models"):
             evs = load_evaluators(cfg, paths)
         metrics, sbert_per, nli_per = score_outputs(cfg, outputs, ev, evs, step.timings, progress)
-        comparisons = paired_comparisons(sbert_per, nli_per, cfg.eval.reference_system, cfg.eval.bootstrap_reps,
-                                         cfg.seed)  # fmt: skip
+        comparisons = paired_comparisons(
+            sbert_per, nli_per, cfg.eval.reference_system, cfg.eval.bootstrap_reps, cfg.seed
+        )
         judge = run_judge(cfg, paths, outputs, ev) if cfg.eval.judge.enabled else {"status": "disabled"}
         if cfg.eval.checkpoint_rows_per_split:
             with step.timed("checkpoints"):
@@ -39,9 +40,11 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any
         atomic_write_parquet(sbert_per, results / "sbert_per_sample.parquet")
         if len(nli_per):
             atomic_write_parquet(nli_per, results / "nli_per_sample.parquet")
-        made = {"checkpoint_coverage.csv": bool(cfg.eval.checkpoint_rows_per_split),
-                "nli_per_sample.parquet": len(nli_per) > 0,
-                "judge_per_sample.parquet": judge.get("scored", 0) > 0}  # fmt: skip
+        made = {
+            "checkpoint_coverage.csv": bool(cfg.eval.checkpoint_rows_per_split),
+            "nli_per_sample.parquet": len(nli_per) > 0,
+            "judge_per_sample.parquet": judge.get("scored", 0) > 0,
+        }
         for name, made_now in made.items():  # a feature switched off (or with nothing to score) leaves no old file
             if not made_now:
                 (results / name).unlink(missing_ok=True)
@@ -51,15 +54,19 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> dict[str, Any
         atomic_write_text(results / "eval_summary.json", json.dumps(summary, indent=2, default=str))
         step.inputs = [paths.root / "generate" / "outputs.parquet"]
         if judge["status"] == "failed":
-            raise JudgeFailed(f"{judge['reason']}: every other result is written under {results}; fix the "
-                              "endpoint and rerun, or set eval.judge.enabled=false")  # fmt: skip
+            raise JudgeFailed(
+                f"{judge['reason']}: every other result is written under {results}; fix the "
+                "endpoint and rerun, or set eval.judge.enabled=false"
+            )
     return {"summary": summary, "metrics": metrics, "comparisons": comparisons}
 
 
 def _summary(cfg: RunConfig, nli_status: str, judge: dict[str, Any]) -> dict[str, Any]:
     """``results/eval/eval_summary.json``: what was scored with what."""
     estimator = (
-        cfg.reward.estimator if cfg.reward.estimator != "run:estimator" else f"{cfg.models.encoder} fine-tuned (step 02)"
+        cfg.reward.estimator
+        if cfg.reward.estimator != "run:estimator"
+        else f"{cfg.models.encoder} fine-tuned (step 02)"
     )
     return {
         "profile": cfg.profile,

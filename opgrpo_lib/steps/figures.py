@@ -28,5 +28,9 @@ def run(cfg: RunConfig, paths: RunPaths, out_dir: Path | None = None) -> dict[st
         staging.rename(out_dir)
         if own:  # the step's record goes into its folder (``<run>/figures``) once the figures are in place
             step.begin()
-    return {"out_dir": str(out_dir), "source": str(source), "source_note": note,
-            "figures": [s.__dict__ for s in statuses]}  # fmt: skip
+    return {
+        "out_dir": str(out_dir),
+        "source": str(source),
+        "source_note": note,
+        "figures": [s.__dict__ for s in statuses],
+    }

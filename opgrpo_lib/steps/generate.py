@@ -29,7 +29,9 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
             if system.kind == "modplural":
                 fn = lazy(lambda: modplural_fn(cfg, device))
             else:
-                fn = lazy(lambda system=system, template=template: policy_fn(system, cfg, paths.root, device, template))
+                fn = lazy(
+                    lambda system=system, template=template: policy_fn(system, cfg, paths.root, device, template)
+                )
             with step.timed(name):
                 frames.append(generate_rows(fn, items, name, style, cfg.generate, out, key, progress))
         outputs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)

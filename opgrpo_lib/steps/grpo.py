@@ -73,8 +73,15 @@ def _train(cfg: RunConfig, paths: RunPaths, step, callbacks: list) -> dict[str, 
     extra = [trainer_callback("grpo"), OptimizerInLastCheckpoint(), *callbacks]
     extra += [save_at(tc.validation_every)] if tc.validation_every else []
     out = step.begin()
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=peft_config, callbacks=extra)  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=extra,
+    )
     check_trainable_dtype(trainer.model, plan)
     chunk_generation(trainer.model, tc.generation_chunk)
     with step.timed("train"):
@@ -86,8 +93,14 @@ def _train(cfg: RunConfig, paths: RunPaths, step, callbacks: list) -> dict[str, 
         drop_optimizers(out, "grpo")
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     step.inputs = [paths.data / "train.parquet"]
-    step.extra = {"backend": tc.backend, "weights": cfg.reward.weights, "longest_prompt_tokens": longest,
-                  "world_size": args.world_size, "prompts": len(ds), "completions_per_step": per_step}  # fmt: skip
+    step.extra = {
+        "backend": tc.backend,
+        "weights": cfg.reward.weights,
+        "longest_prompt_tokens": longest,
+        "world_size": args.world_size,
+        "prompts": len(ds),
+        "completions_per_step": per_step,
+    }
     return {"policy": policy, "log": log}
 
 

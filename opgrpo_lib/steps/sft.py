@@ -83,8 +83,12 @@ def _train(cfg: RunConfig, paths: RunPaths, step) -> dict[str, Any]:
     atomic_write_text(paths.results / "sft_train_log.csv", log.to_csv(index=False))
     drop_optimizers(out, "sft")
     step.inputs = [paths.data / "train.parquet"]
-    step.extra = {"backend": cfg.train.backend, "summaries": cfg.train.summaries.source, "rows": len(ds),
-                  "rows_over_budget": len(train) - len(ds)}  # fmt: skip
+    step.extra = {
+        "backend": cfg.train.backend,
+        "summaries": cfg.train.summaries.source,
+        "rows": len(ds),
+        "rows_over_budget": len(train) - len(ds),
+    }
     return {"policy": policy, "log": log, "rows": len(ds)}
 
 
