@@ -139,21 +139,27 @@ def cmd_models_build(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .pipeline import StepFailed, Stopped, default_profile, reproduce
+    from .config import load_profile
+    from .pipeline import StepFailed, Stopped, default_profile, failed_parts, reproduce
+    from .runs import run_paths
 
     profile = args.profile
     if profile in (None, "", "auto"):
         profile, why = default_profile()
         print(f"profile: {profile} ({why})", flush=True)
+    overrides = _overrides(args.set)
     try:
-        reproduce(profile, args.run_dir, args.only, args.force, _overrides(args.set))
+        reproduce(profile, args.run_dir, args.only, args.force, overrides)
     except StepFailed as exc:
         print(f"opgrpo reproduce: {exc}", file=sys.stderr)
         return 1
     except Stopped as exc:
         print(f"opgrpo reproduce: {exc}", file=sys.stderr, flush=True)
         return 128 + exc.signum
-    return 0
+    failed = failed_parts(run_paths(load_profile(profile, overrides), args.run_dir).root)
+    for part in failed:
+        print(f"opgrpo reproduce: finished, but {part}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _read_csv(path: str, what: str, need: Sequence[str]):

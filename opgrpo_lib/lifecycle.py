@@ -70,21 +70,28 @@ def run_lock(root: Path, what: str = "opgrpo", log=print):
     :class:`RunFolderBusy` naming the holder's PID; the lock of a dead process is released by the OS, so it is
     taken over (and said so). Reentrant within a process and inherited by children started with :func:`lock_env`.
     The lock file is removed on release (a refused or no-op start leaves the folder as it was)."""
+    root = Path(root).resolve()
+    key, path = str(root), root / LOCK_NAME
+    # a distributed job (torchrun): rank 0 holds the lock for all ranks; a nested or inherited lock is held already
+    fd = None if key in _HELD or not _rank0() else _acquire(root, path)
+    if fd is not None:
+        _claim(fd, root, path, what, log)
+    _HELD[key] = _HELD.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _HELD[key] -= 1
+        if not _HELD[key]:
+            del _HELD[key]
+        if fd is not None:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+
+
+def _acquire(root: Path, path: Path) -> int | None:
+    """The locked file descriptor of ``path``; None when an ancestor holds the lock and passed it down."""
     import fcntl  # POSIX only, imported when a step runs
 
-    root = Path(root).resolve()
-    key = str(root)
-    if int(os.environ.get("RANK", "0")) != 0:  # a distributed job (torchrun): rank 0 holds the lock for all ranks
-        yield
-        return
-    if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-        return
-    path = root / LOCK_NAME
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -96,27 +103,27 @@ def run_lock(root: Path, what: str = "opgrpo", log=print):
             os.close(fd)
             holder = _holder(path)
             if _inherited(root, holder):
-                _HELD[key] = 1
-                try:
-                    yield
-                finally:
-                    del _HELD[key]
-                return
-            pid = holder.get("pid", "?")
+                return None
             raise RunFolderBusy(
-                f"run folder {root} is in use by PID {pid} ({holder.get('what', 'opgrpo')}, since "
-                f"{holder.get('since', '?')}): wait for it to finish, stop it, or use another --run-dir"
+                f"run folder {root} is in use by PID {holder.get('pid', '?')} ({holder.get('what', 'opgrpo')}, "
+                f"since {holder.get('since', '?')}): wait for it to finish, stop it, or use another --run-dir"
             ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:  # not a file the previous holder unlinked between our open and our flock
-            break
+            return fd
         os.close(fd)
+
+
+def _claim(fd: int, root: Path, path: Path, what: str, log: Callable[[str], None]) -> None:
+    """Write who holds the lock now, saying whose lock was taken over (a dead process's, or a file of garbage)."""
     stale = _holder(path)
     if stale.get("pid") and stale["pid"] != os.getpid() and not _pid_alive(int(stale["pid"])):
         log(f"[lock] {root}: took over the lock of PID {stale['pid']} ({stale.get('what', '?')}), no longer running")
+    elif not stale and path.stat().st_size:
+        log(f"[lock] {root}: took over {LOCK_NAME}, which named no holder (unreadable content)")
     os.ftruncate(fd, 0)
     cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:120]
     info = {
@@ -125,16 +132,6 @@ def run_lock(root: Path, what: str = "opgrpo", log=print):
         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     os.write(fd, json.dumps(info).encode())
-    _HELD[key] = 1
-    try:
-        yield
-    finally:
-        del _HELD[key]
-        try:
-            path.unlink()
-        except OSError:
-            pass
-        os.close(fd)
 
 
 def lock_env(root: Path) -> dict[str, str]:

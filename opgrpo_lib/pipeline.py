@@ -344,6 +344,16 @@ def headline(results: Path) -> dict[str, float]:
     return {k: round(float(v), 3) for k, v in per.groupby("system")["ratio"].mean().items()}
 
 
+def failed_parts(root: Path) -> list[str]:
+    """Parts of a finished run that failed without stopping it (an LLM judge that scored nothing): every other
+    result stands, but ``opgrpo reproduce`` says so and exits non-zero."""
+    try:
+        judge = json.loads((root / "results" / "eval" / "eval_summary.json").read_text()).get("judge", {})
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [f"LLM {judge['reason']}"] if judge.get("status") == "failed" else []
+
+
 def summary_text(profile: str, root: Path, report: list[dict]) -> str:
     lines = [f"\nopgrpo reproduce — profile {profile}, run folder {root}", ""]
     lines.append(f"  {'step':<32}{'status':<9}{'wall':>9}  peak memory")
@@ -361,6 +371,7 @@ def summary_text(profile: str, root: Path, report: list[dict]) -> str:
                 if ref is not None
                 else f"    {system:<22}{value:.3f}   committed -"
             )
+    lines += [f"  FAILED: {part}" for part in failed_parts(root)]
     lines += [
         "",
         f"  results: {root / 'results'}",

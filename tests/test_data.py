@@ -136,11 +136,12 @@ def test_offline_without_data_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_run_writes_parquet_card_plot_manifest(cfg_local, tmp_path):
     from opgrpo_lib.runs import run_paths
+    from opgrpo_lib.steps import data as data_step
 
     paths = run_paths(cfg_local, tmp_path / "run")
     committed = Path(__file__).resolve().parents[1] / "results" / cfg_local.profile / "data_card.json"
     before = committed.read_bytes() if committed.exists() else None
-    data.run(cfg_local, paths)
+    data_step.run(cfg_local, paths)
     after = committed.read_bytes() if committed.exists() else None
     assert before == after, "--run-dir must leave the repository's results/ untouched"
     for name in (

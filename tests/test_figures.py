@@ -116,7 +116,8 @@ def test_logged_results_appear_as_reported(tmp_path):
 def test_figures_step_imports_no_torch(tmp_path):
     synthetic_results(tmp_path / "results")
     code = (
-        "import sys; from opgrpo_lib import config, runs, figures; from pathlib import Path; "
+        "import sys; from opgrpo_lib import config, runs, figures, lifecycle; from opgrpo_lib.steps import figures as s; "
+        "from pathlib import Path; "
         f"figures.build_all(Path(r'{tmp_path / 'results'}'), Path(r'{tmp_path / 'f'}'), figures.logged_results()); "
         "print(sorted(m for m in ('torch', 'transformers', 'trl', 'sentence_transformers') if m in sys.modules))"
     )
@@ -223,6 +224,7 @@ def test_no_twin_axes_in_training_figures(tmp_path):
 def test_figures_come_from_the_run_when_it_has_results_else_the_committed_ones(tmp_path, monkeypatch):
     from opgrpo_lib.config import load_profile
     from opgrpo_lib.runs import run_paths
+    from opgrpo_lib.steps import figures as figures_step
 
     repo = tmp_path / "repo"
     synthetic_results(repo / "results" / "cpu")
@@ -231,7 +233,7 @@ def test_figures_come_from_the_run_when_it_has_results_else_the_committed_ones(t
     paths = run_paths(cfg, tmp_path / "run")
     source, note = figures.results_source(cfg, paths)
     assert source == repo / "results" / "cpu" and "committed results/cpu" in note
-    out = figures.run(cfg, paths)
+    out = figures_step.run(cfg, paths)
     assert out["source"] == str(repo / "results" / "cpu") and (tmp_path / "run" / "figures" / "INDEX.md").exists()
     shown = figures.gallery(out["out_dir"])
     assert shown[0][1].name == "headline_comparisons.png" and any(p.suffix == ".md" for _, p in shown)

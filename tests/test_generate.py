@@ -93,7 +93,7 @@ def test_missing_trained_policy_names_the_notebook(tmp_path):
 
 @pytest.mark.slow
 def test_generate_and_evaluate_on_tiny(tmp_path, opv2_dir, monkeypatch):
-    from opgrpo_lib import data, evaluate, generate
+    from opgrpo_lib.steps import data, evaluate, generate
 
     monkeypatch.setenv("OPGRPO_DATA_DIR", str(opv2_dir))
     untrained = [

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from opgrpo_lib import generate, pipeline
+from opgrpo_lib import pipeline
+from opgrpo_lib.steps import generate
 from opgrpo_lib.steps import grpo as grpo_step
 from opgrpo_lib.steps import sft as sft_step
 from opgrpo_lib.config import load_profile
@@ -225,7 +226,8 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
         def no_model(cfg, path, plan=None):
             raise OSError(f"{path}: cannot load")
 
-        m.setattr(train, "load_model", no_model)
+        m.setattr(grpo_step, "load_model", no_model)
+        m.setattr(sft_step, "load_model", no_model)
         with pytest.raises(OSError, match="cannot load"):
             grpo_step.run(new, run_paths(new, work))
         sft_new = load_profile("tiny", {"train.sft.learning_rate": 5e-2})
@@ -241,6 +243,22 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
     shown = json.loads(summary.stdout[summary.stdout.index("\n{") + 1 :])  # after the "[grpo] finished" line
     assert summary.returncode == 0 and shown["skipped"] is True and shown["policy"].endswith("grpo/policy")
     assert shown["log"]["rows"] > 0 and "loss" in shown["log"]["last"]
+
+
+@pytest.mark.slow
+def test_a_refused_reproduce_keeps_the_finished_notebook_record(chain, tmp_path):
+    """A reproduce refused inside step 04 (a prompt over the limit, found before anything moves) writes
+    ``04_grpo.failed.ipynb``; the finished run's executed notebook and record stay, so the original settings skip."""
+    run, _ = chain
+    work = tmp_path / "X"
+    shutil.copytree(run, work, symlinks=True)
+    executed = work / "executed"
+    before = {p.name: p.read_bytes() for p in executed.glob("04_grpo*")}
+    with pytest.raises(pipeline.StepFailed, match=r"04_grpo\.failed\.ipynb"):
+        pipeline.reproduce("tiny", str(work), only=["04"], overrides={"train.max_prompt_length": 1}, quiet=True)
+    assert {p.name: p.read_bytes() for p in executed.glob("04_grpo.*") if "failed" not in p.name} == before
+    assert (executed / "04_grpo.failed.ipynb").exists()
+    assert [r["status"] for r in pipeline.reproduce("tiny", str(work), only=["04"], quiet=True)] == ["skipped"]
 
 
 @pytest.mark.slow
@@ -271,7 +289,7 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     ``checkpoint_coverage.csv``, but switching that off changes GRPO's key since it decides which checkpoints are
     kept, so it retrains first); every judge request failing is reported as a failure and its figure panel is
     skipped with the reason."""
-    from opgrpo_lib import evaluate, figures
+    from opgrpo_lib.steps import evaluate, figures
 
     run, _ = chain
     work = tmp_path / "X"
@@ -293,6 +311,7 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     judge = json.loads((eval_dir / "eval_summary.json").read_text())["judge"]
     assert judge["status"] == "failed" and "0 of" in judge["reason"] and judge["scored"] == 0
     assert not (eval_dir / "judge_per_sample.parquet").exists()
+    assert pipeline.failed_parts(work) == [f"LLM {judge['reason']}"], "reproduce says so and exits non-zero"
     res = figures.run(cfg, paths)
     by_name = {f["name"]: f for f in res["figures"]}
     assert by_name["LLM judge"]["status"] == "missing inputs" and "0 of" in by_name["LLM judge"]["note"]

@@ -151,10 +151,11 @@ def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path
     from opgrpo_lib.models import build
     from opgrpo_lib.runs import run_paths
     from opgrpo_lib.sft_data import _SENTENCE_END_RE, FUNCTION_WORDS, sft_targets, short_sentence
+    from opgrpo_lib.steps import data as data_step
 
     cfg = load_profile("cpu", {"data.local_dir": str(opv2_dir)})
     paths = run_paths(cfg, tmp_path)
-    data.run(cfg, paths)
+    data_step.run(cfg, paths)
     train, _ = data.load_prepared(paths.data)
     lines = 0
     for persp in train["perspectives"]:
