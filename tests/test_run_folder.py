@@ -138,3 +138,24 @@ def test_concurrent_lockers_never_both_hold(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
     errs = [p.communicate()[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs  # O_EXCL would fail if two held the lock together
+
+
+def test_a_lock_file_of_garbage_is_taken_over_saying_so(tmp_path):
+    """A lock file holding binary garbage (no live holder) is taken over with a line naming it, not a decode error."""
+    (tmp_path / LOCK_NAME).write_bytes(b"\xff\xfe\x00 not json")
+    said: list[str] = []
+    with run_lock(tmp_path, "test", log=said.append):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert len(said) == 1 and LOCK_NAME in said[0] and "named no holder" in said[0]
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_manifest_names_its_commit_when_git_status_fails(monkeypatch):
+    """``git status`` timing out on a loaded machine once dropped the sha of every manifest of a published run."""
+    from opgrpo_lib import manifest
+
+    real = manifest._git
+    monkeypatch.setattr(manifest, "_git", lambda *args, **kw: None if "status" in args else real(*args, **kw))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=manifest.REPO_ROOT)
+    assert manifest.git_state() == {"sha": head.stdout.strip(), "dirty": None}
+    assert len(head.stdout.strip()) == 40
