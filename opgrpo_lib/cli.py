@@ -77,9 +77,9 @@ def _writable(path: str | None, what: str) -> None:
 
 def stages() -> dict[str, tuple[str, str, str]]:
     """CLI verb -> (module, function, help) of each pipeline step, from the step registry."""
-    from .provenance import STEPS
+    from .registry import STEPS
 
-    return {s.cli: (*s.function.split(":"), s.help) for s in STEPS.values() if s.cli}
+    return {s.name: (*s.entry, s.help) for s in STEPS.values() if s.cli}
 
 
 def cmd_stage(args) -> int:
@@ -319,7 +319,7 @@ def cmd_eval_nli(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .authors import compare
+    from .authors.compare import compare
 
     cfg = _cfg(args)
     evaluators = args.evaluator or [cfg.models.eval_encoder]

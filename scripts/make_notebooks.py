@@ -333,7 +333,7 @@ notebook(
     "**Outputs:** `runs/<profile>/results/authors/` (per-row scores, no authors' texts; published to "
     "`results/<profile>/authors/`) and `runs/<profile>/figures/authors_*` (also drawn by step 07 from the committed results). Runtime (cpu): see the manifest.",
     [
-        ("code", "from opgrpo_lib import authors\n\nsummary = authors.run(cfg, paths)"),
+        ("code", "from opgrpo_lib.steps import authors\n\nsummary = authors.run(cfg, paths)"),
         (
             "code",
             "import pandas as pd\n\n"
