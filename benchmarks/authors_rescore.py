@@ -1,4 +1,4 @@
-"""Re-scoring the authors' logged candidate sentences: every distinct sentence encoded once (``authors.rescore_sbert``)
+"""Re-scoring the authors' logged candidate sentences: every distinct sentence encoded once (``rescore_sbert``)
 vs the straightforward per-log loop (each log's rows encoded on their own). The authors scored the same candidates
 under several evaluators and thresholds, and every system of a split shares its references, so most sentences
 repeat. Prints both times, their ratio and whether the matched counts are identical.
@@ -17,20 +17,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import best_of, report  # noqa: E402
 
-from opgrpo_lib import authors  # noqa: E402
+from opgrpo_lib.authors.logs import ParsedLog, check_log, parse_log  # noqa: E402
+from opgrpo_lib.authors.rescore import rescore_sbert  # noqa: E402
+from opgrpo_lib.authors.sources import manifest, read_source  # noqa: E402
 from opgrpo_lib.config import load_profile  # noqa: E402
-from opgrpo_lib.reward import greedy_matches  # noqa: E402
+from opgrpo_lib.reward import SentenceEncoder, greedy_matches  # noqa: E402
 
 
-def pick_logs(cfg, n_logs: int) -> list[authors.ParsedLog]:
+def pick_logs(cfg, n_logs: int) -> list[ParsedLog]:
     """The verified 5p logs of the candidate file the authors scored most often (same sentences, other evaluators),
     then other 5p logs (same references) until ``n_logs``."""
     parsed = []
-    for e in authors.manifest():
+    for e in manifest():
         if "/eval_5p_" not in e.upstream_path:
             continue
-        log = authors.parse_log(authors.read_source(e, cfg).decode(), e.upstream_path)
-        if not authors.check_log(log):
+        log = parse_log(read_source(e, cfg).decode(), e.upstream_path)
+        if not check_log(log):
             parsed.append(log)
     freq = Counter(lg.header["CANDIDATE_CSV"] for lg in parsed)
     parsed.sort(key=lambda lg: (-freq[lg.header["CANDIDATE_CSV"]], lg.name))
@@ -49,7 +51,7 @@ def main() -> None:
     cfg = load_profile("cpu")
     logs = pick_logs(cfg, args.logs)
     items = [(lg.name, "5p", r.row, r.references, r.candidates) for lg in logs for r in lg.rows[: args.rows]]
-    enc = authors._encoder(args.encoder, "cpu")
+    enc = SentenceEncoder(args.encoder, device="cpu")
 
     def naive() -> list[int]:
         out = []
@@ -58,7 +60,7 @@ def main() -> None:
             out.append(greedy_matches(er @ ec.T, args.threshold) if cands else 0)
         return out
 
-    t_fast, per = best_of(lambda: authors.rescore_sbert(items, enc, args.threshold, "bench"), args.repeats)
+    t_fast, per = best_of(lambda: rescore_sbert(items, enc, args.threshold, "bench"), args.repeats)
     t_naive, ks = best_of(naive, args.repeats)
     distinct = len({s for *_, r, c in items for s in (*r, *c)})
     total = sum(len(r) + len(c) for *_, r, c in items)

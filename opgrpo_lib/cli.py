@@ -336,7 +336,7 @@ def cmd_eval_nli(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .authors import compare
+    from .authors.compare import compare
 
     cfg = _cfg(args)
     evaluators = args.evaluator or [cfg.models.eval_encoder]

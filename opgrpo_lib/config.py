@@ -259,7 +259,7 @@ class EvalCfg:
 
 @dataclass(frozen=True)
 class AuthorsCfg:
-    """Step 08: the authors' own per-row SBERT evaluation logs (``opgrpo_lib/authors.py``)."""
+    """Step 08: the authors' own per-row SBERT evaluation logs (``opgrpo_lib/steps/authors.py``, ``authors/``)."""
 
     enabled: bool = True
     local_dir: str | None = "../shared/data/authors-eval-logs"  # tried first; env OPGRPO_AUTHORS_LOGS wins

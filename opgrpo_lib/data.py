@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import REPO_ROOT, SPLITS, RunConfig
+from .config import REPO_ROOT, SPLITS, AuthorsCfg, DataCfg, RunConfig
 from .runs import atomic_write_bytes, atomic_write_parquet, atomic_write_text
 from .text import MalformedReference, parse_perspectives
 
@@ -152,30 +153,54 @@ def fetch(name: str, cfg: RunConfig, dirs: Sequence[str | None] | None = None) -
     ``$OPGRPO_DATA_DIR``; relative to the repo root), then the cache, then a download at the pinned commit."""
     if name not in FILES:
         raise KeyError(f"unknown data file {name!r}; known: {sorted(FILES)}")
-    tried = []
     folders = [local_dir(cfg)] if dirs is None else [_repo_path(d) for d in dirs if d]
-    for folder in folders:
-        if folder is None:
-            continue
-        path = folder / name
-        if path.exists():
-            verify_bytes(name, path.read_bytes(), str(path))
-            return path
-        tried.append(str(path))
     cached = cache_dir() / (FILES[name].commit or cfg.data.commit) / name
+    hint = f"Set {ENV_DATA_DIR} to a folder holding the OP-V2 files or allow network access."
+    local = [folder / name for folder in folders if folder is not None]
+    return fetch_pinned(name, FILES[name], local, cached, "data", cfg.data, hint)[0]
+
+
+def _read_verified(name: str, path: Path, spec: RemoteFile) -> bytes:
+    raw = path.read_bytes()
+    if path.suffix == ".gz" and not name.endswith(".gz"):  # a local copy kept compressed (the authors' logs)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataIntegrityError(f"{path}: not a readable gzip file ({exc})") from exc
+    verify_bytes(name, raw, str(path), spec)
+    return raw
+
+
+def fetch_pinned(
+    name: str,
+    spec: RemoteFile,
+    local: Sequence[Path],
+    cached: Path,
+    section: str,
+    source: DataCfg | AuthorsCfg,
+    hint: str,
+) -> tuple[Path, bytes]:
+    """(path, verified bytes) of a pinned file: the ``local`` candidates in order (a ``.gz`` one holds the gzip of
+    the bytes), then ``cached``, then a download into ``cached`` from ``source`` (the config section ``section``:
+    ``download``, ``base_url``, ``commit``). A file that fails its hash raises :class:`DataIntegrityError` naming it
+    and is never cached; ``hint`` says what to do when nothing is found."""
+    tried = []
+    for path in local:
+        if path.exists():
+            return path, _read_verified(name, path, spec)
+        tried.append(str(path))
     if cached.exists():
-        verify_bytes(name, cached.read_bytes(), str(cached))
-        return cached
+        return cached, _read_verified(name, cached, spec)
     tried.append(str(cached))
-    if not cfg.data.download:
-        raise FileNotFoundError(f"{name} not found (tried {tried}) and data.download is false")
+    if not source.download:
+        raise FileNotFoundError(f"{name} not found (tried {tried}) and {section}.download is false")
     try:
-        return download(name, cfg.data.base_url, cfg.data.commit, cached.parent)
+        path = download(cached.name, source.base_url, source.commit, cached.parent, spec=spec)
     except OSError as exc:
         raise FileNotFoundError(
-            f"{name}: not found locally (tried {tried}) and the download failed ({exc}). "
-            f"Set {ENV_DATA_DIR} to a folder holding the OP-V2 files or allow network access."
+            f"{name}: not found locally (tried {tried}) and the download failed ({exc}). {hint}"
         ) from exc
+    return path, path.read_bytes()
 
 
 @dataclass
