@@ -520,6 +520,77 @@ def fig_reward_ablation(logs: dict[str, pd.DataFrame]) -> plt.Figure:
 EVALUATOR_NAMES = {"independent": "independent evaluator", "estimator": "the reward's own estimator"}
 
 
+def _comparison_panels(c: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, evaluator) of each panel: SBERT independent, SBERT with the reward's estimator, NLI, when present."""
+    return [
+        (m, e)
+        for m, e in (("sbert", "independent"), ("sbert", "estimator"))
+        if ((c.metric == m) & (c.evaluator == e)).any()
+    ] + [("nli", "")] * bool((c.metric == "nli").any())
+
+
+def _comparison_point(ax: Any, r: pd.Series, y: float, color: str, filled: bool) -> None:
+    """One difference with its CI and its value, the label on the side away from zero."""
+    ax.errorbar(
+        r["diff"],
+        y,
+        xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+        fmt="o",
+        color=color,
+        mfc=color if filled else "white",
+        markersize=8,
+        capsize=4,
+        linewidth=2,
+    )
+    outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
+    ax.annotate(
+        f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+        (r["ci_high"] if outward else r["ci_low"], y),
+        xytext=(6 if outward else -6, 0),
+        textcoords="offset points",
+        ha="left" if outward else "right",
+        va="center",
+        fontsize=9 if filled else 8,
+        color="#222222" if filled else "#666666",
+    )
+
+
+def _comparison_rows(ax: Any, part: pd.DataFrame, baselines: list[str], headline_pool: str) -> dict[str, int]:
+    """Every baseline's headline-pool point (filled) and all-splits point (hollow); {pool: situations}."""
+    sizes: dict[str, int] = {}
+    for y, base in enumerate(baselines):
+        for pool, dy, filled in ((headline_pool, 0.12, True), ("all", -0.18, False)):
+            if pool == "all" and headline_pool == "all" and not filled:
+                continue
+            row = part[(part.baseline == base) & (part.split == pool)]
+            if row.empty:
+                continue
+            r = row.iloc[0]
+            _comparison_point(ax, r, y + dy, system_color(base), filled)
+            sizes[pool] = int(r["n"])
+    return sizes
+
+
+def _comparison_axis(ax: Any, part: pd.DataFrame, panel: tuple[str, str], summary: dict[str, Any], ref: str) -> None:
+    """Zero line, an x-range with room for the labels on both sides, the evaluator as title."""
+    metric, evaluator = panel
+    ax.axvline(0, color="black", linewidth=1)
+    lo = min(part["ci_low"].min(), 0) if len(part) else -0.1
+    hi = max(part["ci_high"].max(), 0) if len(part) else 0.1
+    pad = 0.75 * (hi - lo) + 0.05  # room for the labels on both sides
+    ax.set_xlim(lo - (pad if lo < 0 else 0.05), hi + pad)
+    if metric == "nli":
+        name, value = "NLI Accuracy@0.33", "NLI accuracy difference"
+    else:
+        model = summary.get("eval_encoder" if evaluator == "independent" else "reward_estimator", "")
+        thr = part["threshold"].iloc[0] if "threshold" in part and len(part) else ""
+        name = f"SBERT @ {thr}: {EVALUATOR_NAMES.get(evaluator, evaluator)}"
+        name += f"\n{model.split('/')[-1]}" if model else ""
+        value = "difference in relative accuracy"
+    ax.set_title(name)
+    ax.set_xlabel(f"{ref} − baseline ({value})\n← baseline better | {ref} better →")
+
+
 @styled
 def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = None) -> plt.Figure:
     """The headline: reference system − each baseline, paired over the same situations, with the paired-bootstrap
@@ -528,11 +599,7 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     summary = summary or {}
     c = comparisons.copy()
     c["evaluator"] = c.get("evaluator", pd.Series(index=c.index, dtype=object)).fillna("")
-    panels = [
-        (m, e)
-        for m, e in (("sbert", "independent"), ("sbert", "estimator"))
-        if ((c.metric == m) & (c.evaluator == e)).any()
-    ] + [("nli", "")] * bool((c.metric == "nli").any())
+    panels = _comparison_panels(c)
     if not panels:
         raise MissingInputs("results/eval/comparisons.csv has no SBERT or NLI comparison: run notebook 06")
     headline_pool = "5p+10p" if (c["split"] == "5p+10p").any() else "all"
@@ -549,53 +616,8 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     sizes: dict[str, int] = {}
     for ax, (metric, evaluator) in zip(axes[0], panels):
         part = c[(c.metric == metric) & (c.evaluator == evaluator)]
-        for y, base in enumerate(baselines):
-            for pool, dy, filled in ((headline_pool, 0.12, True), ("all", -0.18, False)):
-                if pool == "all" and headline_pool == "all" and not filled:
-                    continue
-                row = part[(part.baseline == base) & (part.split == pool)]
-                if row.empty:
-                    continue
-                r = row.iloc[0]
-                color = system_color(base)
-                ax.errorbar(
-                    r["diff"],
-                    y + dy,
-                    xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
-                    fmt="o",
-                    color=color,
-                    mfc=color if filled else "white",
-                    markersize=8,
-                    capsize=4,
-                    linewidth=2,
-                )
-                outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
-                ax.annotate(
-                    f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                    (r["ci_high"] if outward else r["ci_low"], y + dy),
-                    xytext=(6 if outward else -6, 0),
-                    textcoords="offset points",
-                    ha="left" if outward else "right",
-                    va="center",
-                    fontsize=9 if filled else 8,
-                    color="#222222" if filled else "#666666",
-                )
-                sizes[pool] = int(r["n"])
-        ax.axvline(0, color="black", linewidth=1)
-        lo = min(part["ci_low"].min(), 0) if len(part) else -0.1
-        hi = max(part["ci_high"].max(), 0) if len(part) else 0.1
-        pad = 0.75 * (hi - lo) + 0.05  # room for the labels on both sides
-        ax.set_xlim(lo - (pad if lo < 0 else 0.05), hi + pad)
-        if metric == "nli":
-            name, value = "NLI Accuracy@0.33", "NLI accuracy difference"
-        else:
-            model = summary.get("eval_encoder" if evaluator == "independent" else "reward_estimator", "")
-            thr = part["threshold"].iloc[0] if "threshold" in part and len(part) else ""
-            name = f"SBERT @ {thr}: {EVALUATOR_NAMES.get(evaluator, evaluator)}"
-            name += f"\n{model.split('/')[-1]}" if model else ""
-            value = "difference in relative accuracy"
-        ax.set_title(name)
-        ax.set_xlabel(f"{ref} − baseline ({value})\n← baseline better | {ref} better →")
+        sizes.update(_comparison_rows(ax, part, baselines, headline_pool))
+        _comparison_axis(ax, part, (metric, evaluator), summary, ref)
         ax.set_ylim(-0.7, len(baselines) - 0.4)
     axes[0][0].set_yticks(range(len(baselines)), [f"vs {b}" for b in baselines])
     axes[0][0].invert_yaxis()

@@ -248,18 +248,20 @@ def _evaluator_note(setting_name: str) -> str:
     )
 
 
-@styled
-def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
-    """Paired differences (a − b, relative accuracy) with 95 % CIs and their values, one panel per evaluator
-    setting; the pooled 5p+10p where logged, else all common splits pooled. Side by side when every setting has
-    the same comparisons, else stacked on a shared axis."""
+def _labelled_claims(claims: pd.DataFrame) -> tuple[pd.DataFrame, str, dict[str, str]]:
+    """(picked claims with their y labels, the reference system, each setting's most common pool); a row whose
+    pool is not its setting's main one says which pool and n in its label."""
     c = _pick_claims(claims)
     ref = str(c["a"].mode().iloc[0])
     c["label"] = [_comparison(str(a), str(b), ref) for a, b in zip(c.a, c.b)]
     main = {s: g["pool"].mode().iloc[0] for s, g in c.groupby("setting")}
     c["label"] += [f"\n({p}; n = {int(n)})" if p != main[s] else "" for s, p, n in zip(c.setting, c.pool, c.n)]
-    settings = list(dict.fromkeys(c.setting))
-    labels = {s: list(c[c.setting == s]["label"]) for s in settings}
+    return c, ref, main
+
+
+def _claims_axes(settings: list[str], labels: dict[str, list[str]]) -> tuple[plt.Figure, list[Any], bool]:
+    """(figure, one axis per setting, side by side?): side by side when every setting has the same comparisons,
+    else stacked on a shared axis with heights by their number of rows."""
     side = len(settings) > 1 and all(labels[s] == labels[settings[0]] for s in settings)
     rows = [len(labels[s]) for s in settings]
     if side:
@@ -272,51 +274,71 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
             squeeze=False,
             layout="constrained",
         )
-        axes = list(axes[0])
-    else:
-        fig, axes = plt.subplots(
-            len(settings),
-            1,
-            figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
-            sharex=True,
-            squeeze=False,
-            layout="constrained",
-            gridspec_kw={"height_ratios": [r + 0.8 for r in rows]},
-        )
-        axes = list(axes[:, 0])
-    # x-range with room for the value labels (about 1.9 in at 9 pt): right of a positive difference's interval,
-    # left of a negative one's; a label of width f (a fraction of the axis) needs the range (hi - lo) / (1 - f)
-    width = (fig.get_figwidth() - 3.4) / (len(axes) if side else 1)
+        return fig, list(axes[0]), side
+    fig, axes = plt.subplots(
+        len(settings),
+        1,
+        figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": [r + 0.8 for r in rows]},
+    )
+    return fig, list(axes[:, 0]), side
+
+
+def _claims_xlim(fig: plt.Figure, n_axes: int, side: bool, c: pd.DataFrame) -> tuple[float, float]:
+    """An x-range with room for the value labels (about 1.9 in at 9 pt): right of a positive difference's
+    interval, left of a negative one's."""
+    # a label of width f (a fraction of the axis) needs the range (hi - lo) / (1 - f)
+    width = (fig.get_figwidth() - 3.4) / (n_axes if side else 1)
     f = min(1.9 / max(width, 2.5), 0.6)
     lo, hi = min(c["ci_low"].min(), 0.0), max(c["ci_high"].max(), 0.0)
     span = (hi - lo or 0.1) / (1 - f)
     pad_lo = f * span if (c["diff"] < 0).any() else 0.03 * span
     pad_hi = f * span if (c["diff"] >= 0).any() else 0.03 * span
+    return lo - pad_lo, hi + pad_hi
+
+
+def _claims_points(ax: Any, part: pd.DataFrame) -> None:
+    """Each claim's difference with its CI in the colour of b, and its value away from zero."""
+    for y, r in part.iterrows():
+        color = _color(str(r["b"]))
+        ax.errorbar(
+            r["diff"],
+            y,
+            xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+            fmt="o",
+            color=color,
+            markersize=7,
+            capsize=4,
+            linewidth=2,
+        )
+        outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
+        text = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        ax.annotate(
+            text,
+            (r["ci_high"] if outward else r["ci_low"], y),
+            xytext=(6 if outward else -6, 0),
+            textcoords="offset points",
+            ha="left" if outward else "right",
+            va="center",
+            fontsize=9,
+        )
+
+
+@styled
+def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
+    """Paired differences (a − b, relative accuracy) with 95 % CIs and their values, one panel per evaluator
+    setting; the pooled 5p+10p where logged, else all common splits pooled. Side by side when every setting has
+    the same comparisons, else stacked on a shared axis."""
+    c, ref, main = _labelled_claims(claims)
+    settings = list(dict.fromkeys(c.setting))
+    fig, axes, side = _claims_axes(settings, {s: list(c[c.setting == s]["label"]) for s in settings})
+    xlim = _claims_xlim(fig, len(axes), side, c)
     for i, (ax, st) in enumerate(zip(axes, settings)):
         part = c[c.setting == st].reset_index(drop=True)
-        for y, r in part.iterrows():
-            color = _color(str(r["b"]))
-            ax.errorbar(
-                r["diff"],
-                y,
-                xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
-                fmt="o",
-                color=color,
-                markersize=7,
-                capsize=4,
-                linewidth=2,
-            )
-            outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
-            text = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-            ax.annotate(
-                text,
-                (r["ci_high"] if outward else r["ci_low"], y),
-                xytext=(6 if outward else -6, 0),
-                textcoords="offset points",
-                ha="left" if outward else "right",
-                va="center",
-                fontsize=9,
-            )
+        _claims_points(ax, part)
         ax.axvline(0, color="black", linewidth=1)
         ax.grid(axis="x", alpha=0.3)
         ns = sorted(set(part.loc[part["pool"] == main[st], "n"].astype(int)))
@@ -326,7 +348,7 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
         ax.set_ylim(len(part) - 0.5, -0.5)
         if side or i == len(settings) - 1:
             ax.set_xlabel("paired difference in relative accuracy (a − b)\n← b better  |  a better →")
-    axes[0].set_xlim(lo - pad_lo, hi + pad_hi)
+    axes[0].set_xlim(*xlim)
     _colour_legend(fig, list(c["b"]), "marker")
     fig.suptitle(
         f"{title}: paired differences a − b on the same situations (paired bootstrap, 95 % CI)\n'vs b' means a = {ref}"
