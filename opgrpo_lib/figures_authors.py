@@ -21,6 +21,11 @@ SPLIT_ORDER = ["5p", "6p", "7p", "8p", "9p", "10p", "gt10p", "5p+10p", "all comm
 VARIANTS = ["ex", "im", "im-rewarddown", "im-rewarddown-unique"]
 
 NO_COUNTERPART = "#999999"  # an authors' system with no system of ours behind it
+CELLS = "authors/cells.csv"  # under results/<profile>: step 08's per-cell numbers, re-derived from the per-row logs
+# The RL-step ablation: the evaluator setting its steps were logged in, and its runs (model, marker, colour); not runs
+# of ours (no system colour): two colours of the rest of the palette
+STEP_SETTING = ("paraphrase-mpnet-base-v2", 0.75)
+STEP_RUNS = (("Qwen2.5-1.5B", "o", "#56B4E9"), ("Llama-3.2-3B", "s", "#000000"))
 
 
 def _color(system: str) -> str:
@@ -85,22 +90,38 @@ def coverage_tables(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def read_cells(results: Path) -> pd.DataFrame | None:
+    """``results/<profile>/authors/cells.csv`` (None when step 08 has not written it)."""
+    return _read(Path(results) / CELLS)
+
+
+def step_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The RL-step ablation's cells (:data:`STEP_SETTING`) with an integer ``step``; empty when none are logged."""
+    evaluator, threshold = STEP_SETTING
+    steps = cells[
+        (cells["rl_step"].astype(str) != "")
+        & (cells["evaluator"] == evaluator)
+        & (cells["threshold"].astype(float).round(2) == threshold)
+    ].copy()
+    steps["step"] = steps["rl_step"].astype(float).astype(int)
+    return steps
+
+
+def step_run(steps: pd.DataFrame, model: str, split: str) -> pd.DataFrame:
+    """One run's cells of :func:`step_cells` on one split, by step."""
+    return steps[(steps.split == split) & steps.system.str.contains(model, regex=False)].sort_values("step")
+
+
 @styled
 def fig_steps(cells: pd.DataFrame) -> plt.Figure:
     """Relative accuracy vs RL step for Qwen2.5-1.5B and Llama-3.2-3B on 5p and 10p (base SBERT @ 0.75), 95 % CIs."""
-    steps = cells[
-        (cells["rl_step"].astype(str) != "")
-        & (cells["evaluator"] == "paraphrase-mpnet-base-v2")
-        & (cells["threshold"].astype(float).round(2) == 0.75)
-    ].copy()
+    steps = step_cells(cells)
     if steps.empty:
         raise LookupError("no step-ablation cells")
-    steps["step"] = steps["rl_step"].astype(float).astype(int)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True, layout="constrained")
     for ax, split in zip(axes, ["5p", "10p"]):
-        # not runs of ours (no system colour): two colours of the rest of the palette
-        for model, marker, color in (("Qwen2.5-1.5B", "o", "#56B4E9"), ("Llama-3.2-3B", "s", "#000000")):
-            g = steps[(steps.split == split) & steps.system.str.contains(model, regex=False)].sort_values("step")
+        for model, marker, color in STEP_RUNS:
+            g = step_run(steps, model, split)
             if g.empty:
                 continue
             y = g["relative_accuracy"].astype(float)
@@ -359,7 +380,7 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
 def build(results: Path, out: Path) -> list[Path]:
     """Every authors'-evidence figure and table that ``results/authors`` supports ([] when it does not exist)."""
     src = Path(results) / "authors"
-    cells = _read(src / "cells.csv")
+    cells = read_cells(results)
     if cells is None or cells.empty:
         return []
     out = Path(out)
