@@ -329,6 +329,22 @@ def _matrix_lines(e: Explanation, max_cols: int) -> list[str]:
     return lines
 
 
+# The authors' uniqueness rate is 1 for fewer than two segments (nothing can repeat), so an empty response still
+# earns w_u x 1 and, with the tag penalty, totals 0.3 - 0.2 = 0.1 under the default weights
+FEW_SEGMENTS = " (fewer than two segments: rate 1, as in the authors' reward)"
+
+
+def _empty_note(e: Explanation) -> list[str]:
+    """Why an empty response scores above 0 (the authors' formula, not a bug of ours)."""
+    if e.response.strip() or not e.cfg.use_uniqueness:
+        return []
+    u, tag = e.terms["uniqueness"], e.terms["tag"]
+    return [
+        f"empty response: total = max(0, uniqueness term {_fmt(u)} + tag term {_fmt(tag)}) = {_fmt(e.total)}, "
+        "because the authors' reward counts no segments as fully unique"
+    ]
+
+
 def render_text(e: Explanation, max_items: int = 30) -> str:
     s, p, f = e.score, e.score.parts, e.score.response.format
     layout, cfg = s.response.layout, e.cfg
@@ -367,6 +383,7 @@ def render_text(e: Explanation, max_items: int = 30) -> str:
         + (f" ({red})" if red else "")
         + f" -> rate {p.uniqueness_rate:.2f} -> ladder {_fmt(p.uniqueness)}"
         + ("" if cfg.use_uniqueness else " (not used: reward.use_uniqueness is false)")
+        + (FEW_SEGMENTS if cfg.use_uniqueness and p.n_candidates < 2 else "")
     )
     missing = ", ".join(f.missing_from_summary[:max_items]) or "none"
     out.append(
@@ -382,7 +399,7 @@ def render_text(e: Explanation, max_items: int = 30) -> str:
         f"+ {_fmt(p.tag)} + {_fmt(w['uniqueness'])}x{_fmt(p.uniqueness)}) = max(0, {_fmt(t['coverage'])} "
         f"+ {_fmt(t['format'])} + {_fmt(t['tag'])} + {_fmt(t['uniqueness'])}) = {_fmt(p.total)}"
     )
-    return "\n".join(out)
+    return "\n".join(out + _empty_note(e))
 
 
 # ---------------------------------------------------------------- plots
