@@ -216,66 +216,96 @@ def load_evaluators(cfg, paths=None) -> Evaluators:
     return Evaluators(encoder, tokenizer, nli_model, nli_status, estimator)
 
 
-def score_outputs(
-    cfg, outputs: pd.DataFrame, ev: pd.DataFrame, evs: Evaluators, timings: dict[str, float], progress: bool = False
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(metrics, SBERT per-sample, NLI per-sample) for every (system, split) group of ``outputs``."""
-    from .runs import timed
+# (system, split, its outputs, their references, the SBERT-scored column)
+_Group = tuple[str, str, pd.DataFrame, pd.DataFrame, str]
+_Encoders = list[tuple[str, str, CachedEncoder]]  # (evaluator, metric suffix, encoder)
 
+
+def _output_groups(cfg, outputs: pd.DataFrame, ev: pd.DataFrame) -> list[_Group]:
+    """One :data:`_Group` per (system, split) of ``outputs``, in the order they first appear."""
     systems = {s.name: s for s in cfg.generate.systems}
-    from .progress import emit
-
-    metrics, sbert_rows, nli_rows = [], [], []
     groups = []
     for (system, split), grp in outputs.groupby(["system", "split"], sort=False):
         base = systems.get(system.split("@")[0])
         refs = ev[(ev["split"] == split) & ev["prompt"].isin(grp["prompt"])]
         groups.append((system, split, grp, refs, base.score_column if base else "text"))
-    with timed(timings, "sbert"):  # a split's references are scored once per system, text and evaluator: encode
-        # every distinct sentence once, up front, in one length-sorted pass per encoder
-        corpus = sbert_sentences([(refs, grp, (column, "summary")) for _, _, grp, refs, column in groups])
-        encoders = [("independent", "", CachedEncoder(evs.encoder))] + (
-            [("estimator", "_estimator", CachedEncoder(evs.estimator))] if evs.estimator is not None else []
-        )
-        for _, _, encoder in encoders:
-            encoder.encode(corpus)
-    for k, (system, split, grp, refs, column) in enumerate(groups):
+    return groups
+
+
+def _sbert_encoders(groups: list[_Group], evs: Evaluators) -> _Encoders:
+    """The independent encoder and the estimator (when loaded), each with every distinct sentence of ``groups``
+    encoded up front in one length-sorted pass (a split's references are scored once per system, text and
+    evaluator)."""
+    corpus = sbert_sentences([(refs, grp, (column, "summary")) for _, _, grp, refs, column in groups])
+    encoders = [("independent", "", CachedEncoder(evs.encoder))] + (
+        [("estimator", "_estimator", CachedEncoder(evs.estimator))] if evs.estimator is not None else []
+    )
+    for _, _, encoder in encoders:
+        encoder.encode(corpus)
+    return encoders
+
+
+def _sbert_group(cfg, group: _Group, encoders: _Encoders) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """SBERT metric rows and per-situation frames of one group: the scored text and the summary block, under every
+    evaluator and threshold."""
+    system, split, grp, refs, column = group
+    extra = {"prompt_style": grp["prompt_style"].iloc[0]}
+    metrics, rows = [], []
+    summary = grp.assign(_s=grp["summary"].where(grp["summary"].str.strip() != ""))
+    for (evaluator, suffix, encoder), thr in itertools.product(encoders, cfg.eval.sbert_thresholds):
+        for kind, texts in (
+            ("sbert", join_candidates(refs, grp, column)),
+            ("sbert_summary", join_candidates(refs, summary, "_s")),
+        ):
+            if kind == "sbert_summary" and all(t is None for t in texts):
+                continue  # no output has a summary block
+            col = column if kind == "sbert" else "summary"
+            per, summ = sbert_coverage(refs, texts, encoder, thr)
+            metrics.append(_metric_row(system, split, kind + suffix, summ, threshold=thr, text=col, **extra))
+            rows.append(per.assign(system=system, split=split, threshold=thr, text=col, evaluator=evaluator))
+    return metrics, rows
+
+
+def _tokens_row(system: str, split: str, grp: pd.DataFrame, tokenizer: Any) -> dict[str, Any]:
+    ts = token_stats(grp["text"].tolist(), tokenizer)
+    return {
+        "system": system,
+        "split": split,
+        "metric": "tokens",
+        "n": ts.n,
+        "mean_tokens": ts.mean_tokens,
+        "mean_words": ts.mean_words,
+        "valid_format_rate": float(grp["valid_format"].mean()),
+        "mean_attempts": float(grp["attempts"].mean()),
+        "prompt_style": grp["prompt_style"].iloc[0],
+    }
+
+
+def score_outputs(
+    cfg, outputs: pd.DataFrame, ev: pd.DataFrame, evs: Evaluators, timings: dict[str, float], progress: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(metrics, SBERT per-sample, NLI per-sample) for every (system, split) group of ``outputs``."""
+    from .progress import emit
+    from .runs import timed
+
+    metrics, sbert_rows, nli_rows = [], [], []
+    groups = _output_groups(cfg, outputs, ev)
+    with timed(timings, "sbert"):
+        encoders = _sbert_encoders(groups, evs)
+    for k, group in enumerate(groups):
+        system, split, grp, refs, _ = group
         emit("evaluate", k, len(groups), system=system, split=split)
-        extra = {"prompt_style": grp["prompt_style"].iloc[0]}
         with timed(timings, "sbert"):
-            summary = grp.assign(_s=grp["summary"].where(grp["summary"].str.strip() != ""))
-            for (evaluator, suffix, encoder), thr in itertools.product(encoders, cfg.eval.sbert_thresholds):
-                for kind, texts in (
-                    ("sbert", join_candidates(refs, grp, column)),
-                    ("sbert_summary", join_candidates(refs, summary, "_s")),
-                ):
-                    if kind == "sbert_summary" and all(t is None for t in texts):
-                        continue  # no output has a summary block
-                    col = column if kind == "sbert" else "summary"
-                    per, summ = sbert_coverage(refs, texts, encoder, thr)
-                    metrics.append(_metric_row(system, split, kind + suffix, summ, threshold=thr, text=col, **extra))
-                    sbert_rows.append(
-                        per.assign(system=system, split=split, threshold=thr, text=col, evaluator=evaluator)
-                    )
+            rows, per_rows = _sbert_group(cfg, group, encoders)
+        metrics += rows
+        sbert_rows += per_rows
         if evs.nli is not None:
             with timed(timings, "nli"):
                 per, summ = nli_overton(refs, join_candidates(refs, grp, cfg.eval.nli_text), evs.nli, progress)
+                extra = {"prompt_style": grp["prompt_style"].iloc[0]}
                 metrics.append(_metric_row(system, split, "nli", summ, text=cfg.eval.nli_text, **extra))
                 nli_rows.append(per.assign(system=system, split=split))
-        ts = token_stats(grp["text"].tolist(), evs.tokenizer)
-        metrics.append(
-            {
-                "system": system,
-                "split": split,
-                "metric": "tokens",
-                "n": ts.n,
-                "mean_tokens": ts.mean_tokens,
-                "mean_words": ts.mean_words,
-                "valid_format_rate": float(grp["valid_format"].mean()),
-                "mean_attempts": float(grp["attempts"].mean()),
-                **extra,
-            }
-        )
+        metrics.append(_tokens_row(system, split, grp, evs.tokenizer))
     sbert_per = pd.concat(sbert_rows, ignore_index=True) if sbert_rows else pd.DataFrame()
     nli_per = pd.concat(nli_rows, ignore_index=True) if nli_rows else pd.DataFrame()
     return pd.DataFrame(metrics), sbert_per, nli_per

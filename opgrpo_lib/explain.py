@@ -329,6 +329,22 @@ def _matrix_lines(e: Explanation, max_cols: int) -> list[str]:
     return lines
 
 
+# The authors' uniqueness rate is 1 for fewer than two segments (nothing can repeat), so an empty response still
+# earns w_u x 1 and, with the tag penalty, totals 0.3 - 0.2 = 0.1 under the default weights
+FEW_SEGMENTS = " (fewer than two segments: rate 1, as in the authors' reward)"
+
+
+def _empty_note(e: Explanation) -> list[str]:
+    """Why an empty response scores above 0 (the authors' formula, not a bug of ours)."""
+    if e.response.strip() or not e.cfg.use_uniqueness:
+        return []
+    u, tag = e.terms["uniqueness"], e.terms["tag"]
+    return [
+        f"empty response: total = max(0, uniqueness term {_fmt(u)} + tag term {_fmt(tag)}) = {_fmt(e.total)}, "
+        "because the authors' reward counts no segments as fully unique"
+    ]
+
+
 def render_text(e: Explanation, max_items: int = 30) -> str:
     s, p, f = e.score, e.score.parts, e.score.response.format
     layout, cfg = s.response.layout, e.cfg
@@ -367,6 +383,7 @@ def render_text(e: Explanation, max_items: int = 30) -> str:
         + (f" ({red})" if red else "")
         + f" -> rate {p.uniqueness_rate:.2f} -> ladder {_fmt(p.uniqueness)}"
         + ("" if cfg.use_uniqueness else " (not used: reward.use_uniqueness is false)")
+        + (FEW_SEGMENTS if cfg.use_uniqueness and p.n_candidates < 2 else "")
     )
     missing = ", ".join(f.missing_from_summary[:max_items]) or "none"
     out.append(
@@ -382,7 +399,7 @@ def render_text(e: Explanation, max_items: int = 30) -> str:
         f"+ {_fmt(p.tag)} + {_fmt(w['uniqueness'])}x{_fmt(p.uniqueness)}) = max(0, {_fmt(t['coverage'])} "
         f"+ {_fmt(t['format'])} + {_fmt(t['tag'])} + {_fmt(t['uniqueness'])}) = {_fmt(p.total)}"
     )
-    return "\n".join(out)
+    return "\n".join(out + _empty_note(e))
 
 
 # ---------------------------------------------------------------- plots
@@ -564,6 +581,129 @@ def explorer(
     return build_explorer(cfg, situation, responses, encoder=encoder, prompt_style=prompt_style)
 
 
+class _Explorer:
+    """The explorer's widgets, its state and the callbacks that keep them consistent."""
+
+    def __init__(self, w: Any, cfg: RunConfig, situation: Situation, responses: list[str], **explain_kw: Any):
+        self.cfg, self.explain_kw = cfg, explain_kw  # encoder and prompt_style for explain_many
+        self.frames: dict[str, Any] = {}  # parsed test splits, loaded on first use
+        fit = {"description_width": "initial"}  # labels are never cut off
+        big = w.Layout(width="100%", height="11em")
+        self.split = w.Dropdown(
+            options=list(SPLITS),
+            value=situation.split or "5p",
+            description="split",
+            style=fit,
+            layout=w.Layout(width="9em"),
+        )
+        self.row = w.BoundedIntText(
+            value=situation.row or 0, min=0, max=10_000, description="row", style=fit, layout=w.Layout(width="9em")
+        )
+        self.text_a = w.Textarea(
+            value=responses[0] if len(responses) > 0 else "", description="response A", layout=big, style=fit
+        )
+        self.text_b = w.Textarea(
+            value=responses[1] if len(responses) > 1 else "",
+            description="response B",
+            layout=big,
+            style=fit,
+            placeholder="optional: a second response to compare, for the situation shown above",
+        )
+        self.load = w.Button(description="released output → A", tooltip=RELEASED_LABEL, layout=w.Layout(width="auto"))
+        self.run = w.Button(description="Explain", button_style="primary", layout=w.Layout(width="auto"))
+        self.header, self.status, self.report, self.note = w.HTML(), w.HTML(), w.HTML(), w.HTML()
+        self.image = w.Image(format="png")
+        # b_default: B's text while the user has not edited it; it belongs to one situation and is dropped on a change
+        self.state = {"situation": situation, "b_default": self.text_b.value, "busy": False}
+
+    def parts(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "row": self.row,
+            "a": self.text_a,
+            "b": self.text_b,
+            "load": self.load,
+            "run": self.run,
+            "status": self.status,
+            "report": self.report,
+            "image": self.image,
+            "state": self.state,
+            "note": self.note,
+        }
+
+    def show_situation(self) -> None:
+        sit = self.state["situation"]
+        where = f" ({sit.key})" if sit.key else ""
+        self.header.value = f"<b>situation{where}:</b> {html.escape(sit.prompt)}"
+        self.load.disabled = sit.split not in RELEASED_FILES
+
+    def refresh(self, *_: Any) -> None:
+        texts = [self.text_a.value] + ([self.text_b.value] if self.text_b.value.strip() else [])
+        self.state["busy"], self.run.disabled, self.run.description = True, True, "Explaining…"
+        self.status.value = "<i>⏳ computing the explanation…</i>"
+        try:
+            exps = explain_many(
+                self.state["situation"], texts, labels=["A", "B"][: len(texts)], cfg=self.cfg, **self.explain_kw
+            )
+            png = figure_bytes(figure(exps))
+        except Exception as exc:  # shown in the widget, not raised into the event loop
+            self.status.value = f"<span style='color:#b00'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+            return
+        finally:
+            self.state["busy"], self.run.disabled, self.run.description = False, False, "Explain"
+        # everything is computed first, then shown together: the total never disagrees with the figure
+        self.image.value = png
+        self.report.value = "<pre>" + html.escape("\n\n".join(e.to_text() for e in exps)) + "</pre>"
+        self.status.value = " | ".join(f"{e.label}: total <b>{e.total:.3g}</b>" for e in exps)
+
+    def use_released(self, *_: Any) -> None:
+        try:
+            self.text_a.value = released_response(self.cfg, self.state["situation"])
+        except (ValueError, FileNotFoundError) as exc:
+            self.status.value = html.escape(str(exc))
+            return
+        self.refresh()
+
+    def revert(self, frame: Any) -> None:
+        """Put the controls back on the situation still shown, and say why (the picked row does not exist)."""
+        bad, bad_split, cur = self.row.value, self.split.value, self.state["situation"]
+        self.state["reverting"] = True
+        try:
+            self.split.value, self.row.value = cur.split or self.split.value, cur.row if cur.row is not None else 0
+        finally:
+            self.state["reverting"] = False
+        rows = frame["row_index"]
+        self.note.value = (
+            f"<span style='color:#b00'>test_{bad_split}.csv "
+            f"has no parsed row {bad} (rows {int(rows.min())}-{int(rows.max())}); still showing "
+            f"{html.escape(str(cur.key))}</span>"
+        )
+
+    def pick(self, *_: Any) -> None:
+        if self.state.get("reverting"):
+            return
+        if self.split.value not in self.frames:
+            self.frames[self.split.value] = split_situations(self.cfg, self.split.value)
+        frame = self.frames[self.split.value]
+        hit = frame[frame["row_index"] == self.row.value]
+        if hit.empty:
+            self.revert(frame)
+            return
+        self.note.value = ""
+        r = hit.iloc[0]
+        self.state["situation"] = Situation(r["prompt"], r["answer"], self.split.value, int(r["row_index"]))
+        self.show_situation()
+        if (
+            self.text_b.value == self.state["b_default"] and self.text_b.value
+        ):  # B was written for the previous situation
+            self.text_b.value = self.state["b_default"] = ""
+            self.note.value = "response B cleared: its text answered the previous situation"
+        if self.split.value in RELEASED_FILES:
+            self.use_released()
+        else:
+            self.refresh()
+
+
 def build_explorer(
     cfg: RunConfig,
     situation: Situation | None = None,
@@ -580,129 +720,17 @@ def build_explorer(
 
     situation = situation or load_situation(cfg, "5p:0")
     responses = [text for _, text in resolve_responses(cfg, situation, responses)]
-    frames: dict[str, Any] = {}
-    fit = {"description_width": "initial"}  # labels are never cut off
-    split = w.Dropdown(
-        options=list(SPLITS),
-        value=situation.split or "5p",
-        description="split",
-        style=fit,
-        layout=w.Layout(width="9em"),
-    )
-    row = w.BoundedIntText(
-        value=situation.row or 0, min=0, max=10_000, description="row", style=fit, layout=w.Layout(width="9em")
-    )
-    big = w.Layout(width="100%", height="11em")
-    placeholder = "optional: a second response to compare, for the situation shown above"
-    text_a = w.Textarea(
-        value=responses[0] if len(responses) > 0 else "", description="response A", layout=big, style=fit
-    )
-    text_b = w.Textarea(
-        value=responses[1] if len(responses) > 1 else "",
-        description="response B",
-        layout=big,
-        style=fit,
-        placeholder=placeholder,
-    )
-    load = w.Button(description="released output → A", tooltip=RELEASED_LABEL, layout=w.Layout(width="auto"))
-    run = w.Button(description="Explain", button_style="primary", layout=w.Layout(width="auto"))
-    header, status, report, note = w.HTML(), w.HTML(), w.HTML(), w.HTML()
-    image = w.Image(format="png")
-    # b_default: B's text while the user has not edited it; it belongs to one situation and is dropped on a change
-    state = {"situation": situation, "b_default": text_b.value, "busy": False}
-
-    def show_situation() -> None:
-        sit = state["situation"]
-        where = f" ({sit.key})" if sit.key else ""
-        header.value = f"<b>situation{where}:</b> {html.escape(sit.prompt)}"
-        load.disabled = sit.split not in RELEASED_FILES
-
-    def refresh(*_: Any) -> None:
-        texts = [text_a.value] + ([text_b.value] if text_b.value.strip() else [])
-        state["busy"], run.disabled, run.description = True, True, "Explaining…"
-        status.value = "<i>⏳ computing the explanation…</i>"
-        try:
-            exps = explain_many(
-                state["situation"],
-                texts,
-                labels=["A", "B"][: len(texts)],
-                encoder=encoder,
-                cfg=cfg,
-                prompt_style=prompt_style,
-            )
-            png = figure_bytes(figure(exps))
-        except Exception as exc:  # shown in the widget, not raised into the event loop
-            status.value = f"<span style='color:#b00'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
-            return
-        finally:
-            state["busy"], run.disabled, run.description = False, False, "Explain"
-        # everything is computed first, then shown together: the total never disagrees with the figure
-        image.value = png
-        report.value = "<pre>" + html.escape("\n\n".join(e.to_text() for e in exps)) + "</pre>"
-        status.value = " | ".join(f"{e.label}: total <b>{e.total:.3g}</b>" for e in exps)
-
-    def use_released(*_: Any) -> None:
-        try:
-            text_a.value = released_response(cfg, state["situation"])
-        except (ValueError, FileNotFoundError) as exc:
-            status.value = html.escape(str(exc))
-            return
-        refresh()
-
-    def pick(*_: Any) -> None:
-        if state.get("reverting"):
-            return
-        if split.value not in frames:
-            frames[split.value] = split_situations(cfg, split.value)
-        frame = frames[split.value]
-        hit = frame[frame["row_index"] == row.value]
-        if hit.empty:  # put the controls back on the situation still shown, and say why
-            bad, bad_split, cur = row.value, split.value, state["situation"]
-            state["reverting"] = True
-            try:
-                split.value, row.value = cur.split or split.value, cur.row if cur.row is not None else 0
-            finally:
-                state["reverting"] = False
-            rows = frame["row_index"]
-            note.value = (
-                f"<span style='color:#b00'>test_{bad_split}.csv "
-                f"has no parsed row {bad} (rows {int(rows.min())}-{int(rows.max())}); still showing "
-                f"{html.escape(str(cur.key))}</span>"
-            )
-            return
-        note.value = ""
-        r = hit.iloc[0]
-        state["situation"] = Situation(r["prompt"], r["answer"], split.value, int(r["row_index"]))
-        show_situation()
-        if text_b.value == state["b_default"] and text_b.value:  # B was written for the previous situation
-            text_b.value = state["b_default"] = ""
-            note.value = "response B cleared: its text answered the previous situation"
-        if split.value in RELEASED_FILES:
-            use_released()
-        else:
-            refresh()
-
-    split.observe(pick, "value")
-    row.observe(pick, "value")
-    load.on_click(use_released)
-    run.on_click(refresh)
-    show_situation()
-    if not text_a.value and situation.split in RELEASED_FILES:
-        use_released()
+    ex = _Explorer(w, cfg, situation, responses, encoder=encoder, prompt_style=prompt_style)
+    ex.split.observe(ex.pick, "value")
+    ex.row.observe(ex.pick, "value")
+    ex.load.on_click(ex.use_released)
+    ex.run.on_click(ex.refresh)
+    ex.show_situation()
+    if not ex.text_a.value and situation.split in RELEASED_FILES:
+        ex.use_released()
     else:
-        refresh()
-    box = w.VBox([w.HBox([split, row, load, run]), note, header, text_a, text_b, status, image, report])
-    box.explorer = {
-        "split": split,
-        "row": row,
-        "a": text_a,
-        "b": text_b,
-        "load": load,
-        "run": run,
-        "status": status,
-        "report": report,
-        "image": image,
-        "state": state,
-        "note": note,
-    }
+        ex.refresh()
+    controls = w.HBox([ex.split, ex.row, ex.load, ex.run])
+    box = w.VBox([controls, ex.note, ex.header, ex.text_a, ex.text_b, ex.status, ex.image, ex.report])
+    box.explorer = ex.parts()
     return box

@@ -37,6 +37,8 @@ from .sweep import best_points  # noqa: E402
 PAPER_CLAIMS = {"GPT-OSS-20B": 0.374, "ModPlural": 0.191}  # relative NLI Accuracy@0.33 gains (abstract)
 ENV_LOGGED = "OPGRPO_LOGGED_RESULTS"
 SYSTEM_ORDER = ["op_grpo", "sft", "base_implicit", "base_explicit", "modplural"]
+AUTHORS_CELLS, AUTHORS_STEP = f"results/{figures_authors.CELLS}", "notebook 08_authors"
+AUTHORS = f"{AUTHORS_CELLS}: run {AUTHORS_STEP}"
 
 
 def _legend_below(ax: Any, ncol: int = 2, **kwargs: Any) -> None:
@@ -222,19 +224,14 @@ def _validation_panels(axes: Any, validation: pd.DataFrame) -> None:
         a.set_xlabel("GRPO step")
 
 
-@styled
-def fig_training_dynamics(
-    train_log: pd.DataFrame, logged_steps: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None
-) -> plt.Figure:
-    """Each reward component per GRPO step (training prompts differ from step to step: noisy by design) and coverage
-    of saved checkpoints vs RL step (ours, and the authors' logged step ablation)."""
+def _reward_panels(axes: list[Any], train_log: pd.DataFrame) -> None:
+    """The total reward and each reward term per GRPO step (faint) with a rolling mean of 5 (bold), one per axis;
+    axes left over are switched off."""
     comps = [c for c in COMPONENTS if f"op_reward/{c}" in train_log]
     comps = ["total"] + [c for c in comps if c != "total"] if "total" in comps else comps
-    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.6), squeeze=False, layout="constrained")
-    flat = list(axes.flat)
-    for ax, c in zip(flat, comps[:5]):
+    color = SYSTEM_COLORS["op_grpo"]
+    for ax, c in zip(axes, comps):
         y = train_log[f"op_reward/{c}"]
-        color = SYSTEM_COLORS["op_grpo"]
         ax.plot(
             train_log["step"],
             y,
@@ -254,48 +251,62 @@ def fig_training_dynamics(
         ax.set_title("total reward" if c == "total" else f"reward term: {c}")
         ax.set_xlabel("GRPO step")
         _min_span(ax, 0.2)
-    for ax in flat[len(comps[:5]) : 5]:
+    for ax in axes[len(comps) :]:
         ax.axis("off")
-    ax = flat[5]
-    drawn = False
-    if checkpoints is not None and not checkpoints.empty:
+
+
+def _authors_steps(ax: Any, cells: pd.DataFrame | None) -> str | None:
+    """The authors' RL-step ablation, as step 08 re-derived it: one colour and marker per run (as in
+    ``authors_rl_steps.png``), solid 5p, dashed 10p. None when drawn, else what is missing and which step makes it."""
+    steps = figures_authors.step_cells(cells) if cells is not None else pd.DataFrame()
+    if steps.empty:
+        if cells is None:
+            return f"the authors' RL-step ablation needs\n{AUTHORS_CELLS}\n(run {AUTHORS_STEP})"
+        return f"{AUTHORS_CELLS} has no\nRL-step ablation cells\n(rerun {AUTHORS_STEP})"
+    for model, marker, color in figures_authors.STEP_RUNS:
+        for split, style in (("5p", "-"), ("10p", "--")):
+            run = figures_authors.step_run(steps, model, split)
+            if not run.empty:
+                y = run["relative_accuracy"].astype(float)
+                ax.plot(run["step"], y, marker=marker, linestyle=style, color=color, label=f"{model} {split}")
+    return None
+
+
+def _rl_step_panel(ax: Any, cells: pd.DataFrame | None, checkpoints: pd.DataFrame | None) -> None:
+    """Coverage vs RL step: our saved checkpoints (mean over splits) and the authors' step ablation; what is
+    missing is said in the panel."""
+    ours = checkpoints is not None and not checkpoints.empty
+    if ours:
         mean = checkpoints.groupby("step")["relative_accuracy"].mean()
-        ax.plot(
-            mean.index,
-            mean.values,
-            marker="s",
-            color=SYSTEM_COLORS["op_grpo"],
-            linewidth=2,
-            label="ours (mean over splits)",
-        )
-        drawn = True
-    title = "coverage of saved checkpoints"
-    if logged_steps is not None and not logged_steps.empty:
-        steps = logged_steps.assign(
-            model=logged_steps["system"].str.replace(r"^OP-GRPO | step \d+$", "", regex=True),
-            step=logged_steps["rl_step"].astype(int),
-        )
-        setting = steps.groupby(["sbert", "threshold"]).size().idxmax()  # the ablation's evaluator (base @ 0.75)
-        steps = steps[(steps["sbert"] == setting[0]) & (steps["threshold"] == setting[1])]
-        for i, ((model, split), part) in enumerate(steps.groupby(["model", "split"])):
-            part = part.sort_values("step").drop_duplicates("step")
-            ax.plot(
-                part["step"],
-                part["relative_accuracy"],
-                marker="o",
-                linestyle="--",
-                color=OTHER_COLORS[i % 4],
-                label=f"authors: {model} {split}",
-            )
-        title = f"coverage vs RL step\n(authors: {setting[0]} @ {setting[1]})"
-        drawn = True
-    if drawn:
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-        ax.set_ylabel("SBERT relative accuracy")
-        _legend_below(ax, ncol=1)
+        color = SYSTEM_COLORS["op_grpo"]
+        ax.plot(mean.index, mean.values, marker="s", color=color, linewidth=2, label="ours (mean over splits)")
+    missing = _authors_steps(ax, cells)
+    if missing is None:
+        evaluator, threshold = figures_authors.STEP_SETTING
+        ax.set_title(f"coverage vs RL step\n(authors: {evaluator} @ {threshold})")
+    elif ours:
+        ax.set_title(f"coverage vs RL step\n{missing}", fontsize=9)
     else:
         ax.axis("off")
+        ax.text(0.5, 0.5, f"coverage vs RL step\n\n{missing}", ha="center", va="center")
+        return
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("SBERT relative accuracy")
+    ax.grid(alpha=0.3)
+    title = None if missing else "ours and the authors' runs" if ours else "authors' runs"
+    _legend_below(ax, ncol=2, title=title)
+
+
+@styled
+def fig_training_dynamics(
+    train_log: pd.DataFrame, authors_cells: pd.DataFrame | None = None, checkpoints: pd.DataFrame | None = None
+) -> plt.Figure:
+    """Each reward component per GRPO step (training prompts differ from step to step: noisy by design) and coverage
+    vs RL step: our saved checkpoints and the authors' step ablation from ``results/<profile>/authors/cells.csv``."""
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.6), squeeze=False, layout="constrained")
+    flat = list(axes.flat)
+    _reward_panels(flat[:5], train_log)
+    _rl_step_panel(flat[5], authors_cells, checkpoints)
     note = "faint = per step, bold = rolling mean of 5" if len(train_log) >= 5 else "one point per step"
     fig.suptitle(f"GRPO training: reward terms on the training batches (each step sees new prompts; {note})")
     return fig
@@ -520,6 +531,77 @@ def fig_reward_ablation(logs: dict[str, pd.DataFrame]) -> plt.Figure:
 EVALUATOR_NAMES = {"independent": "independent evaluator", "estimator": "the reward's own estimator"}
 
 
+def _comparison_panels(c: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, evaluator) of each panel: SBERT independent, SBERT with the reward's estimator, NLI, when present."""
+    return [
+        (m, e)
+        for m, e in (("sbert", "independent"), ("sbert", "estimator"))
+        if ((c.metric == m) & (c.evaluator == e)).any()
+    ] + [("nli", "")] * bool((c.metric == "nli").any())
+
+
+def _comparison_point(ax: Any, r: pd.Series, y: float, color: str, filled: bool) -> None:
+    """One difference with its CI and its value, the label on the side away from zero."""
+    ax.errorbar(
+        r["diff"],
+        y,
+        xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+        fmt="o",
+        color=color,
+        mfc=color if filled else "white",
+        markersize=8,
+        capsize=4,
+        linewidth=2,
+    )
+    outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
+    ax.annotate(
+        f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+        (r["ci_high"] if outward else r["ci_low"], y),
+        xytext=(6 if outward else -6, 0),
+        textcoords="offset points",
+        ha="left" if outward else "right",
+        va="center",
+        fontsize=9 if filled else 8,
+        color="#222222" if filled else "#666666",
+    )
+
+
+def _comparison_rows(ax: Any, part: pd.DataFrame, baselines: list[str], headline_pool: str) -> dict[str, int]:
+    """Every baseline's headline-pool point (filled) and all-splits point (hollow); {pool: situations}."""
+    sizes: dict[str, int] = {}
+    for y, base in enumerate(baselines):
+        for pool, dy, filled in ((headline_pool, 0.12, True), ("all", -0.18, False)):
+            if pool == "all" and headline_pool == "all" and not filled:
+                continue
+            row = part[(part.baseline == base) & (part.split == pool)]
+            if row.empty:
+                continue
+            r = row.iloc[0]
+            _comparison_point(ax, r, y + dy, system_color(base), filled)
+            sizes[pool] = int(r["n"])
+    return sizes
+
+
+def _comparison_axis(ax: Any, part: pd.DataFrame, panel: tuple[str, str], summary: dict[str, Any], ref: str) -> None:
+    """Zero line, an x-range with room for the labels on both sides, the evaluator as title."""
+    metric, evaluator = panel
+    ax.axvline(0, color="black", linewidth=1)
+    lo = min(part["ci_low"].min(), 0) if len(part) else -0.1
+    hi = max(part["ci_high"].max(), 0) if len(part) else 0.1
+    pad = 0.75 * (hi - lo) + 0.05  # room for the labels on both sides
+    ax.set_xlim(lo - (pad if lo < 0 else 0.05), hi + pad)
+    if metric == "nli":
+        name, value = "NLI Accuracy@0.33", "NLI accuracy difference"
+    else:
+        model = summary.get("eval_encoder" if evaluator == "independent" else "reward_estimator", "")
+        thr = part["threshold"].iloc[0] if "threshold" in part and len(part) else ""
+        name = f"SBERT @ {thr}: {EVALUATOR_NAMES.get(evaluator, evaluator)}"
+        name += f"\n{model.split('/')[-1]}" if model else ""
+        value = "difference in relative accuracy"
+    ax.set_title(name)
+    ax.set_xlabel(f"{ref} − baseline ({value})\n← baseline better | {ref} better →")
+
+
 @styled
 def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = None) -> plt.Figure:
     """The headline: reference system − each baseline, paired over the same situations, with the paired-bootstrap
@@ -528,11 +610,7 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     summary = summary or {}
     c = comparisons.copy()
     c["evaluator"] = c.get("evaluator", pd.Series(index=c.index, dtype=object)).fillna("")
-    panels = [
-        (m, e)
-        for m, e in (("sbert", "independent"), ("sbert", "estimator"))
-        if ((c.metric == m) & (c.evaluator == e)).any()
-    ] + [("nli", "")] * bool((c.metric == "nli").any())
+    panels = _comparison_panels(c)
     if not panels:
         raise MissingInputs("results/eval/comparisons.csv has no SBERT or NLI comparison: run notebook 06")
     headline_pool = "5p+10p" if (c["split"] == "5p+10p").any() else "all"
@@ -549,53 +627,8 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
     sizes: dict[str, int] = {}
     for ax, (metric, evaluator) in zip(axes[0], panels):
         part = c[(c.metric == metric) & (c.evaluator == evaluator)]
-        for y, base in enumerate(baselines):
-            for pool, dy, filled in ((headline_pool, 0.12, True), ("all", -0.18, False)):
-                if pool == "all" and headline_pool == "all" and not filled:
-                    continue
-                row = part[(part.baseline == base) & (part.split == pool)]
-                if row.empty:
-                    continue
-                r = row.iloc[0]
-                color = system_color(base)
-                ax.errorbar(
-                    r["diff"],
-                    y + dy,
-                    xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
-                    fmt="o",
-                    color=color,
-                    mfc=color if filled else "white",
-                    markersize=8,
-                    capsize=4,
-                    linewidth=2,
-                )
-                outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
-                ax.annotate(
-                    f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                    (r["ci_high"] if outward else r["ci_low"], y + dy),
-                    xytext=(6 if outward else -6, 0),
-                    textcoords="offset points",
-                    ha="left" if outward else "right",
-                    va="center",
-                    fontsize=9 if filled else 8,
-                    color="#222222" if filled else "#666666",
-                )
-                sizes[pool] = int(r["n"])
-        ax.axvline(0, color="black", linewidth=1)
-        lo = min(part["ci_low"].min(), 0) if len(part) else -0.1
-        hi = max(part["ci_high"].max(), 0) if len(part) else 0.1
-        pad = 0.75 * (hi - lo) + 0.05  # room for the labels on both sides
-        ax.set_xlim(lo - (pad if lo < 0 else 0.05), hi + pad)
-        if metric == "nli":
-            name, value = "NLI Accuracy@0.33", "NLI accuracy difference"
-        else:
-            model = summary.get("eval_encoder" if evaluator == "independent" else "reward_estimator", "")
-            thr = part["threshold"].iloc[0] if "threshold" in part and len(part) else ""
-            name = f"SBERT @ {thr}: {EVALUATOR_NAMES.get(evaluator, evaluator)}"
-            name += f"\n{model.split('/')[-1]}" if model else ""
-            value = "difference in relative accuracy"
-        ax.set_title(name)
-        ax.set_xlabel(f"{ref} − baseline ({value})\n← baseline better | {ref} better →")
+        sizes.update(_comparison_rows(ax, part, baselines, headline_pool))
+        _comparison_axis(ax, part, (metric, evaluator), summary, ref)
         ax.set_ylim(-0.7, len(baselines) - 0.4)
     axes[0][0].set_yticks(range(len(baselines)), [f"vs {b}" for b in baselines])
     axes[0][0].invert_yaxis()
@@ -652,6 +685,7 @@ class Inputs:
     estimator: dict[str, Any] | None
     ablations: dict[str, pd.DataFrame]
     logged: pd.DataFrame | None
+    authors_cells: pd.DataFrame | None
 
     @classmethod
     def load(cls, results: Path, logged: pd.DataFrame | None) -> Inputs:
@@ -668,6 +702,7 @@ class Inputs:
             estimator=_read_json(results / "estimator" / "metrics.json"),
             ablations={p.parent.name: pd.read_csv(p) for p in sorted((results / "ablations").glob("*/train_log.csv"))},
             logged=logged,
+            authors_cells=figures_authors.read_cells(results),
         )
 
     def need(self, name: str, what: str) -> Any:
@@ -675,10 +710,6 @@ class Inputs:
         if value is None or (isinstance(value, dict) and not value):
             raise MissingInputs(what)
         return value
-
-    @property
-    def logged_steps(self) -> pd.DataFrame | None:
-        return self.logged[self.logged["rl_step"].astype(str) != ""] if self.logged is not None else None
 
 
 EVAL = "results/eval/metrics.csv: run notebooks 05–06"
@@ -743,7 +774,9 @@ FIGURES: list[tuple[str, Any]] = [
         "training dynamics",
         lambda inp, out: save_figure(
             fig_training_dynamics(
-                inp.need("train_log", "results/train_log.csv: run notebook 04_grpo"), inp.logged_steps, inp.checkpoints
+                inp.need("train_log", "results/train_log.csv: run notebook 04_grpo"),
+                inp.authors_cells,
+                inp.checkpoints,
             ),
             out / "training_dynamics",
         ),
@@ -811,9 +844,7 @@ FIGURES: list[tuple[str, Any]] = [
     ),
     (
         "authors' own outputs",
-        lambda inp, out: (
-            figures_authors.build(inp.results, out) or _missing("results/authors/cells.csv: run notebook 08_authors")
-        ),
+        lambda inp, out: figures_authors.build(inp.results, out) or _missing(AUTHORS),
     ),
 ]
 

@@ -21,6 +21,11 @@ SPLIT_ORDER = ["5p", "6p", "7p", "8p", "9p", "10p", "gt10p", "5p+10p", "all comm
 VARIANTS = ["ex", "im", "im-rewarddown", "im-rewarddown-unique"]
 
 NO_COUNTERPART = "#999999"  # an authors' system with no system of ours behind it
+CELLS = "authors/cells.csv"  # under results/<profile>: step 08's per-cell numbers, re-derived from the per-row logs
+# The RL-step ablation: the evaluator setting its steps were logged in, and its runs (model, marker, colour); not runs
+# of ours (no system colour): two colours of the rest of the palette
+STEP_SETTING = ("paraphrase-mpnet-base-v2", 0.75)
+STEP_RUNS = (("Qwen2.5-1.5B", "o", "#56B4E9"), ("Llama-3.2-3B", "s", "#000000"))
 
 
 def _color(system: str) -> str:
@@ -85,22 +90,38 @@ def coverage_tables(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def read_cells(results: Path) -> pd.DataFrame | None:
+    """``results/<profile>/authors/cells.csv`` (None when step 08 has not written it)."""
+    return _read(Path(results) / CELLS)
+
+
+def step_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The RL-step ablation's cells (:data:`STEP_SETTING`) with an integer ``step``; empty when none are logged."""
+    evaluator, threshold = STEP_SETTING
+    steps = cells[
+        (cells["rl_step"].astype(str) != "")
+        & (cells["evaluator"] == evaluator)
+        & (cells["threshold"].astype(float).round(2) == threshold)
+    ].copy()
+    steps["step"] = steps["rl_step"].astype(float).astype(int)
+    return steps
+
+
+def step_run(steps: pd.DataFrame, model: str, split: str) -> pd.DataFrame:
+    """One run's cells of :func:`step_cells` on one split, by step."""
+    return steps[(steps.split == split) & steps.system.str.contains(model, regex=False)].sort_values("step")
+
+
 @styled
 def fig_steps(cells: pd.DataFrame) -> plt.Figure:
     """Relative accuracy vs RL step for Qwen2.5-1.5B and Llama-3.2-3B on 5p and 10p (base SBERT @ 0.75), 95 % CIs."""
-    steps = cells[
-        (cells["rl_step"].astype(str) != "")
-        & (cells["evaluator"] == "paraphrase-mpnet-base-v2")
-        & (cells["threshold"].astype(float).round(2) == 0.75)
-    ].copy()
+    steps = step_cells(cells)
     if steps.empty:
         raise LookupError("no step-ablation cells")
-    steps["step"] = steps["rl_step"].astype(float).astype(int)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True, layout="constrained")
     for ax, split in zip(axes, ["5p", "10p"]):
-        # not runs of ours (no system colour): two colours of the rest of the palette
-        for model, marker, color in (("Qwen2.5-1.5B", "o", "#56B4E9"), ("Llama-3.2-3B", "s", "#000000")):
-            g = steps[(steps.split == split) & steps.system.str.contains(model, regex=False)].sort_values("step")
+        for model, marker, color in STEP_RUNS:
+            g = step_run(steps, model, split)
             if g.empty:
                 continue
             y = g["relative_accuracy"].astype(float)
@@ -248,18 +269,20 @@ def _evaluator_note(setting_name: str) -> str:
     )
 
 
-@styled
-def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
-    """Paired differences (a − b, relative accuracy) with 95 % CIs and their values, one panel per evaluator
-    setting; the pooled 5p+10p where logged, else all common splits pooled. Side by side when every setting has
-    the same comparisons, else stacked on a shared axis."""
+def _labelled_claims(claims: pd.DataFrame) -> tuple[pd.DataFrame, str, dict[str, str]]:
+    """(picked claims with their y labels, the reference system, each setting's most common pool); a row whose
+    pool is not its setting's main one says which pool and n in its label."""
     c = _pick_claims(claims)
     ref = str(c["a"].mode().iloc[0])
     c["label"] = [_comparison(str(a), str(b), ref) for a, b in zip(c.a, c.b)]
     main = {s: g["pool"].mode().iloc[0] for s, g in c.groupby("setting")}
     c["label"] += [f"\n({p}; n = {int(n)})" if p != main[s] else "" for s, p, n in zip(c.setting, c.pool, c.n)]
-    settings = list(dict.fromkeys(c.setting))
-    labels = {s: list(c[c.setting == s]["label"]) for s in settings}
+    return c, ref, main
+
+
+def _claims_axes(settings: list[str], labels: dict[str, list[str]]) -> tuple[plt.Figure, list[Any], bool]:
+    """(figure, one axis per setting, side by side?): side by side when every setting has the same comparisons,
+    else stacked on a shared axis with heights by their number of rows."""
     side = len(settings) > 1 and all(labels[s] == labels[settings[0]] for s in settings)
     rows = [len(labels[s]) for s in settings]
     if side:
@@ -272,51 +295,71 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
             squeeze=False,
             layout="constrained",
         )
-        axes = list(axes[0])
-    else:
-        fig, axes = plt.subplots(
-            len(settings),
-            1,
-            figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
-            sharex=True,
-            squeeze=False,
-            layout="constrained",
-            gridspec_kw={"height_ratios": [r + 0.8 for r in rows]},
-        )
-        axes = list(axes[:, 0])
-    # x-range with room for the value labels (about 1.9 in at 9 pt): right of a positive difference's interval,
-    # left of a negative one's; a label of width f (a fraction of the axis) needs the range (hi - lo) / (1 - f)
-    width = (fig.get_figwidth() - 3.4) / (len(axes) if side else 1)
+        return fig, list(axes[0]), side
+    fig, axes = plt.subplots(
+        len(settings),
+        1,
+        figsize=(10.5, 1.7 + 0.55 * sum(rows) + 0.6 * len(settings)),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": [r + 0.8 for r in rows]},
+    )
+    return fig, list(axes[:, 0]), side
+
+
+def _claims_xlim(fig: plt.Figure, n_axes: int, side: bool, c: pd.DataFrame) -> tuple[float, float]:
+    """An x-range with room for the value labels (about 1.9 in at 9 pt): right of a positive difference's
+    interval, left of a negative one's."""
+    # a label of width f (a fraction of the axis) needs the range (hi - lo) / (1 - f)
+    width = (fig.get_figwidth() - 3.4) / (n_axes if side else 1)
     f = min(1.9 / max(width, 2.5), 0.6)
     lo, hi = min(c["ci_low"].min(), 0.0), max(c["ci_high"].max(), 0.0)
     span = (hi - lo or 0.1) / (1 - f)
     pad_lo = f * span if (c["diff"] < 0).any() else 0.03 * span
     pad_hi = f * span if (c["diff"] >= 0).any() else 0.03 * span
+    return lo - pad_lo, hi + pad_hi
+
+
+def _claims_points(ax: Any, part: pd.DataFrame) -> None:
+    """Each claim's difference with its CI in the colour of b, and its value away from zero."""
+    for y, r in part.iterrows():
+        color = _color(str(r["b"]))
+        ax.errorbar(
+            r["diff"],
+            y,
+            xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
+            fmt="o",
+            color=color,
+            markersize=7,
+            capsize=4,
+            linewidth=2,
+        )
+        outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
+        text = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        ax.annotate(
+            text,
+            (r["ci_high"] if outward else r["ci_low"], y),
+            xytext=(6 if outward else -6, 0),
+            textcoords="offset points",
+            ha="left" if outward else "right",
+            va="center",
+            fontsize=9,
+        )
+
+
+@styled
+def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
+    """Paired differences (a − b, relative accuracy) with 95 % CIs and their values, one panel per evaluator
+    setting; the pooled 5p+10p where logged, else all common splits pooled. Side by side when every setting has
+    the same comparisons, else stacked on a shared axis."""
+    c, ref, main = _labelled_claims(claims)
+    settings = list(dict.fromkeys(c.setting))
+    fig, axes, side = _claims_axes(settings, {s: list(c[c.setting == s]["label"]) for s in settings})
+    xlim = _claims_xlim(fig, len(axes), side, c)
     for i, (ax, st) in enumerate(zip(axes, settings)):
         part = c[c.setting == st].reset_index(drop=True)
-        for y, r in part.iterrows():
-            color = _color(str(r["b"]))
-            ax.errorbar(
-                r["diff"],
-                y,
-                xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]],
-                fmt="o",
-                color=color,
-                markersize=7,
-                capsize=4,
-                linewidth=2,
-            )
-            outward = r["diff"] >= 0  # the label goes away from zero: it never crosses the zero line
-            text = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-            ax.annotate(
-                text,
-                (r["ci_high"] if outward else r["ci_low"], y),
-                xytext=(6 if outward else -6, 0),
-                textcoords="offset points",
-                ha="left" if outward else "right",
-                va="center",
-                fontsize=9,
-            )
+        _claims_points(ax, part)
         ax.axvline(0, color="black", linewidth=1)
         ax.grid(axis="x", alpha=0.3)
         ns = sorted(set(part.loc[part["pool"] == main[st], "n"].astype(int)))
@@ -326,7 +369,7 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
         ax.set_ylim(len(part) - 0.5, -0.5)
         if side or i == len(settings) - 1:
             ax.set_xlabel("paired difference in relative accuracy (a − b)\n← b better  |  a better →")
-    axes[0].set_xlim(lo - pad_lo, hi + pad_hi)
+    axes[0].set_xlim(*xlim)
     _colour_legend(fig, list(c["b"]), "marker")
     fig.suptitle(
         f"{title}: paired differences a − b on the same situations (paired bootstrap, 95 % CI)\n'vs b' means a = {ref}"
@@ -337,7 +380,7 @@ def fig_claims(claims: pd.DataFrame, title: str) -> plt.Figure:
 def build(results: Path, out: Path) -> list[Path]:
     """Every authors'-evidence figure and table that ``results/authors`` supports ([] when it does not exist)."""
     src = Path(results) / "authors"
-    cells = _read(src / "cells.csv")
+    cells = read_cells(results)
     if cells is None or cells.empty:
         return []
     out = Path(out)

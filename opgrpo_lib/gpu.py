@@ -143,6 +143,64 @@ def _grpo_batches(cfg) -> dict[str, int]:
     }
 
 
+def _state_bytes(tc, shape: Shape, n: int) -> dict[str, int]:
+    """Bytes of the weights, their bf16 compute copies, gradients and AdamW moments, and the trainable count."""
+    if tc.lora.enabled:
+        base = 0.5 if tc.load_in_4bit else 2
+        trainable = shape.lora_parameters(tc.lora.r, tc.lora.target_modules)
+        return {
+            "trainable": trainable,
+            "weights": n * base + trainable * 4,
+            "compute_copies": 0,
+            "gradients": trainable * 4,
+            "optimizer": trainable * 8,
+        }
+    master = 2 if tc.precision == "bf16" else 4
+    return {
+        "trainable": n,
+        "weights": n * master,
+        "compute_copies": n * 2 if master == 4 else 0,
+        "gradients": n * master,
+        "optimizer": n * 2 * master,
+    }
+
+
+def _step_sizes(cfg, n: int, shape: Shape, step: str) -> dict[str, Any]:
+    """The reference model, the KV cache and the micro-batch / sequence sizes of one GRPO or SFT step."""
+    tc = cfg.train
+    if step == "grpo":
+        b = _grpo_batches(cfg)
+        beta = float(tc.grpo.get("beta", 0.0))
+        seq = b["prompt"] + b["completion"]
+        return {
+            "reference": n * 2 if beta > 0 and not tc.lora.enabled else 0,
+            "kv_cache": b["generation_call"] * seq * shape.kv_bytes_per_token(2),
+            "micro": b["micro_batch"],
+            "seq": seq,
+            "logit_tokens": b["completion"],
+            "batches": b,
+        }
+    micro = int(tc.sft.get("per_device_train_batch_size", 8))
+    seq = int(tc.sft.get("max_length", 1024))
+    return {
+        "reference": 0,
+        "kv_cache": 0,
+        "micro": micro,
+        "seq": seq,
+        "logit_tokens": seq,
+        "batches": {"micro_batch": micro},
+    }
+
+
+def _activation_bytes(shape: Shape, micro: int, seq: int, logit_tokens: int, unsloth: bool) -> int:
+    """Checkpointed layer inputs + one layer's recomputed intermediates + the completion logits with their gradient."""
+    h = shape.hidden_size
+    checkpoints = 0 if unsloth else shape.num_hidden_layers * micro * seq * h * 2
+    layer = micro * seq * (8 * h + 4 * shape.intermediate_size) * 2
+    logits = micro * logit_tokens * shape.vocab_size * 8 // (16 if unsloth else 1)
+    return checkpoints + layer + logits
+
+
 def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
     """GiB one training process holds on the GPU, part by part, for the profile's precision and batches, and the
     peak (the larger of the generation and the training phase). Model:
@@ -161,43 +219,13 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
       CPU RAM) + one layer's recomputed intermediates; logits: hf materialises the completion logits in fp32 with
       their gradient (8 B per entry), Unsloth computes them in chunks (counted as a sixteenth).
     """
-    tc = cfg.train
     n = shape.parameters()
-    lora = tc.lora.enabled
-    unsloth = tc.backend == "unsloth"
-    master = 2 if tc.precision == "bf16" else 4
-    copies = 0
-    if lora:
-        base = 0.5 if tc.load_in_4bit else 2
-        trainable = shape.lora_parameters(tc.lora.r, tc.lora.target_modules)
-        weights = n * base + trainable * 4
-        grads = trainable * 4
-        optim = trainable * 8
-    else:
-        trainable = n
-        weights = n * master
-        copies = n * 2 if master == 4 else 0
-        grads = n * master
-        optim = n * 2 * master
-    if step == "grpo":
-        b = _grpo_batches(cfg)
-        beta = float(tc.grpo.get("beta", 0.0))
-        reference = n * 2 if beta > 0 and not lora else 0
-        seq = b["prompt"] + b["completion"]
-        kv = b["generation_call"] * seq * shape.kv_bytes_per_token(2)
-        micro, logit_tokens = b["micro_batch"], b["completion"]
-    else:
-        s = tc.sft
-        reference, kv = 0, 0
-        micro = int(s.get("per_device_train_batch_size", 8))
-        seq = int(s.get("max_length", 1024))
-        logit_tokens = seq
-        b = {"micro_batch": micro}
-    h = shape.hidden_size
-    checkpoints = 0 if unsloth else shape.num_hidden_layers * micro * seq * h * 2
-    layer = micro * seq * (8 * h + 4 * shape.intermediate_size) * 2
-    logits = micro * logit_tokens * shape.vocab_size * 8 // (16 if unsloth else 1)
-    activations = checkpoints + layer + logits
+    state = _state_bytes(cfg.train, shape, n)
+    sizes = _step_sizes(cfg, n, shape, step)
+    unsloth = cfg.train.backend == "unsloth"
+    activations = _activation_bytes(shape, sizes["micro"], sizes["seq"], sizes["logit_tokens"], unsloth)
+    weights, copies, grads, optim = (state[k] for k in ("weights", "compute_copies", "gradients", "optimizer"))
+    reference, kv = sizes["reference"], sizes["kv_cache"]
     parts = {
         "weights": weights,
         "compute_copies": copies,
@@ -213,13 +241,13 @@ def memory(cfg, shape: Shape, step: str = "grpo") -> dict[str, Any]:
     peak = max(generation_phase, training_phase) / GIB + OVERHEAD_GIB
     return {
         "parameters": n,
-        "trainable_parameters": trainable,
+        "trainable_parameters": state["trainable"],
         "parts_gib": gib,
         "generation_phase_gib": round(generation_phase / GIB, 2),
         "training_phase_gib": round(training_phase / GIB, 2),
         "overhead_gib": OVERHEAD_GIB,
         "peak_gib": round(peak, 1),
-        "batches": b,
+        "batches": sizes["batches"],
         "note": "computed from the profile and the model shape, not measured",
     }
 

@@ -77,6 +77,18 @@ def test_ablation_and_weights_flow_through():
     assert e.to_dict()["weights"] == {"coverage": 0.3, "format": 0.125, "uniqueness": 0.0}
 
 
+def test_empty_response_scores_the_uniqueness_term_minus_the_tag_penalty():
+    """The authors' formula: no segments count as fully unique (rate 1, ladder 1), so an empty response gets w_u - 0.2
+    (0.3 - 0.2 = 0.1 with the final weights), as the per-rollout reference implementation does."""
+    e = one("")
+    assert e.terms == {"coverage": 0.0, "format": 0.0, "tag": -0.2, "uniqueness": 0.3}
+    assert e.total == pytest.approx(0.1) and e.score.parts.uniqueness_rate == 1.0
+    assert e.total == ref.score_one(TopicEncoder().encode, set(), keyword_text_for(SITUATION), "", REF)["total"]
+    assert "total = max(0, uniqueness term 0.3 + tag term -0.2) = 0.1" in e.to_text()
+    assert one("", cfg=RewardCfg(weights="early")).total == pytest.approx(0.05)
+    assert one("", cfg=RewardCfg(use_uniqueness=False)).total == 0.0
+
+
 def test_format_parts_equal_reference_implementation():
     texts = [RESPONSE, "", "plain prose", RESPONSE.replace("Law", "Honesty"), RESPONSE.replace("<summary>", "")]
     for text in texts:

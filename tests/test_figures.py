@@ -221,6 +221,59 @@ def test_no_twin_axes_in_training_figures(tmp_path):
     assert len(figures.fig_training_dynamics(log).axes) == 6
 
 
+def _step_cells():
+    """Authors' cells: two runs x two splits at the step-ablation setting, plus cells the panel must leave out."""
+    evaluator = "paraphrase-mpnet-base-v2"
+    runs = [("Qwen2.5-1.5B", "5p", 0.4), ("Qwen2.5-1.5B", "10p", 0.3), ("Llama-3.2-3B", "5p", 0.6)]
+    runs.append(("Llama-3.2-3B", "10p", 0.5))
+    rows = [
+        (f"OP-GRPO {model} step {step}", f"{step}.0", split, evaluator, 0.75, base + step / 1000)
+        for model, split, base in runs
+        for step in (0, 30, 60)
+    ]
+    rows.append(("OP-GRPO Llama-3.2-3B step 0", "0.0", "5p", evaluator, 0.7, 0.9))  # another threshold
+    rows.append(("OP-GRPO Qwen2.5-3B im", "", "5p", evaluator, 0.75, 0.1))  # not a step cell
+    return pd.DataFrame(rows, columns=["system", "rl_step", "split", "evaluator", "threshold", "relative_accuracy"])
+
+
+def test_training_dynamics_draws_the_authors_step_cells_as_authors_rl_steps_selects_them(tmp_path):
+    from opgrpo_lib import figures_authors
+
+    synthetic_results(tmp_path / "results")
+    log = pd.read_csv(tmp_path / "results" / "train_log.csv")
+    cells = _step_cells()
+    ax = figures.fig_training_dynamics(log, cells).axes[5]
+    drawn = {ln.get_label(): ln for ln in ax.lines}
+    colours = {model: colour for model, _, colour in figures_authors.STEP_RUNS}
+    steps = figures_authors.step_cells(cells)
+    assert len(drawn) == 4 and len(steps) == 12  # neither the 0.70 cell nor the non-step cell
+    for label, line in drawn.items():
+        model, split = label.split(" ")
+        want = figures_authors.step_run(steps, model, split)
+        assert list(line.get_xdata()) == [0, 30, 60] and list(line.get_ydata()) == list(want["relative_accuracy"])
+        assert matplotlib.colors.to_hex(line.get_color()) == colours[model].lower()
+    assert "paraphrase-mpnet-base-v2 @ 0.75" in ax.get_title()
+    # the figure step reads the same cells from results/<profile>/authors/cells.csv
+    (tmp_path / "results" / "authors").mkdir()
+    cells.to_csv(tmp_path / "results" / "authors" / "cells.csv", index=False)
+    inp = figures.Inputs.load(tmp_path / "results", None)
+    assert len(figures_authors.step_cells(inp.authors_cells)) == 12
+    written = dict(figures.FIGURES)["training dynamics"](inp, tmp_path / "figs")
+    assert [f.name for f in written] == ["training_dynamics.png", "training_dynamics.pdf"]
+
+
+def test_training_dynamics_says_which_step_makes_the_authors_cells(tmp_path):
+    synthetic_results(tmp_path / "results")
+    log = pd.read_csv(tmp_path / "results" / "train_log.csv")
+    for cells, needle in ((None, "(run notebook 08_authors)"), (_step_cells().iloc[-1:], "RL-step ablation cells")):
+        ax = figures.fig_training_dynamics(log, cells).axes[5]
+        text = " ".join(t.get_text() for t in ax.texts)
+        assert not ax.lines and "results/authors/cells.csv" in text and needle in text
+    checkpoints = pd.DataFrame({"step": [0, 8], "split": "5p", "relative_accuracy": [0.3, 0.4]})
+    ax = figures.fig_training_dynamics(log, None, checkpoints).axes[5]
+    assert [ln.get_label() for ln in ax.lines] == ["ours (mean over splits)"] and "08_authors" in ax.get_title()
+
+
 def test_figures_come_from_the_run_when_it_has_results_else_the_committed_ones(tmp_path, monkeypatch):
     from opgrpo_lib.config import load_profile
     from opgrpo_lib.runs import run_paths
