@@ -143,8 +143,11 @@ def test_every_setting_changes_exactly_the_declared_keys(profile):
         ({"eval.nli_batch_size": 8, "generate.batch_size": 3}, set(STEPS), set()),
         ({"train.grpo.dataloader_num_workers": 2}, set(STEPS), set()),
         ({"reward.weights": "early"}, {"data", "estimator", "sft"}, {"sft_validation", "grpo", "evaluate"}),
-        ({"eval.sbert_thresholds": [0.75]}, {"data", "estimator", "sft", "grpo", "generate"},
-         {"sft_validation", "grpo_validation", "evaluate"}),  # an evaluation setting never retrains
+        (
+            {"eval.sbert_thresholds": [0.75]},
+            {"data", "estimator", "sft", "grpo", "generate"},
+            {"sft_validation", "grpo_validation", "evaluate"},
+        ),  # an evaluation setting never retrains
         ({"eval.bootstrap_reps": 500}, {"data", "estimator", "sft", "sft_validation", "grpo", "generate"}, set()),
         ({"eval.checkpoint_rows_per_split": 2}, {"data", "estimator", "sft"}, {"grpo", "evaluate"}),
         ({"train.sft.learning_rate": 2e-4}, {"data", "estimator"}, {"sft", "sft_validation", "grpo"}),

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from opgrpo_lib import pipeline
+from opgrpo_lib.config import load_profile
+from opgrpo_lib.keys import StaleUpstream, recorded, step_key
+from opgrpo_lib.paths import REPO_ROOT
+from opgrpo_lib.runs import run_paths
 from opgrpo_lib.steps import generate
 from opgrpo_lib.steps import grpo as grpo_step
 from opgrpo_lib.steps import sft as sft_step
-from opgrpo_lib.config import load_profile
-from opgrpo_lib.paths import REPO_ROOT
-from opgrpo_lib.keys import StaleUpstream, recorded, step_key
-from opgrpo_lib.runs import run_paths
 
 
 def _repo_results_state() -> str:

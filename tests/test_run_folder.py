@@ -15,8 +15,7 @@ import pytest
 
 from opgrpo_lib.config import load_profile
 from opgrpo_lib.keys import mark, recorded, step_key
-from opgrpo_lib.lifecycle import REPLACED, commit_start, prepare_start
-from opgrpo_lib.lifecycle import LOCK_NAME, RunFolderBusy, lock_env, run_lock
+from opgrpo_lib.lifecycle import LOCK_NAME, REPLACED, RunFolderBusy, commit_start, lock_env, prepare_start, run_lock
 
 
 def tree(root: Path) -> dict[str, str]:

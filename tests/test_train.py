@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from opgrpo_lib.config import ConfigError, load_profile
-from opgrpo_lib.text import check_layout, parse_perspectives
 from opgrpo_lib.sft_data import capitalise_sentences, offline_summary, sft_target, summary_prompt
+from opgrpo_lib.text import check_layout, parse_perspectives
 from opgrpo_lib.train import grpo_config, precision_plan, sft_config
 
 PERSP = [
@@ -114,8 +114,8 @@ def test_disk_check_fails_before_training(tmp_path, monkeypatch):
 
 def test_compact_targets_keep_the_layout_and_every_name():
     from opgrpo_lib.reward import format_parts
-    from opgrpo_lib.text import check_layout
     from opgrpo_lib.sft_data import compact_target
+    from opgrpo_lib.text import check_layout
 
     persp = [{"name": "Honesty", "explanation": "Returning the wallet intact reflects truthfulness and integrity. More."},
              {"name": "Duty to respect property", "explanation": "People have a duty not to keep what belongs to others"}]  # fmt: skip
