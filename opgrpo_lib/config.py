@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -570,9 +571,11 @@ def trl_value(section: dict[str, Any], section_name: str, key: str) -> Any:
     return default
 
 
-def check_grpo_batches(grpo: dict[str, Any], world_size: int = 1) -> None:
+def check_grpo_batches(grpo: dict[str, Any], world_size: int | None = None) -> None:
     """TRL's cross-field rules of GRPOConfig (``__post_init__``: the generation batch is whole groups of
-    ``num_generations`` completions) at load, so a bad combination fails before steps 01–03 run, not at 04."""
+    ``num_generations`` completions) at load, so a bad combination fails before steps 01–03 run, not at 04. The
+    processes are torchrun's / accelerate's ``WORLD_SIZE`` (1 in a plain run)."""
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     get = functools.partial(trl_value, grpo, "grpo")
     per_step = get("per_device_train_batch_size") * world_size
     gen_batch, spg = grpo.get("generation_batch_size"), grpo.get("steps_per_generation")

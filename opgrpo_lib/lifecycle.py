@@ -73,7 +73,7 @@ def run_lock(root: Path, what: str = "opgrpo", log=print):
     root = Path(root).resolve()
     key, path = str(root), root / LOCK_NAME
     # a distributed job (torchrun): rank 0 holds the lock for all ranks; a nested or inherited lock is held already
-    fd = None if key in _HELD or not _rank0() else _acquire(root, path)
+    fd = None if key in _HELD or not rank0() else _acquire(root, path)
     if fd is not None:
         _claim(fd, root, path, what, log)
     _HELD[key] = _HELD.get(key, 0) + 1
@@ -322,12 +322,13 @@ class StepRun:
         else:
             self.dir = self.folder
             self.dir.mkdir(parents=True, exist_ok=True)
-            if _rank0():
+            if rank0():
                 mark(self.dir, self.cfg, self.name, "running")
         return self.dir
 
 
-def _rank0() -> bool:
+def rank0() -> bool:
+    """Whether this process writes the run folder (rank 0 of a torchrun job, or a plain run)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -356,6 +357,6 @@ def step_run(
         if run.done:
             log(f"[{name}] finished earlier with these settings: nothing to do (force=True / --force redoes it)")
         yield run
-        if run.dir is not None and _rank0():
+        if run.dir is not None and rank0():
             write_manifest(run.dir, spec.manifest, cfg, run.key, run.timings, run.inputs, run.extra, paths.results)
             mark(run.dir, cfg, name, "finished")

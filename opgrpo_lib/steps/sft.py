@@ -11,7 +11,7 @@ import pandas as pd
 from ..config import ConfigError, RunConfig
 from ..data import load_prepared, load_validation
 from ..device import resolve_device
-from ..lifecycle import step_run
+from ..lifecycle import rank0, step_run
 from ..lm import resolve_policy
 from ..models import resolve
 from ..progress import trainer_callback
@@ -49,7 +49,8 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
             result = _read_back(paths, step.folder, "sft_train_log.csv")
         else:
             result = _train(cfg, paths, step)
-    validate(cfg, paths, force)
+    if rank0():  # the validation points are one process's job; other ranks of a torchrun job are done
+        validate(cfg, paths, force)
     return result
 
 
