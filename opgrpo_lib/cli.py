@@ -42,8 +42,11 @@ def _number_or(value):
 
 def _cfg(args):
     from .config import load_profile
+    from .models import check_agreement
 
-    return load_profile(args.profile, _overrides(args.set))
+    cfg = load_profile(args.profile, _overrides(args.set))
+    check_agreement(cfg)
+    return cfg
 
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
@@ -192,14 +195,14 @@ def join_on_prompt(refs, cands, what: str = "candidates") -> list:
 def cmd_reward(args) -> int:
     import pandas as pd
 
-    from .config import load_profile, weight_pair
+    from .config import weight_pair
+    from .models import agreement
     from .reward import build_reward, keyword_text_for
     from .runs import atomic_write_text
     from .text import two_block
 
     _writable(args.out, "--out")
-    overrides = {"reward.weights": args.weights} if args.weights else {}
-    cfg = load_profile(args.profile, overrides)
+    cfg = _reward_cfg(args)
     w_f, w_u = weight_pair(cfg.reward)
     estimator = args.estimator or cfg.models.encoder
     refs = _read_csv(args.references, "references", ["prompt", "answer"])
@@ -209,7 +212,7 @@ def cmd_reward(args) -> int:
     texts = comps[args.completion_column].astype(str).tolist()
     if args.summary_column:  # rebuild the two-block response from stored core + summary columns
         texts = [two_block(c, s) for c, s in zip(texts, comps[args.summary_column].astype(str))]
-    reward = build_reward(cfg.reward, estimator, device=args.device)
+    reward = build_reward(cfg.reward, estimator, device=args.device, agree=agreement(cfg))
     kw_texts = [keyword_text_for(p, args.prompt_style) for p in comps["prompt"]]
     parts = reward.scorer.score(kw_texts, texts, references, list(comps["prompt"]))
     out = pd.DataFrame([p.as_dict() for p in parts])
@@ -227,19 +230,37 @@ def cmd_reward(args) -> int:
         "mean_total": round(float(out["total"].mean()), 4) if len(out) else None,
         "weights": [w_f, w_u],
         "estimator": estimator,
+        "options": {k: getattr(cfg.reward, k) for k in REWARD_OPTIONS},
         "out": args.out,
     }
     print(json.dumps(summary))
     return 0
 
 
+REWARD_OPTIONS = ("mask_references", "agree_with", "overlong_cache")
+REWARD_SET_HELP = "a reward setting, e.g. reward.mask_references=true or reward.agree_with=[tiny:encoder] (repeatable)"  # the named options beside the authors' reward
+
+
+def _reward_cfg(args):
+    """The profile with ``--weights`` and the reward options of ``--set`` (``reward.*`` keys only)."""
+    from .config import ConfigError, load_profile
+    from .models import check_agreement
+
+    sets = _overrides(args.set)
+    bad = sorted(k for k in sets if not k.startswith("reward."))
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: only reward.* settings apply here")
+    cfg = load_profile(args.profile, {**sets, **({"reward.weights": args.weights} if args.weights else {})})
+    check_agreement(cfg)
+    return cfg
+
+
 def cmd_explain(args) -> int:
     """Every term of the OP reward for one situation and one or two responses (text, or JSON with --json)."""
     from . import explain
-    from .config import load_profile
 
     _writable(args.figure, "--figure")
-    cfg = load_profile(args.profile, {"reward.weights": args.weights} if args.weights else {})
+    cfg = _reward_cfg(args)
     reference = _read_text(args.reference_file, "--reference-file") if args.reference_file else None
     situation = explain.load_situation(cfg, args.situation, reference)
     files = [args.response_file] + ([args.response_file2] if args.response_file2 else [])
@@ -462,6 +483,7 @@ def _add_reward(sub: Any) -> None:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=REWARD_SET_HELP)
     p.set_defaults(func=cmd_reward)
 
 
@@ -478,6 +500,7 @@ def _add_explain(sub: Any) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
     p.add_argument("--figure", default=None, help="also write the heatmap + terms figure (png, pdf, svg)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=REWARD_SET_HELP)
     p.set_defaults(func=cmd_explain)
 
 

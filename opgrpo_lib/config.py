@@ -83,6 +83,14 @@ class RewardCfg:
     tag_penalty: float = bounded(-0.2, None, 0.0)
     mask: Literal["prompt", "situation"] = "prompt"  # prompt (authors: non-stopwords of the decoded prompt)
     use_uniqueness: bool = True  # ablation switch; the authors' reward always has it
+    # Named options (off = the authors' reward). mask_references: keyword-mask the reference segments too (the
+    # authors mask the candidates only). agree_with: encoders under which every coverage match must also clear
+    # coverage_threshold (a match counts on the smallest cosine), e.g. the base encoder beside the fine-tuned one.
+    # overlong_cache: TRL's soft over-long punishment (trl.rewards, DAPO) as a second GRPO reward function, over the
+    # last overlong_cache tokens of train.grpo.max_completion_length (0 = off).
+    mask_references: bool = False
+    agree_with: list[str] = field(default_factory=list)
+    overlong_cache: int = bounded(0, 0)
     batch_size: int = throughput(32)  # encoder batch size (CPU: large batches pad long sentences, ~5x slower)
 
 
@@ -672,9 +680,22 @@ def validate(cfg: RunConfig) -> None:
             )
     if names and cfg.eval.reference_system not in names:
         raise ConfigError(f"eval.reference_system: {cfg.eval.reference_system!r} is not one of the systems {names}")
+    _check_agreement(cfg.reward)
+    budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length") if trainer_fields("grpo") else None
+    if budget is not None and cfg.reward.overlong_cache >= budget:
+        raise ConfigError(f"reward.overlong_cache: {cfg.reward.overlong_cache} must be below "
+                          f"train.grpo.max_completion_length ({budget})")  # fmt: skip
     for key, value in (("train.init", cfg.train.init), ("reward.estimator", cfg.reward.estimator)):
         if value.startswith("run:") and value not in ("run:sft", "run:grpo", "run:estimator"):
             raise ConfigError(f"{key}: {value!r} is not one of run:sft, run:grpo, run:estimator (or a path / hub id)")
+
+
+def _check_agreement(cfg: RewardCfg) -> None:
+    """The form of ``reward.agree_with`` (whether each model is on this machine: ``models.check_agreement``, run
+    before any step; importing the model resolver here would put it in every step's key)."""
+    for i, name in enumerate(cfg.agree_with):
+        if not isinstance(name, str) or not name or (name.startswith("run:") and name != "run:estimator"):
+            raise ConfigError(f"reward.agree_with[{i}]: expected a model name, a folder or run:estimator, got {name!r}")
 
 
 def weight_pair(cfg: RewardCfg) -> tuple[float, float]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import SPLITS, RewardCfg, RunConfig
 from .estimator import RELEASED_FILES, released_path
+from .models import agreement
 from .reward import Encoder, OPRewardScorer, ResponseScore, SentenceEncoder, keyword_text_for, reward_terms
 from .text import keywords, parse_perspectives, two_block
 
@@ -253,18 +254,21 @@ def explain_many(
     cfg: RunConfig | RewardCfg | None = None,
     prompt_style: str = "qwen2.5",
     device: str | None = "cpu",
+    agree: Sequence[str] | None = None,
 ) -> list[Explanation]:
     """Explain several responses to one situation in one scorer call (one encode of every distinct sentence).
 
     ``prompt_style`` picks the masking text as ``opgrpo reward --prompt-style`` does (default: the authors' decoded
-    Qwen2.5 chat prompt)."""
+    Qwen2.5 chat prompt); ``agree``: the encoders of ``reward.agree_with`` (default: the profile's, resolved)."""
     if isinstance(situation, str):
         if reference is None:
             raise ValueError("a situation given as text needs its reference answer")
         situation = Situation(situation, reference)
     rcfg = cfg.reward if isinstance(cfg, RunConfig) else (cfg or RewardCfg())
     enc = get_encoder(encoder, device)
-    scorer = OPRewardScorer(enc, rcfg)
+    if agree is None:
+        agree = agreement(cfg) if isinstance(cfg, RunConfig) else list(rcfg.agree_with)
+    scorer = OPRewardScorer(enc, rcfg, [get_encoder(name, device) for name in agree])
     kt = keyword_text_for(situation.prompt, prompt_style)
     n = len(responses)
     details = scorer.score_detailed([kt] * n, list(responses), [situation.reference] * n, [situation.prompt] * n)
@@ -345,6 +349,17 @@ def _empty_note(e: Explanation) -> list[str]:
     ]
 
 
+def _options_line(cfg: RewardCfg) -> list[str]:
+    """The named reward options in effect (none: the authors' reward)."""
+    on = []
+    if cfg.mask_references:
+        on.append("references keyword-masked too (reward.mask_references)")
+    if cfg.agree_with:
+        under = ", ".join(cfg.agree_with)
+        on.append(f"a match must also clear the threshold under {under} (reward.agree_with; smallest cosine shown)")
+    return [f"reward options: {'; '.join(on)}"] if on else []
+
+
 def render_text(e: Explanation, max_items: int = 30) -> str:
     s, p, f = e.score, e.score.parts, e.score.response.format
     layout, cfg = s.response.layout, e.cfg
@@ -353,6 +368,7 @@ def render_text(e: Explanation, max_items: int = 30) -> str:
         f"situation: {e.situation}",
         f"encoder: {e.encoder}; masking text: {e.prompt_style} "
         f"({len(e.keywords)} keywords, e.g. {', '.join(e.keywords[:8])})",
+        *_options_line(cfg),
         "",
     ]
     if layout.valid:

@@ -202,3 +202,28 @@ def resolve_estimator(cfg: Any, paths: Any) -> str:
             raise FileNotFoundError(f"no fine-tuned estimator at {path}; run notebook 02_estimator first")
         return str(path)
     return resolve(cfg.reward.estimator)
+
+
+def check_agreement(cfg: Any) -> None:
+    """Before any step: every encoder of ``reward.agree_with`` can be loaded here (an in-code tiny model, step
+    02's estimator, a folder or a built offline copy; a hub id only where the hub may be reached)."""
+    import os
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    for i, name in enumerate(cfg.reward.agree_with):
+        if offline and not name.startswith(("tiny:", "run:")) and not Path(resolve(name)).exists():
+            raise ModelUnavailable(f"reward.agree_with[{i}]: {name!r} is not on this machine (offline): build it "
+                                   "with `opgrpo models build` or give a folder")  # fmt: skip
+
+
+def agreement(cfg: Any, paths: Any = None) -> list[str]:
+    """The encoders of ``reward.agree_with``, resolved (``run:estimator`` = step 02's model in ``paths``)."""
+    out = []
+    for name in cfg.reward.agree_with:
+        if name == "run:estimator":
+            if paths is None:
+                raise ValueError("reward.agree_with: run:estimator needs a run folder (its step 02 model)")
+            out.append(str(Path(paths.root) / "estimator" / "model"))
+        else:
+            out.append(resolve(name))
+    return out

@@ -23,6 +23,7 @@ from pathlib import Path
 from .config import RunConfig, load_profile
 from .keys import is_current, step_key
 from .lifecycle import lock_env, run_lock
+from .models import check_agreement
 from .paths import NOTEBOOK_DIR, committed_results
 from .progress import ENV as PROGRESS_ENV
 from .registry import notebooks as registry_notebooks
@@ -393,6 +394,7 @@ def reproduce(
     """Execute each notebook that is not up to date into ``<run_dir>/executed/``. A failure names the notebook and
     cell; earlier outputs stay. Returns one record per notebook (ran / skipped, wall time)."""
     cfg = load_profile(profile, overrides)
+    check_agreement(cfg)  # a model of the reward's agreement list that is not here: refused before any step
     paths = run_paths(cfg, run_dir)
     handlers = {}
     _STOPPING.clear()

@@ -295,8 +295,10 @@ def score_response(
 class OPRewardScorer:
     """Scores a batch of (prompt text, completion, reference) triples; each distinct sentence is encoded once."""
 
-    def __init__(self, encoder: Encoder, cfg: RewardCfg | None = None):
-        self.encoder = encoder
+    def __init__(self, encoder: Encoder, cfg: RewardCfg | None = None, agree: Sequence[Encoder] = ()):
+        """``agree``: the encoders of ``reward.agree_with``; a coverage match must clear the threshold under each
+        of them too (the similarity read is the smallest cosine; uniqueness stays the estimator's)."""
+        self.encoder, self.agree = encoder, tuple(agree)
         self.cfg = cfg or RewardCfg()
         self.weights = weight_pair(self.cfg)  # an unknown weight setting fails here, not mid-batch
 
@@ -326,13 +328,17 @@ class OPRewardScorer:
             )
         index: dict[str, int] = {}  # every distinct sentence of the batch -> its row in the one encode call
         refs, prepared, cand_ids = self._prepare(keyword_texts, completions, references, prompts_for_errors, index)
-        emb = self.encoder.encode(list(index)).astype(np.float64)  # float64 products: no shape-dependent rounding
+        # float64 products: no shape-dependent rounding
+        embs = [e.encode(list(index)).astype(np.float64) for e in (self.encoder, *self.agree)]
+        emb = embs[0]
         out: list[ResponseScore | None] = [None] * n
-        for ref, members in self._groups(references).items():
+        for group, members in self._groups(self._ref_keys(keyword_texts, references)).items():
             # one cosine product per reference group (the G rollouts of a prompt share their references)
-            ref_segments, rid = refs[ref]
+            ref_segments, rid = refs[group]
             flat = [c for i in members for c in cand_ids[i]]
-            sim = emb[rid] @ emb[flat].T if flat else np.zeros((len(rid), 0))
+            sim = np.zeros((len(rid), 0))
+            if flat:  # with agreement encoders: the smallest cosine of each pair
+                sim = np.minimum.reduce([e[rid] @ e[flat].T for e in embs])
             offset = 0
             for i in members:
                 ids = cand_ids[i]
@@ -359,25 +365,33 @@ class OPRewardScorer:
             return index.setdefault(sentence, len(index))
 
         kw_cache: dict[str, frozenset[str]] = {}
-        refs: dict[str, tuple[list[str], list[int]]] = {}
+        refs: dict[Any, tuple[list[str], list[int]]] = {}
         prepared, cand_ids = [], []
-        for i, (kt, text, ref) in enumerate(zip(keyword_texts, completions, references)):
-            if not isinstance(ref, str) or ref not in refs:
-                label = prompts_for_errors[i] if prompts_for_errors is not None else ""
-                segments = validate_reference(ref, i, label)
-                refs[ref] = (segments, [idx(r) for r in segments])
+        keys = self._ref_keys(keyword_texts, references)
+        for i, (kt, text, ref, key) in enumerate(zip(keyword_texts, completions, references, keys)):
             if kt not in kw_cache:
                 kw_cache[kt] = keywords(kt)
+            if not isinstance(ref, str) or key not in refs:
+                label = prompts_for_errors[i] if prompts_for_errors is not None else ""
+                segments = validate_reference(ref, i, label)
+                encoded = [mask_sentence(r, kw_cache[kt]) for r in segments] if self.cfg.mask_references else segments
+                refs[key] = (segments, [idx(r) for r in encoded])
             p = prepare_response(text, kw_cache[kt])
             prepared.append(p)
             cand_ids.append([idx(m) for m in p.masked])
         return refs, prepared, cand_ids
 
+    def _ref_keys(self, keyword_texts: Sequence[str], references: Sequence[str]) -> list[Any]:
+        """What a reference's encoded segments depend on: the reference, and its masking keywords when masked."""
+        if not self.cfg.mask_references:
+            return list(references)
+        return [(ref, kt) for kt, ref in zip(keyword_texts, references)]
+
     @staticmethod
-    def _groups(references: Sequence[str]) -> dict[str, list[int]]:
-        groups: dict[str, list[int]] = {}
-        for i, ref in enumerate(references):
-            groups.setdefault(ref, []).append(i)
+    def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
+        groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
         return groups
 
 
@@ -444,10 +458,18 @@ class OPReward:
         return [p.total for p in parts]
 
 
-def build_reward(cfg: RewardCfg, encoder: Encoder | str, tokenizer: Any = None, device: str | None = None) -> OPReward:
-    if isinstance(encoder, str):
-        encoder = SentenceEncoder(encoder, device=device, batch_size=cfg.batch_size)
-    return OPReward(OPRewardScorer(encoder, cfg), tokenizer=tokenizer, mask=cfg.mask)
+def build_reward(
+    cfg: RewardCfg,
+    encoder: Encoder | str,
+    tokenizer: Any = None,
+    device: str | None = None,
+    agree: Sequence[Encoder | str] = (),
+) -> OPReward:
+    """The TRL reward of ``cfg`` with ``encoder`` (the estimator) and the encoders of ``reward.agree_with``
+    (``agree``, already resolved: names, folders or encoders)."""
+    load = lambda e: SentenceEncoder(e, device=device, batch_size=cfg.batch_size) if isinstance(e, str) else e  # noqa: E731
+    scorer = OPRewardScorer(load(encoder), cfg, [load(e) for e in agree])
+    return OPReward(scorer, tokenizer=tokenizer, mask=cfg.mask)
 
 
 def keyword_text_for(situation: str, style: str = "qwen2.5") -> str:

@@ -360,3 +360,13 @@ def save_at(every: int):
                 control.should_save = True
 
     return SaveAt()
+
+
+def overlong_reward(cfg: RunConfig, args: Any) -> list[Any]:
+    """``reward.overlong_cache``: TRL's soft over-long punishment (DAPO; 0 up to L_max - cache, then down to -1
+    at ``max_completion_length``) as a second reward function, logged by TRL per step; [] when off."""
+    if not cfg.reward.overlong_cache:
+        return []
+    from trl.rewards import get_soft_overlong_punishment
+
+    return [get_soft_overlong_punishment(args.max_completion_length, cfg.reward.overlong_cache)]

@@ -76,6 +76,7 @@ def score_policies(
     """One validation point per (step, saved policy folder): greedy outputs within GRPO's completion budget,
     scored by the reward (with ``estimator``) and by the independent evaluator."""
     from .lm import load
+    from .models import agreement
     from .reward import build_reward
 
     budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length")
@@ -83,7 +84,8 @@ def score_policies(
     for step, path in policies:
         policy = load(path, device)
         if validator is None:
-            reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device)
+            agree = agreement(cfg, paths)
+            reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device, agree=agree)
             validator = Validator(cfg, paths, reward, budget)
         points.append({**validator.score(policy.model, policy.tokenizer, step), "max_new_tokens": budget})
     return points

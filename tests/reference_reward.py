@@ -89,7 +89,9 @@ def fmt_score(text):
     return max(fmt - pen + kw, 0)
 
 
-def score_one(encode, stop, prompt_text, completion, reference, w_f=0.1, w_u=0.3):
+def score_one(encode, stop, prompt_text, completion, reference, w_f=0.1, w_u=0.3, mask_refs=False, agree=()):
+    """``mask_refs``: the references keyword-masked too; ``agree``: further encode functions under which a match
+    must also clear 0.70 (the smallest cosine of the encoders decides)."""
     m = STRICT.match(completion)
     if m and m.group("core").strip() and m.group("sum").strip():
         tag, txt = 0.0, m.group("core")
@@ -99,8 +101,12 @@ def score_one(encode, stop, prompt_text, completion, reference, w_f=0.1, w_u=0.3
     refs = sentences(reference)
     cands = [mask(s, kws) for s in sentences(txt)]
     # coverage (own encode calls, as the authors' worker does)
+    ref_texts = [mask(s, kws) for s in refs] if mask_refs else refs
     if refs and cands:
-        sim = encode(refs).astype(np.float64) @ encode(cands).astype(np.float64).T
+        sims = [e(ref_texts).astype(np.float64) @ e(cands).astype(np.float64).T for e in (encode, *agree)]
+        sim = sims[0]
+        for other in sims[1:]:
+            sim = np.where(other < sim, other, sim)
         rate = len(mutual_best_pairs(sim, 0.70)) / len(refs)
     else:
         rate = 0.0

@@ -292,3 +292,24 @@ def test_binder_opens_the_explorer():
     assert "labpath=notebooks%2F00_explore_reward.ipynb)" in (root / "README.md").read_text()
     assert '/lab/tree/notebooks/00_explore_reward.ipynb"' in (root / "binder" / "postBuild").read_text()
     assert "ipywidgets" in (root / "pyproject.toml").read_text()
+
+
+def test_explain_shows_the_reward_options_in_effect(tiny_encoder_path):
+    """``opgrpo explain --set reward.…`` and the explorer (the profile's ``reward``) score with the named options
+    and say which are on; the authors' reward says nothing extra."""
+    from opgrpo_lib import explain
+    from opgrpo_lib.config import load_profile
+
+    situation = explain.Situation("Telling a white lie", "In the perspective of Honesty, Truth matters.")
+    cfg = load_profile("tiny", {"reward.mask_references": True, "reward.agree_with": [str(tiny_encoder_path)]})
+    (on,) = explain.explain_many(
+        situation, ["In the perspective of Honesty, lies hurt."], encoder=str(tiny_encoder_path), cfg=cfg
+    )
+    (off,) = explain.explain_many(
+        situation,
+        ["In the perspective of Honesty, lies hurt."],
+        encoder=str(tiny_encoder_path),
+        cfg=load_profile("tiny"),
+    )
+    assert "reward.mask_references" in on.to_text() and "reward.agree_with" in on.to_text()
+    assert "reward options" not in off.to_text()

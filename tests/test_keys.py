@@ -54,6 +54,7 @@ def _mutate(cfg, key, value, f):
         "authors.rescore_encoders": [] if value else ["tiny:encoder"],
         "authors.rescore_systems": ["all"] if value != ["all"] else ["headline"],
         "authors.rescore_splits": ["5p"] if value != ["5p"] else ["10p"],
+        "reward.agree_with": [] if value else ["tiny:encoder"],
     }
     # TRL's rule (checked at load): the generation batch holds whole groups of num_generations completions
     if key in ("train.grpo.per_device_train_batch_size", "train.grpo.gradient_accumulation_steps"):

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -97,10 +98,10 @@ def test_format_score_cases():
 
 
 # ------------------------------------------------------------------ batched vs reference
-def _check_equal(parts, kts, comps, refs, encode):
+def _check_equal(parts, kts, comps, refs, encode, **options):
     stop = stopwords()
     for i, (p, k, c, r) in enumerate(zip(parts, kts, comps, refs)):
-        want = ref.score_one(encode, stop, k, c, r)
+        want = ref.score_one(encode, stop, k, c, r, **options)
         got = {key: getattr(p, key) for key in COMPONENTS}
         assert got == want, f"row {i}: {got} != {want}"
 
@@ -144,6 +145,64 @@ def test_batched_equals_reference_on_released_outputs(split, file, opv2_dir, rel
     parts = OPRewardScorer(enc).score(kts, comps, rfs)
     _check_equal(parts, kts, comps, rfs, enc.encode)
     assert len({p.coverage for p in parts}) > 1, "a realistic batch spreads over the coverage ladder"
+
+
+@pytest.mark.parametrize("mask_refs, agreeing", [(True, False), (False, True), (True, True)])
+def test_reward_options_equal_reference_tiny_encoder(tiny_encoder_path, mask_refs, agreeing):
+    """``reward.mask_references`` and ``reward.agree_with`` against the independent per-rollout reference, on the
+    edge cases and on references that share the situation's words (where masking both sides matters)."""
+    enc = SentenceEncoder(str(tiny_encoder_path), device="cpu")
+    other = HashEncoder()
+    situation = "Telling the truth about sparing feelings"
+    comps = [*EDGE, REF, REF.replace("Telling the truth", "Being honest"), GOOD.replace("truth", "telling the truth")]
+    kts = [keyword_text_for(situation)] * len(comps)
+    cfg = RewardCfg(mask_references=mask_refs, agree_with=["hash"] if agreeing else [])
+    parts = OPRewardScorer(enc, cfg, [other] if agreeing else []).score(kts, comps, [REF] * len(comps))
+    agree = (other.encode,) if agreeing else ()
+    _check_equal(parts, kts, comps, [REF] * len(comps), enc.encode, mask_refs=mask_refs, agree=agree)
+    sims = [d.similarity for d in OPRewardScorer(enc, cfg, [other] if agreeing else []).score_detailed(
+        kts, comps, [REF] * len(comps))]  # fmt: skip
+    plain = [d.similarity for d in OPRewardScorer(enc).score_detailed(kts, comps, [REF] * len(comps))]
+    assert any(not np.array_equal(a, b) for a, b in zip(sims, plain)), "the option changes what is compared"
+
+
+@pytest.mark.slow
+def test_reward_options_equal_reference_on_released_outputs(opv2_dir, released_dir, minilm_path, tiny_encoder_path):
+    refs = pd.read_csv(opv2_dir / "test_5p.csv", keep_default_na=False)
+    outs = pd.read_csv(released_dir / "grpo_eval_summaries_clean.csv", keep_default_na=False)
+    sits, comps, rfs = grpo_like_batch(outs.merge(refs, on="prompt"), n_prompts=6, group=4, seed=2)
+    kts = [keyword_text_for(s) for s in sits]
+    enc, tiny = SentenceEncoder(minilm_path, device="cpu"), SentenceEncoder(str(tiny_encoder_path), device="cpu")
+    cfg = RewardCfg(mask_references=True, agree_with=[str(tiny_encoder_path)])
+    parts = OPRewardScorer(enc, cfg, [tiny]).score(kts, comps, rfs)
+    _check_equal(parts, kts, comps, rfs, enc.encode, mask_refs=True, agree=(tiny.encode,))
+
+
+def test_overlong_option_is_trls_soft_punishment():
+    """``reward.overlong_cache``: TRL's own function (not a copy), as a second GRPO reward; checked at load."""
+    from types import SimpleNamespace
+
+    from opgrpo_lib.config import ConfigError
+    from opgrpo_lib.train import overlong_reward
+
+    cfg = load_profile("tiny", {"reward.overlong_cache": 8})  # max_completion_length 48
+    (fn,) = overlong_reward(cfg, SimpleNamespace(max_completion_length=48))
+    assert type(fn).__module__.startswith("trl.rewards")
+    assert fn(completion_ids=[[1] * 40, [1] * 44, [1] * 48]) == [0.0, -0.5, -1.0]
+    assert overlong_reward(load_profile("tiny"), SimpleNamespace(max_completion_length=48)) == []
+    with pytest.raises(ConfigError, match=r"reward\.overlong_cache: 48 must be below"):
+        load_profile("tiny", {"reward.overlong_cache": 48})
+
+
+def test_an_agreement_model_that_is_not_here_is_refused_before_any_step(tmp_path, monkeypatch):
+    from opgrpo_lib.cli import main
+    from opgrpo_lib.config import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"reward\.agree_with\[0\]"):
+        load_profile("tiny", {"reward.agree_with": ["run:grpo"]})
+    run = ["data", "--profile", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "reward.agree_with=[nobody/no-model]"]
+    assert main(run) == 2 and not (tmp_path / "run").exists()
 
 
 def test_each_distinct_sentence_encoded_once():
@@ -269,3 +328,10 @@ def test_reward_cli_on_released_outputs(tmp_path, opv2_dir, released_dir, minilm
     assert df["total"].between(0, 2).all() and df.loc[5, "coverage"] == 0
     bad = subprocess.run(cmd[:5] + [str(opv2_dir / "test_10p.csv")] + cmd[6:], capture_output=True, text=True)
     assert bad.returncode == 2 and "no reference with the same prompt" in bad.stderr
+    opts = subprocess.run(cmd + ["--set", "reward.mask_references=true", "--set", f"reward.agree_with=[{minilm_path}]"],
+                          check=True, capture_output=True, text=True)  # fmt: skip
+    assert json.loads(opts.stdout)["options"] == {"mask_references": True, "agree_with": [minilm_path],
+                                                  "overlong_cache": 0}  # fmt: skip
+    assert set(COMPONENTS) <= set(pd.read_csv(out).columns)
+    off = subprocess.run(cmd + ["--set", "train.grpo.beta=0.1"], capture_output=True, text=True)
+    assert off.returncode == 2 and "only reward.* settings apply here" in off.stderr

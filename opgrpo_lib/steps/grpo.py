@@ -12,7 +12,7 @@ from ..data import load_prepared, load_validation
 from ..device import resolve_device
 from ..lifecycle import rank0, step_run
 from ..lm import resolve_policy
-from ..models import resolve_estimator
+from ..models import agreement, resolve_estimator
 from ..progress import trainer_callback
 from ..reward import build_reward
 from ..runs import RunPaths, atomic_write_text, checkpoint_problem
@@ -29,6 +29,7 @@ from ..train import (
     kept_checkpoints,
     load_model,
     log_frame,
+    overlong_reward,
     precision_plan,
     resume_from,
     save_at,
@@ -70,13 +71,14 @@ def _train(cfg: RunConfig, paths: RunPaths, step, callbacks: list) -> dict[str, 
         model, tok, peft_config = load_model(cfg, init, plan)
         longest = check_prompt_lengths(ds, tok, tc.max_prompt_length)
         device = "cpu" if args.use_cpu else "cuda"
-        reward = build_reward(cfg.reward, resolve_estimator(cfg, paths), tokenizer=tok, device=device)
+        estimator, agree = resolve_estimator(cfg, paths), agreement(cfg, paths)
+        reward = build_reward(cfg.reward, estimator, tokenizer=tok, device=device, agree=agree)
     extra = [trainer_callback("grpo"), OptimizerInLastCheckpoint(), *callbacks]
     extra += [save_at(tc.validation_every)] if tc.validation_every else []
     out = step.begin()
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[reward],
+        reward_funcs=[reward, *overlong_reward(cfg, args)],
         args=args,
         train_dataset=ds,
         processing_class=tok,
