@@ -91,7 +91,6 @@ def cmd_stage(args) -> int:
 
     from .runs import run_paths
 
-    module, func, _ = stages()[args.command]
     if getattr(args, "results", None):
         from .figures import build_all, logged_results
 
@@ -100,12 +99,19 @@ def cmd_stage(args) -> int:
         statuses = build_all(Path(args.results), Path(args.out or "figures"), logged_results())
         print(json.dumps([s.__dict__ for s in statuses], indent=1))
         return 0
+    from .registry import STEPS
+
     cfg = _cfg(args)
-    kwargs = {"force": True} if getattr(args, "force", False) else {}
-    result = getattr(importlib.import_module(module), func)(cfg, run_paths(cfg, args.run_dir), **kwargs)
-    summary = result.card if hasattr(result, "card") else result
-    if isinstance(summary, dict):
-        print(json.dumps(_printable(summary), indent=2, default=str)[:4000])
+    paths = run_paths(cfg, args.run_dir)
+    force = {"force": True} if getattr(args, "force", False) else {}
+    # the step, then the steps its notebook runs after it (sft -> sft_validation), as the notebook does
+    for spec in (s for s in STEPS.values() if args.command in (s.name, s.part_of) and s.enabled(cfg)):
+        module, func = spec.entry
+        kwargs = force if spec.long or spec.noop_when_current else {}
+        result = getattr(importlib.import_module(module), func)(cfg, paths, **kwargs)
+        summary = result.card if hasattr(result, "card") else result
+        if isinstance(summary, dict):
+            print(json.dumps(_printable(summary), indent=2, default=str)[:4000])
     return 0
 
 

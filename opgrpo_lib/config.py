@@ -695,7 +695,9 @@ def _check_agreement(cfg: RewardCfg) -> None:
     before any step; importing the model resolver here would put it in every step's key)."""
     for i, name in enumerate(cfg.agree_with):
         if not isinstance(name, str) or not name or (name.startswith("run:") and name != "run:estimator"):
-            raise ConfigError(f"reward.agree_with[{i}]: expected a model name, a folder or run:estimator, got {name!r}")
+            raise ConfigError(
+                f"reward.agree_with[{i}]: expected a model name, a folder or run:estimator, got {name!r}"
+            )
 
 
 def weight_pair(cfg: RewardCfg) -> tuple[float, float]:

@@ -218,6 +218,12 @@ notebook(
     [
         ("code", "from opgrpo_lib.steps import sft\n\ntrained = sft.run(cfg, paths)"),
         ("code", 'trained["log"].tail()'),
+        (
+            "md",
+            "## Validation point\n\nGreedy outputs of the saved SFT policy on the validation situations within GRPO's "
+            "completion budget (a step of its own: an evaluation setting re-scores, never retrains).",
+        ),
+        ("code", "from opgrpo_lib.steps import validation\n\nvalidation.sft(cfg, paths)"),
     ],
 )
 
@@ -237,6 +243,12 @@ notebook(
     "validation curve if there is one: coverage under the independent evaluator is what settings are chosen on.",
     [
         ("code", "from opgrpo_lib.steps import grpo\n\ntrained = grpo.run(cfg, paths)"),
+        (
+            "md",
+            "## Validation curve\n\nThe init policy and GRPO's checkpoints (every `train.validation_every` steps) on "
+            "the validation situations (a step of its own: an evaluation setting re-scores, never retrains).",
+        ),
+        ("code", "from opgrpo_lib.steps import validation\n\nvalidation.grpo(cfg, paths)"),
         (
             "code",
             'cols = [c for c in trained["log"].columns if c.startswith("op_reward/") or c in ("step", "loss", "kl")]\n'

@@ -241,6 +241,17 @@ def test_the_gpu_model_reruns_nothing_and_the_figures_code_step_07_only(package_
         before = after
 
 
+def test_the_scoring_code_of_the_validation_points_retrains_nothing(package_copy):
+    """An edit of the validation scoring re-scores the saved policies (and what is downstream of the curve steps:
+    nothing) and never retrains SFT or GRPO."""
+    cfg = load_profile("cpu")
+    before = step_keys(cfg)
+    path = keys.module_path("validation", package_copy)
+    path.write_text(path.read_text() + "\n\nBEHAVIOUR_CHANGED_BY_THE_TEST = 1\n")
+    after = step_keys(cfg)
+    assert {s for s in STEPS if before[s] != after[s]} == {"sft_validation", "grpo_validation"}
+
+
 def test_the_data_step_is_keyed_over_data_code_only():
     assert set(code_closure(STEPS["data"].module)) - keys.NEUTRAL_MODULES == {
         "checkpoints", "config", "data", "prompts", "runs", "steps.data", "text"

@@ -15,7 +15,7 @@ from opgrpo_lib.config import load_profile
 from opgrpo_lib.keys import StaleUpstream, recorded, step_key
 from opgrpo_lib.paths import REPO_ROOT
 from opgrpo_lib.runs import run_paths
-from opgrpo_lib.steps import generate
+from opgrpo_lib.steps import generate, validation
 from opgrpo_lib.steps import grpo as grpo_step
 from opgrpo_lib.steps import sft as sft_step
 
@@ -271,9 +271,10 @@ def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
     work = tmp_path / "X"
     shutil.copytree(run, work, symlinks=True)
     old_curve = (run / "results" / "validation_curve.csv").read_text()
-    grpo_step.run(new, run_paths(new, work))
-    fresh = _copy_run(run, tmp_path / "fresh", ("data", "estimator", "sft"))
-    grpo_step.run(new, run_paths(new, fresh))
+    for folder in (work, _copy_run(run, tmp_path / "fresh", ("data", "estimator", "sft"))):
+        grpo_step.run(new, run_paths(new, folder))
+        validation.grpo(new, run_paths(new, folder))  # notebook 04 scores the curve after training
+    fresh = tmp_path / "fresh"
     curve = pd.read_csv(work / "results" / "validation_curve.csv")
     assert curve["step"].tolist() == [0, 2]
     pd.testing.assert_frame_equal(curve, pd.read_csv(fresh / "results" / "validation_curve.csv"))
@@ -282,6 +283,8 @@ def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
     # the original settings again: the kept run comes back with its own curve, nothing retrains
     cfg = load_profile("tiny")
     assert grpo_step.run(cfg, run_paths(cfg, work)).get("skipped")
+    assert (work / "results" / "validation_curve.csv").read_text() == old_curve
+    validation.grpo(cfg, run_paths(cfg, work))  # re-scored for the restored run: the same curve
     assert (work / "results" / "validation_curve.csv").read_text() == old_curve
 
 

@@ -9,13 +9,12 @@ import pandas as pd
 
 from ..config import ConfigError, RunConfig
 from ..data import load_prepared, load_validation
-from ..device import resolve_device
-from ..lifecycle import rank0, step_run
+from ..lifecycle import step_run
 from ..lm import resolve_policy
 from ..models import agreement, resolve_estimator
 from ..progress import trainer_callback
 from ..reward import build_reward
-from ..runs import RunPaths, atomic_write_text, checkpoint_problem
+from ..runs import RunPaths, atomic_write_text
 from ..train import (
     OptimizerInLastCheckpoint,
     check_disk,
@@ -35,12 +34,11 @@ from ..train import (
     save_at,
     save_policy,
 )
-from ..validation import score_policies
 
 
 def run(cfg: RunConfig, paths: RunPaths, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
     """GRPO; a finished run with the same settings is a no-op, an interrupted one resumes from its last complete
-    checkpoint (extra trainer ``callbacks`` are for benchmarks). Then :func:`validate`."""
+    checkpoint (extra trainer ``callbacks`` are for benchmarks)."""
     if cfg.train.backend == "unsloth":
         ensure_unsloth()  # before anything else imports transformers
     with step_run(cfg, paths, "grpo", force) as step:
@@ -50,8 +48,6 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False, callbacks: list | 
             result = {"policy": step.folder / "policy", "log": log, "skipped": True}
         else:
             result = _train(cfg, paths, step, callbacks or [])
-    if rank0():  # the validation points are one process's job; other ranks of a torchrun job are done
-        validate(cfg, paths, force)
     return result
 
 
@@ -105,39 +101,3 @@ def _train(cfg: RunConfig, paths: RunPaths, step, callbacks: list) -> dict[str, 
         "completions_per_step": per_step,
     }
     return {"policy": policy, "log": log}
-
-
-def checkpoints(cfg: RunConfig, paths: RunPaths) -> list[tuple[int, str]]:
-    """(step, policy) of the validation curve: the init policy at step 0, then every ``train.validation_every``-th
-    checkpoint and the last one. A damaged checkpoint is named up front, not a loader traceback halfway through."""
-    every = cfg.train.validation_every
-    found = sorted((paths.root / "grpo" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
-    last = int(found[-1].name[11:]) if found else 0
-    points = [(0, resolve_policy(cfg.train.init, cfg, paths.root))]
-    for ckpt in found:
-        n = int(ckpt.name[11:])
-        if n % every and n != last:
-            continue
-        problem = checkpoint_problem(ckpt)
-        if problem:
-            raise ValueError(f"GRPO checkpoint {ckpt}: {problem}; retrain step 04 (opgrpo grpo --force)")
-        points.append((n, str(ckpt)))
-    return points
-
-
-def validate(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame | None:
-    """Step ``grpo_validation``: greedy outputs of the init policy and of GRPO's checkpoints on the validation
-    situations, scored by the reward and the independent evaluator -> ``results/validation_curve.csv``."""
-    if not cfg.train.validation_every:
-        return None
-    out_csv = paths.results / "validation_curve.csv"
-    with step_run(cfg, paths, "grpo_validation", force) as step:
-        if step.done and out_csv.exists():
-            return pd.read_csv(out_csv)
-        policies = checkpoints(cfg, paths)
-        step.begin()
-        with step.timed("validation"):
-            points = score_policies(cfg, paths, policies, resolve_estimator(cfg, paths), resolve_device(cfg))
-        curve = pd.DataFrame(points).drop(columns="max_new_tokens")
-        atomic_write_text(out_csv, curve.to_csv(index=False))
-    return curve

@@ -8,11 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import ConfigError, RunConfig
-from ..data import load_prepared, load_validation
-from ..device import resolve_device
-from ..lifecycle import rank0, step_run
-from ..lm import resolve_policy
+from ..config import RunConfig
+from ..data import load_prepared
+from ..lifecycle import step_run
 from ..models import resolve
 from ..progress import trainer_callback
 from ..runs import RunPaths, atomic_write_parquet, atomic_write_text
@@ -30,7 +28,6 @@ from ..train import (
     save_policy,
     sft_config,
 )
-from ..validation import score_policies
 
 
 def _read_back(paths: RunPaths, out: Path, log_name: str) -> dict[str, Any]:
@@ -40,8 +37,7 @@ def _read_back(paths: RunPaths, out: Path, log_name: str) -> dict[str, Any]:
 
 
 def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
-    """SFT of the base policy; a finished run with the same settings is a no-op, an interrupted one resumes. Then
-    :func:`validate` (when ``train.validation_every`` is set)."""
+    """SFT of the base policy; a finished run with the same settings is a no-op, an interrupted one resumes."""
     if cfg.train.backend == "unsloth":
         ensure_unsloth()  # before anything else imports transformers
     with step_run(cfg, paths, "sft", force) as step:
@@ -49,8 +45,6 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any]:
             result = _read_back(paths, step.folder, "sft_train_log.csv")
         else:
             result = _train(cfg, paths, step)
-    if rank0():  # the validation points are one process's job; other ranks of a torchrun job are done
-        validate(cfg, paths, force)
     return result
 
 
@@ -91,27 +85,3 @@ def _train(cfg: RunConfig, paths: RunPaths, step) -> dict[str, Any]:
         "rows_over_budget": len(train) - len(ds),
     }
     return {"policy": policy, "log": log, "rows": len(ds)}
-
-
-def validate(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] | None:
-    """Step ``sft_validation``: does the saved SFT policy finish the layout within GRPO's completion budget? Greedy
-    outputs on the validation situations -> ``results/sft_validation.json``. The reward uses the base encoder
-    (``models.encoder``) when GRPO's would be step 02's estimator: this point does not wait for step 02."""
-    import json
-
-    if not cfg.train.validation_every:
-        return None
-    out_json = paths.results / "sft_validation.json"
-    with step_run(cfg, paths, "sft_validation", force) as step:
-        if step.done and out_json.exists():
-            return json.loads(out_json.read_text())
-        policy = resolve_policy("run:sft", cfg, paths.root)
-        if load_validation(paths.data).empty:
-            raise ConfigError("train.validation_every needs validation situations: set data.validation_situations")
-        step.begin()
-        estimator = cfg.models.encoder if cfg.reward.estimator == "run:estimator" else resolve(cfg.reward.estimator)
-        with step.timed("validation"):
-            (point,) = score_policies(cfg, paths, [(0, policy)], estimator, resolve_device(cfg))
-        record = {**point, "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}
-        atomic_write_text(out_json, json.dumps(record, indent=2))
-    return record
