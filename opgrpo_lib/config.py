@@ -81,7 +81,7 @@ class RewardCfg:
     weights: str = "final"  # "final" (w_f, w_u) = (0.1, 0.3) | "early" (0.125, 0.25) | "w_f,w_u" (finite, >= 0)
     coverage_weight: float = bounded(0.3, 0.0)
     tag_penalty: float = bounded(-0.2, None, 0.0)
-    mask: Literal["prompt", "situation"] = "prompt"  # prompt (authors: non-stopwords of the decoded prompt)
+    mask: Literal["prompt", "situation", "none"] = "prompt"  # prompt (authors: non-stopwords of the decoded prompt)
     use_uniqueness: bool = True  # ablation switch; the authors' reward always has it
     # Named options (off = the authors' reward). mask_references: keyword-mask the reference segments too (the
     # authors mask the candidates only). agree_with: encoders under which every coverage match must also clear
@@ -267,6 +267,21 @@ class EvalCfg:
 
 
 @dataclass(frozen=True)
+class AlignmentCfg:
+    """The reward–evaluator alignment check (notebook 03, after SFT; the standard test of a learned reward before
+    RL): ``samples`` completions per validation situation from ``policy``, sampled as GRPO samples them (its
+    temperature, top-p and completion budget, seeded per row), each scored by every reward variant and by the
+    independent evaluator. 0 samples = off."""
+
+    samples: int = bounded(0, 0)
+    rows: int = bounded(40, 1)  # the first validation situations (never the evaluation split)
+    policy: str = "run:sft"  # run:sft | run:grpo | policy | a path or hub id
+    # authors | mask_references | unmasked (no keyword masking) | agree_base (the estimator and models.encoder agree)
+    variants: list[str] = field(default_factory=lambda: ["authors", "mask_references", "unmasked", "agree_base"])
+    bootstrap_reps: int = bounded(2000, 100)
+
+
+@dataclass(frozen=True)
 class AuthorsCfg:
     """Step 08: the authors' own per-row SBERT evaluation logs (``opgrpo_lib/steps/authors.py``, ``authors/``)."""
 
@@ -300,6 +315,7 @@ class RunConfig:
     generate: GenerateCfg = field(default_factory=GenerateCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     authors: AuthorsCfg = field(default_factory=AuthorsCfg)
+    alignment: AlignmentCfg = field(default_factory=AlignmentCfg)
 
     @property
     def config_hash(self) -> str:
@@ -681,13 +697,29 @@ def validate(cfg: RunConfig) -> None:
     if names and cfg.eval.reference_system not in names:
         raise ConfigError(f"eval.reference_system: {cfg.eval.reference_system!r} is not one of the systems {names}")
     _check_agreement(cfg.reward)
+    _check_alignment(cfg.alignment)
     budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length") if trainer_fields("grpo") else None
     if budget is not None and cfg.reward.overlong_cache >= budget:
-        raise ConfigError(f"reward.overlong_cache: {cfg.reward.overlong_cache} must be below "
-                          f"train.grpo.max_completion_length ({budget})")  # fmt: skip
+        raise ConfigError(
+            f"reward.overlong_cache: {cfg.reward.overlong_cache} must be below "
+            f"train.grpo.max_completion_length ({budget})"
+        )
     for key, value in (("train.init", cfg.train.init), ("reward.estimator", cfg.reward.estimator)):
         if value.startswith("run:") and value not in ("run:sft", "run:grpo", "run:estimator"):
             raise ConfigError(f"{key}: {value!r} is not one of run:sft, run:grpo, run:estimator (or a path / hub id)")
+
+
+ALIGNMENT_VARIANTS = ("authors", "mask_references", "unmasked", "agree_base")
+
+
+def _check_alignment(cfg: AlignmentCfg) -> None:
+    bad = [v for v in cfg.variants if v not in ALIGNMENT_VARIANTS]
+    if bad or not cfg.variants:
+        raise ConfigError(f"alignment.variants: {bad or cfg.variants!r}: expected some of {list(ALIGNMENT_VARIANTS)}")
+    if cfg.policy.startswith("run:") and cfg.policy not in ("run:sft", "run:grpo"):
+        raise ConfigError(f"alignment.policy: {cfg.policy!r} is not run:sft or run:grpo (or policy, a path, a hub id)")
+    if cfg.samples == 1:
+        raise ConfigError("alignment.samples: 1 sample per situation cannot rank anything: 0 (off) or >= 2")
 
 
 def _check_agreement(cfg: RewardCfg) -> None:

@@ -686,6 +686,7 @@ class Inputs:
     ablations: dict[str, pd.DataFrame]
     logged: pd.DataFrame | None
     authors_cells: pd.DataFrame | None
+    alignment: pd.DataFrame | None = None
 
     @classmethod
     def load(cls, results: Path, logged: pd.DataFrame | None) -> Inputs:
@@ -703,6 +704,7 @@ class Inputs:
             ablations={p.parent.name: pd.read_csv(p) for p in sorted((results / "ablations").glob("*/train_log.csv"))},
             logged=logged,
             authors_cells=figures_authors.read_cells(results),
+            alignment=_read_csv(results / "alignment" / "summary.csv"),
         )
 
     def need(self, name: str, what: str) -> Any:
@@ -742,6 +744,40 @@ def _main_tables(inp: Inputs, out: Path) -> list[Path]:
         except MissingInputs:
             pass
     return files
+
+
+@styled
+def fig_alignment(summary: pd.DataFrame) -> plt.Figure:
+    """Best-of-n gain of each score over a random pick, under the independent evaluator (95 % CI), beside the
+    oracle's; and each variant's share of completions that match no reference."""
+    rows = summary.iloc[::-1].reset_index(drop=True)
+    fig, (ax, zero) = plt.subplots(
+        1,
+        2,
+        figsize=(10, 0.42 * len(rows) + 1.8),
+        layout="constrained",
+        gridspec_kw={"width_ratios": [3, 1.3]},
+        sharey=True,
+    )
+    y = np.arange(len(rows))
+    colors = [
+        OTHER_COLORS[0] if v == "oracle" else "#999999" if v == "shared" else OTHER_COLORS[2] for v in rows["variant"]
+    ]
+    err = np.vstack([rows["best_of_n_gain"] - rows["ci_low"], rows["ci_high"] - rows["best_of_n_gain"]])
+    ax.errorbar(rows["best_of_n_gain"], y, xerr=err, fmt="none", ecolor="#333333", capsize=3)
+    ax.scatter(rows["best_of_n_gain"], y, c=colors, zorder=3)
+    ax.axvline(0, color="#999999", linewidth=1)
+    ax.set_yticks(y, rows["score"])
+    n, k = int(rows["situations"].iloc[0]), rows["samples_per_situation"].iloc[0]
+    ax.set_xlabel("independent SBERT coverage: picked − random pick")
+    ax.set_title(f"best-of-{k:g} pick by each score ({n} validation situations, 95 % CI)")
+    rate = rows["zero_coverage_rate"].astype(float)
+    zero.barh(y, rate.fillna(0), color="#555555")
+    zero.set_xlim(0, 1)
+    zero.set_title("matches no reference")
+    zero.set_xlabel("share of completions")
+    fig.suptitle("Does the reward see what the evaluator sees? (reward–evaluator alignment on the SFT policy)")
+    return fig
 
 
 FIGURES: list[tuple[str, Any]] = [
@@ -795,6 +831,23 @@ FIGURES: list[tuple[str, Any]] = [
         lambda inp, out: _sweep_outputs(
             inp.need("sweep", "results/sweep/validation_sweep.csv: scripts/validation_sweep.py over the tried runs"),
             out,
+        ),
+    ),
+    (
+        "reward-evaluator alignment",
+        lambda inp, out: (
+            save_figure(
+                fig_alignment(
+                    inp.need("alignment", "results/alignment/summary.csv: notebook 03 with alignment.samples")
+                ),
+                out / "reward_alignment",
+            )
+            + write_table(
+                inp.alignment,
+                out / "tables" / "reward_alignment",
+                "Best-of-n gain of each reward score over a random pick under the independent evaluator (95 % CI), "
+                "within-situation Spearman, zero-coverage rate",
+            )
         ),
     ),
     (

@@ -212,8 +212,10 @@ def check_agreement(cfg: Any) -> None:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     for i, name in enumerate(cfg.reward.agree_with):
         if offline and not name.startswith(("tiny:", "run:")) and not Path(resolve(name)).exists():
-            raise ModelUnavailable(f"reward.agree_with[{i}]: {name!r} is not on this machine (offline): build it "
-                                   "with `opgrpo models build` or give a folder")  # fmt: skip
+            raise ModelUnavailable(
+                f"reward.agree_with[{i}]: {name!r} is not on this machine (offline): build it "
+                "with `opgrpo models build` or give a folder"
+            )
 
 
 def agreement(cfg: Any, paths: Any = None) -> list[str]:

@@ -108,6 +108,21 @@ _SFT = (*_TRAIN, "train.summaries", "train.targets", "train.compact_words", "tra
         "train.grpo.max_completion_length")  # fmt: skip
 
 
+# What the alignment check reads: its settings, the reward, the encoders, GRPO's sampling and the evaluator.
+_ALIGNMENT = ("seed", "device", "alignment", "reward", "models.encoder", "models.eval_encoder", "models.policy",
+              "eval.sbert_thresholds", "train.grpo.max_completion_length", "train.grpo.temperature",
+              "train.grpo.top_p")  # fmt: skip
+
+
+def _alignment_upstream(cfg: RunConfig) -> tuple[str, ...]:
+    ups = ["data"]
+    if cfg.alignment.policy.startswith("run:"):
+        ups.append(cfg.alignment.policy[4:])
+    if cfg.reward.estimator == "run:estimator":
+        ups.append("estimator")
+    return tuple(dict.fromkeys(ups))
+
+
 def _validating(cfg: RunConfig) -> bool:
     return cfg.train.validation_every > 0
 
@@ -126,6 +141,9 @@ STEPS: dict[str, StepSpec] = {
         StepSpec("03", "sft_validation", "validation:sft", _keys(*_VALIDATION), lambda c: ("data", "sft"),
                  ("sft_validation.json",), "end-of-SFT validation point (run by `opgrpo sft`)", _validating,
                  cli=False, noop_when_current=True, part_of="sft"),
+        StepSpec("03", "alignment", "alignment:run", _keys(*_ALIGNMENT), _alignment_upstream, ("alignment",),
+                 "reward-evaluator alignment check: best-of-n picks of each reward variant on validation samples",
+                 lambda c: c.alignment.samples > 0, noop_when_current=True, part_of="sft"),
         StepSpec("04", "grpo", "grpo:run", _keys(*_GRPO), _grpo_upstream, ("train_log.csv",),
                  "step 04: OP-GRPO (resumes from the last checkpoint)", long=True),
         StepSpec("04", "grpo_validation", "validation:grpo", _keys(*_VALIDATION, "train.validation_every"),

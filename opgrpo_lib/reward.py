@@ -431,8 +431,8 @@ class OPReward:
         reference_key: str = "reference",
         situation_key: str = "situation",
     ):
-        if mask not in ("prompt", "situation"):
-            raise ValueError(f"reward.mask: expected 'prompt' or 'situation', got {mask!r}")
+        if mask not in ("prompt", "situation", "none"):
+            raise ValueError(f"reward.mask: expected 'prompt', 'situation' or 'none', got {mask!r}")
         self.scorer, self.tokenizer, self.mask = scorer, tokenizer, mask
         self.reference_key, self.situation_key = reference_key, situation_key
         self.last: list[RewardParts] = []
@@ -441,7 +441,9 @@ class OPReward:
         if self.reference_key not in kwargs:
             raise KeyError(f"op_reward needs the dataset column {self.reference_key!r} (reference perspectives)")
         refs = kwargs[self.reference_key]
-        if self.mask == "situation":
+        if self.mask == "none":  # no keyword masking at all (ours: the alignment check's "unmasked" variant)
+            kw_texts = [""] * len(prompts)
+        elif self.mask == "situation":
             if self.situation_key not in kwargs:
                 raise KeyError(f"reward.mask=situation needs the dataset column {self.situation_key!r}")
             kw_texts = list(kwargs[self.situation_key])

@@ -224,6 +224,14 @@ notebook(
             "completion budget (a step of its own: an evaluation setting re-scores, never retrains).",
         ),
         ("code", "from opgrpo_lib.steps import validation\n\nvalidation.sft(cfg, paths)"),
+        (
+            "md",
+            "## Does the reward see what the evaluator sees?\n\nWith `alignment.samples` set (tiny, cpu): several "
+            "completions per validation situation from the SFT policy, sampled as GRPO samples them, each scored by "
+            "every reward variant and by the independent evaluator. A reward worth optimising picks the better of "
+            "its policy's own samples: its best-of-n gain over a random pick should be clearly above 0.",
+        ),
+        ("code", "from opgrpo_lib.steps import alignment\n\nchecked = alignment.run(cfg, paths)\nchecked and checked['summary']"),
     ],
 )
 

@@ -55,6 +55,9 @@ def _mutate(cfg, key, value, f):
         "authors.rescore_systems": ["all"] if value != ["all"] else ["headline"],
         "authors.rescore_splits": ["5p"] if value != ["5p"] else ["10p"],
         "reward.agree_with": [] if value else ["tiny:encoder"],
+        "alignment.policy": "policy" if value != "policy" else "run:sft",
+        "alignment.samples": 0 if value else 4,
+        "alignment.variants": ["authors"] if value != ["authors"] else ["unmasked"],
     }
     # TRL's rule (checked at load): the generation batch holds whole groups of num_generations completions
     if key in ("train.grpo.per_device_train_batch_size", "train.grpo.gradient_accumulation_steps"):
@@ -308,6 +311,7 @@ def test_the_library_has_no_import_cycles():
 # ---------------------------------------------------------------- what the code reads vs what the registry declares
 # Reads that are not part of a key on purpose (each with its reason).
 NOT_KEYED = {
+    "train.grpo@steps.alignment": "read through trl_value for max_completion_length, temperature, top_p (declared)",
     "profile": "the profile's name (folders, messages)",
     "train.validation_every": "switches the curve / the sft_validation step on (StepSpec.enabled, the curve keys)",
 }
