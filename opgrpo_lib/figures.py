@@ -767,12 +767,18 @@ def fig_alignment(summary: pd.DataFrame) -> plt.Figure:
     ax.errorbar(rows["best_of_n_gain"], y, xerr=err, fmt="none", ecolor="#333333", capsize=3)
     ax.scatter(rows["best_of_n_gain"], y, c=colors, zorder=3)
     ax.axvline(0, color="#999999", linewidth=1)
-    ax.set_yticks(y, rows["score"])
+    ax.set_yticks(
+        y,
+        ["oracle (the evaluator's own pick)" if v == "oracle" else c for c, v in zip(rows["score"], rows["variant"])],
+    )
     n, k = int(rows["situations"].iloc[0]), rows["samples_per_situation"].iloc[0]
     ax.set_xlabel("independent SBERT coverage: picked − random pick")
     ax.set_title(f"best-of-{k:g} pick by each score ({n} validation situations, 95 % CI)")
     rate = rows["zero_coverage_rate"].astype(float)
     zero.barh(y, rate.fillna(0), color="#555555")
+    for yi, r in zip(y, rate):
+        if r == r:  # a variant's rate (the shared components and the oracle have none)
+            zero.text(r + 0.02, yi, f"{r:.0%}", va="center")
     zero.set_xlim(0, 1)
     zero.set_title("matches no reference")
     zero.set_xlabel("share of completions")

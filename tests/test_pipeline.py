@@ -58,6 +58,11 @@ def test_chain_runs_every_notebook(chain):
         assert rec["status"] == "finished" and rec["key"] == step_key(cfg, step), step
     assert not list((run / "grpo" / "checkpoints").glob("checkpoint-*/optimizer.pt")), "finished: no optimizer states"
     assert json.loads((run / "grpo" / "manifest.json").read_text())["longest_prompt_tokens"] > 10
+    summary = pd.read_csv(run / "results" / "alignment" / "summary.csv")  # the alignment check ran after SFT
+    assert (
+        set(summary["variant"]) >= {"authors", "unmasked", "oracle"}
+        and (run / "figures" / "reward_alignment.png").exists()
+    )
     for path in (run / "results" / "manifests").glob("*.json"):  # every manifest names the commit that made it
         assert len(json.loads(path.read_text())["git"]["sha"] or "") == 40, path.name
 
