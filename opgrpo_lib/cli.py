@@ -243,8 +243,8 @@ def cmd_reward(args) -> int:
     return 0
 
 
-REWARD_OPTIONS = ("mask_references", "agree_with", "overlong_cache")
-REWARD_SET_HELP = "a reward setting, e.g. reward.mask_references=true or reward.agree_with=[tiny:encoder] (repeatable)"  # the named options beside the authors' reward
+REWARD_OPTIONS = ("mask_references", "agree_with", "overlong_cache")  # the named options beside the authors' reward
+REWARD_SET_HELP = "a reward setting, e.g. reward.mask_references=true or reward.agree_with=[tiny:encoder] (repeatable)"
 
 
 def _reward_cfg(args):

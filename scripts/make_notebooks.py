@@ -231,7 +231,10 @@ notebook(
             "every reward variant and by the independent evaluator. A reward worth optimising picks the better of "
             "its policy's own samples: its best-of-n gain over a random pick should be clearly above 0.",
         ),
-        ("code", "from opgrpo_lib.steps import alignment\n\nchecked = alignment.run(cfg, paths)\nchecked and checked['summary']"),
+        (
+            "code",
+            "from opgrpo_lib.steps import alignment\n\nchecked = alignment.run(cfg, paths)\nchecked and checked['summary']",
+        ),
     ],
 )
 

@@ -57,7 +57,7 @@ def test_unknown_profile():
         ("reward.weights", "late", "reward.weights: expected 'final'"),
         ("reward.weights", "nan,inf", "finite"),
         ("reward.weights", "-1,0.3", ">= 0"),
-        ("reward.mask", "situaton", "reward.mask: 'situaton' is not one of \\['prompt', 'situation'\\]"),
+        ("reward.mask", "situaton", "reward.mask: 'situaton' is not one of \\['prompt', 'situation', 'none'\\]"),
         ("reward.coverage_threshold", 1.5, "outside the allowed range"),
         ("reward.coverage_threshold", float("nan"), "not a finite number"),
         ("train.backend", "hff", "train.backend: 'hff' is not one of"),

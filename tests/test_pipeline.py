@@ -247,7 +247,8 @@ def test_a_refused_start_leaves_the_finished_run_byte_identical(chain, tmp_path,
     assert not (work / "grpo.previous").exists()
 
     summary = _cli("grpo", "--profile", "tiny", "--run-dir", str(work))  # a real summary, not {}
-    shown = json.loads(summary.stdout[summary.stdout.index("\n{") + 1 :])  # after the "[grpo] finished" line
+    # after the "[grpo] finished" line; the validation step it runs next prints its own line after the JSON
+    shown, _ = json.JSONDecoder().raw_decode(summary.stdout[summary.stdout.index("\n{") + 1 :])
     assert summary.returncode == 0 and shown["skipped"] is True and shown["policy"].endswith("grpo/policy")
     assert shown["log"]["rows"] > 0 and "loss" in shown["log"]["last"]
 

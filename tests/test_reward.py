@@ -201,7 +201,15 @@ def test_an_agreement_model_that_is_not_here_is_refused_before_any_step(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match=r"reward\.agree_with\[0\]"):
         load_profile("tiny", {"reward.agree_with": ["run:grpo"]})
-    run = ["data", "--profile", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "reward.agree_with=[nobody/no-model]"]
+    run = [
+        "data",
+        "--profile",
+        "tiny",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "reward.agree_with=[nobody/no-model]",
+    ]
     assert main(run) == 2 and not (tmp_path / "run").exists()
 
 

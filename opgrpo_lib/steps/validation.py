@@ -20,9 +20,10 @@ from ..validation import score_policies
 
 
 def sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] | None:
-    """Step ``sft_validation`` (notebook 03, after ``sft``): does the saved SFT policy finish the layout within GRPO's completion budget? Greedy
-    outputs on the validation situations -> ``results/sft_validation.json``. The reward uses the base encoder
-    (``models.encoder``) when GRPO's would be step 02's estimator: this point does not wait for step 02."""
+    """Step ``sft_validation`` (notebook 03, after ``sft``): does the saved SFT policy finish the layout within
+    GRPO's completion budget? Greedy outputs on the validation situations -> ``results/sft_validation.json``. The
+    reward uses the base encoder (``models.encoder``) when GRPO's would be step 02's estimator: this point does not
+    wait for step 02."""
     if not cfg.train.validation_every or not rank0():  # one process's job in a torchrun job
         return None
     out_json = paths.results / "sft_validation.json"
@@ -60,8 +61,9 @@ def _checkpoints(cfg: RunConfig, paths: RunPaths) -> list[tuple[int, str]]:
 
 
 def grpo(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame | None:
-    """Step ``grpo_validation`` (notebook 04, after ``grpo``): greedy outputs of the init policy and of GRPO's checkpoints on the validation
-    situations, scored by the reward and the independent evaluator -> ``results/validation_curve.csv``."""
+    """Step ``grpo_validation`` (notebook 04, after ``grpo``): greedy outputs of the init policy and of GRPO's
+    checkpoints on the validation situations, scored by the reward and the independent evaluator ->
+    ``results/validation_curve.csv``."""
     if not cfg.train.validation_every or not rank0():  # one process's job in a torchrun job
         return None
     out_csv = paths.results / "validation_curve.csv"
