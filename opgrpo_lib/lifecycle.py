@@ -227,13 +227,7 @@ def prepare_start(
     if rec is not None and rec.get("key") == key and not force:
         return Start(step, Path(root), "finished" if rec.get("status") == "finished" else "resume")
     prev = recorded(step_dir.with_name(f"{step}.previous"))
-    if (
-        not force
-        and prev
-        and prev.get("key") == key
-        and prev.get("status") == "finished"
-        and int(os.environ.get("RANK", "0")) == 0
-    ):
+    if not force and prev and prev.get("key") == key and prev.get("status") == "finished" and rank0():
         _swap_previous(Path(root), step, log)
         return Start(step, Path(root), "finished")
     if rec is None:
@@ -255,7 +249,7 @@ def commit_start(cfg: RunConfig, start: Start, log: Callable[[str], None] = prin
     if start.state != "fresh":
         step_dir.mkdir(parents=True, exist_ok=True)
         return step_dir
-    if int(os.environ.get("RANK", "0")) != 0:  # distributed: only rank 0 moves folders and writes records
+    if not rank0():  # distributed: only rank 0 moves folders and writes records
         step_dir.mkdir(parents=True, exist_ok=True)
         return step_dir
     rec, previous = recorded(step_dir), step_dir.with_name(f"{step}.previous")
