@@ -22,7 +22,7 @@ import pandas as pd
 from .config import RewardCfg, RunConfig
 from .coverage import sbert_matches
 from .prompts import implicit
-from .reward import Encoder, OPRewardScorer, keyword_text_for
+from .reward import CachedEncoder, Encoder, OPRewardScorer, keyword_text_for
 from .stats import bootstrap_ci
 from .text import check_layout
 
@@ -50,7 +50,9 @@ def score_variants(
     encoders: dict[str, Encoder],
 ) -> pd.DataFrame:
     """One row per completion: ``<variant>:total``, ``<variant>:coverage``, ``<variant>:matched`` and the shared
-    components. ``encoders`` maps a model name to its encoder; the estimator is ``encoders["estimator"]``."""
+    components. ``encoders`` maps a model name to its encoder; the estimator is ``encoders["estimator"]``. Each
+    distinct sentence is encoded once per encoder across all variants."""
+    encoders = {name: CachedEncoder(enc) for name, enc in encoders.items()}
     out: dict[str, Any] = {}
     for name, rcfg in variants.items():
         agree = [encoders[m] for m in rcfg.agree_with]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .coverage import sbert_matches
 from .nli import NLI_THRESHOLD, NLIModel, NLIUnavailable, situation_score
-from .reward import Encoder
+from .reward import CachedEncoder, Encoder
 from .stats import bootstrap_ci, describe
 from .text import MalformedReference, eval_candidate_sentences, eval_reference_sentences, parse_perspectives
 
@@ -64,21 +64,6 @@ def summarize_sbert(
         "missing_candidates": int(missing),
         "skipped": skipped or {},
     }
-
-
-class CachedEncoder:
-    """An encoder that keeps every sentence's embedding. New sentences are encoded sorted, so an embedding depends
-    only on the set of sentences encoded together, never on the order of the calls."""
-
-    def __init__(self, encoder: Encoder):
-        self.encoder = encoder
-        self._emb: dict[str, np.ndarray] = {}
-
-    def encode(self, sentences: list[str]) -> np.ndarray:
-        new = sorted(set(sentences).difference(self._emb))
-        if new:
-            self._emb.update(zip(new, self.encoder.encode(new)))
-        return np.stack([self._emb[s] for s in sentences]) if sentences else self.encoder.encode([])
 
 
 def sbert_sentences(groups: Sequence[tuple[pd.DataFrame, pd.DataFrame, Sequence[str]]]) -> list[str]:

@@ -219,6 +219,21 @@ class SentenceEncoder:
         return np.asarray(emb, dtype=np.float32)
 
 
+class CachedEncoder:
+    """An encoder that keeps every sentence's embedding. New sentences are encoded sorted, so an embedding depends
+    only on the set of sentences encoded together, never on the order of the calls."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+        self._emb: dict[str, np.ndarray] = {}
+
+    def encode(self, sentences: list[str]) -> np.ndarray:
+        new = sorted(set(sentences).difference(self._emb))
+        if new:
+            self._emb.update(zip(new, self.encoder.encode(new)))
+        return np.stack([self._emb[s] for s in sentences]) if sentences else self.encoder.encode([])
+
+
 # ---------------------------------------------------------------- batched scorer
 def validate_reference(reference: Any, row: int, prompt: str = "") -> list[str]:
     """Reference segments for the coverage term; an empty or malformed reference is a clear error."""
