@@ -59,6 +59,7 @@ class DataCfg:
     grpo_rows: int = bounded(12000, 1)  # the paper's GRPO uses the first 12,000 rows of final_train.csv
     eval_per_split: int | None = bounded(None, 1)  # None = every published test row; else rows per split (seeded)
     eval_keep_all: list[Split] = field(default_factory=list)  # splits kept whole even when eval_per_split is set
+    eval_split_rows: dict[str, int] = field(default_factory=dict)  # per-split override of eval_per_split, e.g. {5p: 200}
     max_train_rows: int | None = bounded(None, 1)  # cap on training rows (tiny profile)
     # Situations held out of the training carve (seeded) to choose settings on; never the evaluation split.
     validation_situations: int = bounded(0, 0)
@@ -689,11 +690,8 @@ def validate(cfg: RunConfig) -> None:
     for name, template in cfg.generate.prompt_styles.items():
         if not isinstance(template, str) or "{situation}" not in template:
             raise ConfigError(f"generate.prompt_styles.{name}: a template must contain {{situation}}")
-    for split, n in cfg.generate.split_rows.items():
-        if split not in SPLITS or not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(
-                f"generate.split_rows.{split}: expected a split of {list(SPLITS)} -> a count >= 1, got {n!r}"
-            )
+    _check_split_counts("data.eval_split_rows", cfg.data.eval_split_rows)
+    _check_split_counts("generate.split_rows", cfg.generate.split_rows)
     if names and cfg.eval.reference_system not in names:
         raise ConfigError(f"eval.reference_system: {cfg.eval.reference_system!r} is not one of the systems {names}")
     _check_agreement(cfg.reward)
@@ -710,6 +708,13 @@ def validate(cfg: RunConfig) -> None:
 
 
 ALIGNMENT_VARIANTS = ("authors", "mask_references", "unmasked", "agree_base")
+
+
+def _check_split_counts(key: str, counts: dict) -> None:
+    """A mapping of split -> row count, as ``data.eval_split_rows`` and ``generate.split_rows`` take."""
+    for split, n in counts.items():
+        if split not in SPLITS or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"{key}.{split}: expected a split of {list(SPLITS)} -> a count >= 1, got {n!r}")
 
 
 def _check_alignment(cfg: AlignmentCfg) -> None:

@@ -268,12 +268,13 @@ def load_test_splits(cfg: RunConfig) -> tuple[pd.DataFrame, list[ParseReport]]:
 
 
 def carve(test: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Offline split: keep ``eval_per_split`` rows per split (seeded choice, published order kept) for evaluation,
-    train on the rest. Returns (train, eval)."""
-    per = cfg.data.eval_per_split
+    """Offline split: keep ``eval_per_split`` rows per split (``eval_split_rows`` per split where given; seeded
+    choice, published order kept) for evaluation, train on the rest. Returns (train, eval). A larger count keeps
+    every row a smaller one chose (the seeded permutation's first rows), so the evaluation carve only grows."""
     eval_parts, train_parts = [], []
     for i, split in enumerate(SPLITS):
         part = test[test["split"] == split]
+        per = cfg.data.eval_split_rows.get(split, cfg.data.eval_per_split)
         if per is None or split in cfg.data.eval_keep_all or per >= len(part):
             eval_parts.append(part)
             continue
