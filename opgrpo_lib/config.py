@@ -59,7 +59,9 @@ class DataCfg:
     grpo_rows: int = bounded(12000, 1)  # the paper's GRPO uses the first 12,000 rows of final_train.csv
     eval_per_split: int | None = bounded(None, 1)  # None = every published test row; else rows per split (seeded)
     eval_keep_all: list[Split] = field(default_factory=list)  # splits kept whole even when eval_per_split is set
-    eval_split_rows: dict[str, int] = field(default_factory=dict)  # per-split override of eval_per_split, e.g. {5p: 200}
+    eval_split_rows: dict[str, int] = field(
+        default_factory=dict
+    )  # per-split override of eval_per_split, e.g. {5p: 200}
     max_train_rows: int | None = bounded(None, 1)  # cap on training rows (tiny profile)
     # Situations held out of the training carve (seeded) to choose settings on; never the evaluation split.
     validation_situations: int = bounded(0, 0)
@@ -188,6 +190,7 @@ class SystemCfg:
     prompt: str = "implicit"  # implicit | explicit | summary_format | a literal template with {situation}
     kind: Literal["policy", "modplural"] = "policy"
     score_column: Literal["core", "text"] = "core"  # SBERT-scored text: core (block if the layout is valid) | text
+    split_rows: dict[str, int] = field(default_factory=dict)  # this system's override of generate.split_rows
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,6 @@ class GenerateCfg:
             SystemCfg("modplural", "policy", kind="modplural", score_column="text"),
         ]
     )
-    # Prompt-style robustness: the first system re-generated under each rewording of the implicit prompt.
-    prompt_styles: dict[str, str] = field(default_factory=dict)
     modplural: ModPluralCfg = field(default_factory=ModPluralCfg)
 
 
@@ -283,6 +284,22 @@ class AlignmentCfg:
 
 
 @dataclass(frozen=True)
+class StylesCfg:
+    """Prompt-style generalisation (ours, pre-registered; README "Beyond the training prompt"; notebook 05 after the
+    generation): every style in ``styles`` (documented in ``prompts.STYLES``, or a template of ``custom``) and, on
+    the control, every system-message mode, for each of ``systems`` on the same situations (the first
+    ``split_rows`` of each split) with the same per-row seeds, scored by the independent evaluator. [] = off."""
+
+    styles: list[str] = field(default_factory=list)
+    custom: dict[str, str] = field(default_factory=dict)  # name -> template with {situation}, no perspective words
+    system_modes: list[str] = field(default_factory=lambda: ["default"])  # default | empty | generic
+    systems: list[str] = field(default_factory=lambda: ["op_grpo", "sft", "base_implicit"])
+    split_rows: dict[str, int] = field(default_factory=lambda: {"5p": 20, "10p": 20})
+    languages: list[Literal["en", "zh"]] = field(default_factory=lambda: ["en"])
+    bootstrap_reps: int = bounded(2000, 100)
+
+
+@dataclass(frozen=True)
 class AuthorsCfg:
     """Step 08: the authors' own per-row SBERT evaluation logs (``opgrpo_lib/steps/authors.py``, ``authors/``)."""
 
@@ -317,6 +334,7 @@ class RunConfig:
     eval: EvalCfg = field(default_factory=EvalCfg)
     authors: AuthorsCfg = field(default_factory=AuthorsCfg)
     alignment: AlignmentCfg = field(default_factory=AlignmentCfg)
+    styles: StylesCfg = field(default_factory=StylesCfg)
 
     @property
     def config_hash(self) -> str:
@@ -687,15 +705,15 @@ def validate(cfg: RunConfig) -> None:
                 f"generate.systems[{i}].prompt: {s.prompt!r} is neither one of {sorted(TEMPLATES)} "
                 "nor a template containing {situation}"
             )
-    for name, template in cfg.generate.prompt_styles.items():
-        if not isinstance(template, str) or "{situation}" not in template:
-            raise ConfigError(f"generate.prompt_styles.{name}: a template must contain {{situation}}")
     _check_split_counts("data.eval_split_rows", cfg.data.eval_split_rows)
     _check_split_counts("generate.split_rows", cfg.generate.split_rows)
+    for i, system in enumerate(cfg.generate.systems):
+        _check_split_counts(f"generate.systems[{i}].split_rows", system.split_rows)
     if names and cfg.eval.reference_system not in names:
         raise ConfigError(f"eval.reference_system: {cfg.eval.reference_system!r} is not one of the systems {names}")
     _check_agreement(cfg.reward)
     _check_alignment(cfg.alignment)
+    _check_styles(cfg)
     budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length") if trainer_fields("grpo") else None
     if budget is not None and cfg.reward.overlong_cache >= budget:
         raise ConfigError(
@@ -725,6 +743,39 @@ def _check_alignment(cfg: AlignmentCfg) -> None:
         raise ConfigError(f"alignment.policy: {cfg.policy!r} is not run:sft or run:grpo (or policy, a path, a hub id)")
     if cfg.samples == 1:
         raise ConfigError("alignment.samples: 1 sample per situation cannot rank anything: 0 (off) or >= 2")
+
+
+def _check_styles(cfg: RunConfig) -> None:
+    """Style names, custom templates (``{situation}``, no perspective words), modes and systems."""
+    from .prompts import STYLE_NAMES, SYSTEM_MODES, perspective_words_in
+
+    st = cfg.styles
+    for name, template in st.custom.items():
+        if name in STYLE_NAMES or not isinstance(template, str) or "{situation}" not in template:
+            raise ConfigError(f"styles.custom.{name}: a new style name with a template containing {{situation}}")
+        words = perspective_words_in(template)
+        if words:
+            raise ConfigError(f"styles.custom.{name}: names {words[0]!r}; a style must not mention perspectives")
+    if not st.styles:
+        return
+    unknown = [n for n in st.styles if n not in STYLE_NAMES and n not in st.custom]
+    if unknown or "control" not in st.styles:
+        raise ConfigError(
+            f"styles.styles: {unknown or st.styles!r}: expected 'control' and others of {list(STYLE_NAMES)} or "
+            "styles.custom"
+        )
+    if "zh" in st.languages and st.custom:
+        raise ConfigError("styles.custom: custom styles have no Chinese template; drop them or languages: [en]")
+    bad = [m for m in st.system_modes if m not in SYSTEM_MODES]
+    if bad or "default" not in st.system_modes:
+        want = f"expected 'default' and some of {list(SYSTEM_MODES)}"
+        raise ConfigError(f"styles.system_modes: {bad or st.system_modes!r}: {want}")
+    policies = {s.name for s in cfg.generate.systems if s.kind == "policy"}
+    missing = [n for n in st.systems if n not in policies]
+    if missing or not st.systems:
+        want = f"expected policy systems of generate.systems {sorted(policies)}"
+        raise ConfigError(f"styles.systems: {missing or st.systems!r}: {want}")
+    _check_split_counts("styles.split_rows", st.split_rows)
 
 
 def _check_agreement(cfg: RewardCfg) -> None:

@@ -299,9 +299,10 @@ def score_outputs(
 def paired_comparisons(
     sbert_per: pd.DataFrame, nli_per: pd.DataFrame, reference: str, reps: int, seed: int
 ) -> pd.DataFrame:
-    """reference system − each other system on the situations both scored (paired bootstrap), per split, pooled
-    over every split (``all``) and over 5p+10p (``5p+10p``, the splits every profile evaluates at size)."""
-    from .stats import paired_bootstrap
+    """reference system − each other system on the situations both scored (paired bootstrap, with the paired SD
+    and the minimum detectable effect at 80 % power), per split, pooled over every split (``all``) and over 5p+10p
+    (``5p+10p``, the splits every profile evaluates at size)."""
+    from .stats import paired_summary
 
     rows = []
     for metric, per, value in (("sbert", sbert_per, "ratio"), ("nli", nli_per, "score")):
@@ -319,7 +320,7 @@ def paired_comparisons(
                 common = ref.index.intersection(oth.index)
                 if len(common) < 2:
                     continue
-                res = paired_bootstrap(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
+                res = paired_summary(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
                 key = key if isinstance(key, tuple) else (key,)
                 rows.append(
                     {

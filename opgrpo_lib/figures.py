@@ -687,6 +687,8 @@ class Inputs:
     logged: pd.DataFrame | None
     authors_cells: pd.DataFrame | None
     alignment: pd.DataFrame | None = None
+    styles: pd.DataFrame | None = None
+    style_comparisons: pd.DataFrame | None = None
 
     @classmethod
     def load(cls, results: Path, logged: pd.DataFrame | None) -> Inputs:
@@ -705,6 +707,8 @@ class Inputs:
             logged=logged,
             authors_cells=figures_authors.read_cells(results),
             alignment=_read_csv(results / "alignment" / "summary.csv"),
+            styles=_read_csv(results / "styles" / "summary.csv"),
+            style_comparisons=_read_csv(results / "styles" / "comparisons.csv"),
         )
 
     def need(self, name: str, what: str) -> Any:
@@ -786,6 +790,46 @@ def fig_alignment(summary: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@styled
+def fig_styles(summary: pd.DataFrame, comps: pd.DataFrame) -> plt.Figure:
+    """Left: each system's mean coverage per prompt condition (95 % CI), conditions in their pre-registered order.
+    Right: the reference system minus each other system per condition (paired 95 % CI)."""
+    conds = list(dict.fromkeys(summary["condition"]))
+    systems = list(dict.fromkeys(summary["system"]))
+    fig, (ax, diff) = plt.subplots(
+        1, 2, figsize=(11, 0.5 * len(conds) + 1.8), layout="constrained", sharey=True, gridspec_kw={"wspace": 0.05}
+    )
+    y = np.arange(len(conds))[::-1]
+    for k, system in enumerate(systems):
+        part = summary[summary["system"] == system].set_index("condition").reindex(conds)
+        off = (k - (len(systems) - 1) / 2) * 0.22
+        err = np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]])
+        ax.errorbar(part["mean"], y + off, xerr=err, fmt="o", color=system_color(system), label=system, capsize=2)
+    ax.set_yticks(y, conds)
+    n = int(summary["n"].max())
+    ax.set_xlabel(f"independent SBERT coverage (n = {n} situations per cell, 95 % CI)")
+    ax.legend(loc="lower right", fontsize=8)
+    for k, base in enumerate(list(dict.fromkeys(comps["baseline"]))):
+        part = comps[comps["baseline"] == base].set_index("condition").reindex(conds)
+        off = (k - 0.5) * 0.25
+        err = np.vstack([part["diff"] - part["ci_low"], part["ci_high"] - part["diff"]])
+        ref = comps["system"].iloc[0]
+        diff.errorbar(part["diff"], y + off, xerr=err, fmt="s", color=system_color(base), label=f"{ref} − {base}")
+    diff.axvline(0, color="#999999", linewidth=1)
+    diff.set_xlabel("paired difference (95 % CI)")
+    diff.legend(loc="lower right", fontsize=8)
+    fig.suptitle("Beyond the training prompt: coverage per prompt style and system message (ours, pre-registered)")
+    return fig
+
+
+def _styles_outputs(inp: Inputs, out: Path) -> list[Path]:
+    summary = inp.need("styles", "results/styles/summary.csv: notebook 05 with styles.styles")
+    comps = inp.need("style_comparisons", "results/styles/comparisons.csv: notebook 05 with styles.styles")
+    return save_figure(fig_styles(summary, comps), out / "prompt_styles") + write_table(
+        comps, out / "tables" / "prompt_styles", "Per prompt condition: reference − baseline, paired 95 % CI, MDE"
+    )
+
+
 FIGURES: list[tuple[str, Any]] = [
     (
         "headline comparisons",
@@ -856,6 +900,7 @@ FIGURES: list[tuple[str, Any]] = [
             )
         ),
     ),
+    ("prompt styles", _styles_outputs),
     (
         "similarity estimator",
         lambda inp, out: save_figure(

@@ -162,11 +162,7 @@ def sample_compact(
     import torch
 
     tok, model = model_lm.tokenizer, model_lm.model
-    convs = [
-        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
-        for m in messages
-    ]
-    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    texts = lm.chat_prompts(tok, messages, system)
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     stop = model.generation_config.eos_token_id
     stop = set(stop if isinstance(stop, list) else [stop if stop is not None else tok.eos_token_id])
@@ -248,16 +244,27 @@ def modplural_fn(cfg: RunConfig, device: str | None):
     return fn
 
 
-def policy_fn(system: SystemCfg, cfg: RunConfig, root: Path, device: str | None, template: str | None = None):
-    """``fn(situations, attempt)``: one sampled output per situation from the system's policy and prompt."""
+def policy_fn(
+    system: SystemCfg,
+    cfg: RunConfig,
+    root: Path,
+    device: str | None,
+    template: str | None = None,
+    system_message: str | None = None,
+    situation_text: dict[str, str] | None = None,
+):
+    """``fn(situations, attempt)``: one sampled output per situation from the system's policy and prompt (or
+    ``template``), under the chat template's default system turn (None) or ``system_message`` ("" included). The
+    seed follows the situation's key; ``situation_text`` maps a key to the text put in the prompt (a translation)."""
     model = lm.load(lm.resolve_policy(system.policy, cfg, root), device)
     gen = cfg.generate
     template = template or system.prompt
+    shown = situation_text or {}
 
     def fn(situations: list[str], attempt: int) -> list[str]:
         seeds = [lm.row_seed(cfg.seed, s, attempt) for s in situations]
-        msgs = [render(template, s) for s in situations]
-        return sample_compact(model, msgs, gen.max_new_tokens, gen.temperature, gen.top_p, seeds)
+        msgs = [render(template, shown.get(s, s)) for s in situations]
+        return sample_compact(model, msgs, gen.max_new_tokens, gen.temperature, gen.top_p, seeds, system_message)
 
     return fn
 
@@ -274,8 +281,9 @@ def lazy(factory):
     return fn
 
 
-def job_key(cfg: RunConfig, system: SystemCfg, template: str | None) -> str:
-    """Fingerprint of one system's outputs: sampling settings, prompt, policy identity, seed and generation code."""
+def job_key(cfg: RunConfig, system: SystemCfg, template: str | None, *variant: Any) -> str:
+    """Fingerprint of one system's outputs: sampling settings, prompt, policy identity, seed and generation code
+    (and ``variant``: a system message, the translated situations; none for step 05's own jobs)."""
     from .keys import code_hash, value_key
 
     g = cfg.generate
@@ -296,15 +304,17 @@ def job_key(cfg: RunConfig, system: SystemCfg, template: str | None) -> str:
         cfg.seed,
         cfg.device,
         code_hash("generate"),
+        *variant,
     )
 
 
-def eval_items(ev: pd.DataFrame, gen: GenerateCfg) -> list[tuple[str, str]]:
-    """(situation, split) for the configured splits, the first ``split_rows[split]`` (else ``rows_per_split``) of
-    each in evaluation order."""
+def eval_items(ev: pd.DataFrame, gen: GenerateCfg, split_rows: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(situation, split) for the configured splits, the first ``split_rows[split]`` (a system's own, else
+    ``gen.split_rows``, else ``rows_per_split``) of each in evaluation order."""
     items = []
+    rows = {**gen.split_rows, **(split_rows or {})}
     for split in gen.splits:
         part = ev[ev["split"] == split]["prompt"].tolist()
-        n = gen.split_rows.get(split, gen.rows_per_split)
+        n = rows.get(split, gen.rows_per_split)
         items += [(p, split) for p in (part[:n] if n is not None else part)]
     return items

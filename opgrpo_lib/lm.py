@@ -113,6 +113,19 @@ class RowSampler:
         return scores + gumbel
 
 
+def chat_prompts(tokenizer: Any, messages: Sequence[str], system: str | None = None) -> list[str]:
+    """Each message as one user turn through the chat template, ready for generation. ``system`` None leaves the
+    system turn to the template (Qwen2.5 and SmolLM2 insert their default one); any string, ``""`` included, is
+    sent as the system message."""
+    turn = [{"role": "system", "content": system}] if system is not None else []
+    return [
+        tokenizer.apply_chat_template(
+            turn + [{"role": "user", "content": m}], tokenize=False, add_generation_prompt=True
+        )
+        for m in messages
+    ]
+
+
 def sample(
     lm: LM,
     messages: Sequence[str],
@@ -144,11 +157,7 @@ def sample_clipped(
 
     tok, model = lm.tokenizer, lm.model
     if chat:
-        convs = [
-            ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
-            for m in messages
-        ]
-        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+        texts = chat_prompts(tok, messages, system)
     else:
         texts = list(messages)
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Final SFT, RL and evaluation prompt (a single user turn through the chat template).
 IMPLICIT = "Provide a structured comprehensive analysis and your opinions on this topic: {situation}\n\n"
 
@@ -60,3 +62,62 @@ def render(template: str, situation: str) -> str:
 
 def implicit(situation: str) -> str:
     return IMPLICIT.format(situation=situation)
+
+
+# ---------------------------------------------------------------- prompt styles (ours, not the authors')
+# The paper claims the trained model "generalizes robustly to varied prompt styles and to Chinese"; its code and logs
+# hold no such experiment. These styles are ours, fixed before any number was seen, ordered by distance from the
+# training prompt. None names perspectives, viewpoints or sides (the implicit setting): ``tests/test_styles.py``
+# checks every template, English and Chinese, against ``PERSPECTIVE_WORDS``.
+@dataclass(frozen=True)
+class PromptStyle:
+    name: str
+    en: str
+    zh: str
+    note: str
+
+
+STYLES: tuple[PromptStyle, ...] = (
+    PromptStyle("control", IMPLICIT, "请对这个话题进行结构化的全面分析，并给出你的意见：{situation}\n\n",
+                "the training prompt"),
+    PromptStyle("paraphrase", "Give a well-organised, thorough analysis of this topic and share your opinions: {situation}\n\n",
+                "请对这个话题做一个条理清晰、内容详尽的分析，并谈谈你的意见：{situation}\n\n", "the same request, reworded"),
+    PromptStyle("question", "What do you think about this? {situation}", "你怎么看这件事？{situation}",
+                "a short question"),
+    PromptStyle("opinion", "{situation}\nWhat is your opinion on this?", "{situation}\n你对此有什么意见？",
+                "an opinion request after the situation"),
+    PromptStyle("advice", "Someone asked me for advice about this: {situation}\nWhat should I tell them?",
+                "有人就这件事向我寻求建议：{situation}\n我该怎么回答他们？", "a request for advice for someone else"),
+    PromptStyle("dilemma", "I am facing this: {situation}\nWhat should I do?", "我正面临这样的情况：{situation}\n我该怎么办？",
+                "a first-person dilemma"),
+    PromptStyle("bare", "{situation}", "{situation}", "the bare situation, no instruction"),
+)  # fmt: skip
+STYLE_NAMES = tuple(s.name for s in STYLES)
+
+# System-message modes, run on the control style: the chat template's own default (no system turn: Qwen2.5 and
+# SmolLM2 then insert theirs), an explicitly empty system message, and a generic one.
+SYSTEM_MODES: dict[str, str | None] = {"default": None, "empty": "", "generic": "You are a helpful assistant."}
+
+# Words a style must not contain (lower-cased substring match; Chinese: any of these characters' words).
+PERSPECTIVE_WORDS = (
+    "perspective", "viewpoint", "point of view", "points of view", "side", "stance", "angle", "standpoint",
+    "视角", "观点", "角度", "立场", "方面", "各方", "看法",
+)  # fmt: skip
+
+
+def perspective_words_in(template: str) -> list[str]:
+    """The perspective words ``template`` contains (English words matched whole, Chinese as substrings)."""
+    import re
+
+    low = template.lower()
+    return [w for w in PERSPECTIVE_WORDS if (re.search(rf"\b{w}s?\b", low) if w.isascii() else w in low)]
+
+
+def style_template(name: str, language: str = "en", custom: dict[str, str] | None = None) -> str:
+    """The template of a documented style (or a profile's custom one) in ``language`` (en | zh)."""
+    if custom and name in custom:
+        return custom[name]
+    style = next((s for s in STYLES if s.name == name), None)
+    if style is None:
+        raise ValueError(f"unknown prompt style {name!r}; documented styles: {list(STYLE_NAMES)}")
+    return style.zh if language == "zh" else style.en

@@ -114,6 +114,10 @@ _ALIGNMENT = ("seed", "device", "alignment", "reward", "models.encoder", "models
               "train.grpo.top_p")  # fmt: skip
 
 
+# What the prompt-style check reads: the sampling, the systems and their policies, its settings, the evaluator.
+_STYLES = ("seed", "device", "models.policy", "models.eval_encoder", "generate", "styles", "eval.sbert_thresholds")
+
+
 def _alignment_upstream(cfg: RunConfig) -> tuple[str, ...]:
     ups = ["data"]
     if cfg.alignment.policy.startswith("run:"):
@@ -153,6 +157,9 @@ STEPS: dict[str, StepSpec] = {
         StepSpec("05", "generate", "generate:run", _keys("seed", "device", "models.policy", "generate"),
                  lambda c: ("data", *policy_steps(c)), ("generations",),
                  "step 05: outputs of every configured system for the eval splits"),
+        StepSpec("05", "styles", "styles:run", _keys(*_STYLES), lambda c: ("data", *policy_steps(c)), ("styles",),
+                 "prompt-style generalisation: every style and system-message mode, scored (run by `opgrpo generate`)",
+                 lambda c: bool(c.styles.styles), noop_when_current=True, part_of="generate"),
         StepSpec("06", "evaluate", "evaluate:run", _keys("seed", "device", "models", "reward", "eval", "train.init"),
                  _evaluate_upstream, ("eval",), "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
         StepSpec("07", "figures", "figures:run", _keys("eval.reference_system"),

@@ -59,3 +59,23 @@ def paired_bootstrap(
 def relative_gain(ours: float, baseline: float) -> float:
     """The paper's headline form: (ours − baseline) / baseline."""
     return (ours - baseline) / baseline if baseline else float("nan")
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest paired mean difference a two-sided test at ``alpha`` detects with ``power``, given the paired
+    differences' standard deviation ``sd`` over ``n`` situations (normal approximation: (z_{1-α/2} + z_power)·sd/√n)."""
+    from statistics import NormalDist
+
+    if n < 2:
+        return float("nan")
+    z = NormalDist().inv_cdf
+    return (z(1 - alpha / 2) + z(power)) * sd / float(np.sqrt(n))
+
+
+def paired_summary(a: Sequence[float], b: Sequence[float], reps: int = 2000, seed: int = 0) -> dict[str, float]:
+    """:func:`paired_bootstrap` of mean(a) − mean(b), plus the paired differences' SD and the minimum detectable
+    effect at 80 % power for that many situations."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    res = paired_bootstrap(xa, xb, reps=reps, seed=seed)
+    sd = float(np.std(xa - xb, ddof=1)) if xa.size > 1 else float("nan")
+    return {**res, "sd_diff": sd, "mde_80": min_detectable_effect(sd, int(xa.size))}

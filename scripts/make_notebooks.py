@@ -273,7 +273,7 @@ notebook(
     STEPS["generate"].notebook,
     "05 · Generation",
     "Outputs of every configured system (OP-GRPO, SFT, base model with implicit and explicit prompts, ModPlural) "
-    "for the evaluation splits, plus the prompt-style rewordings; temperature 0.7, top-p 0.9. Retries on invalid "
+    "for the evaluation splits; temperature 0.7, top-p 0.9. Retries on invalid "
     "layouts are a setting (`generate.retries`, off by default) and are reported with every result.\n\n"
     "**Reads:** the policies of 03/04 and the base model. " + WHERE + "`R/generate/<system>.jsonl` (resumable: "
     "rows made by the same policy with the same settings are reused), `R/generate/outputs.parquet`, "
@@ -287,6 +287,17 @@ notebook(
             'outputs.groupby(["system", "split"]).agg(rows=("prompt", "size"), valid_format=("valid_format", "mean"))',
         ),
         ("code", 'print(outputs.iloc[0]["text"][:1500])'),
+        (
+            "md",
+            '## Beyond the training prompt\n\nWith `styles.styles` set (ours, pre-registered: README "Beyond the '
+            'training prompt"): every prompt style (none mentions perspectives) and, on the training prompt, every '
+            "system-message mode, for OP-GRPO, SFT and the base model on the same held-out situations with the same "
+            "per-row seeds, scored by the independent evaluator. `verdicts` applies the rules fixed in advance.",
+        ),
+        (
+            "code",
+            "from opgrpo_lib.steps import styles\n\nchecked = styles.run(cfg, paths)\nchecked and checked['verdicts']",
+        ),
     ],
 )
 

@@ -1,4 +1,4 @@
-"""Step 05: outputs of every configured system (and prompt style) for the evaluation splits."""
+"""Step 05: outputs of every configured system for the evaluation splits."""
 
 from __future__ import annotations
 
@@ -19,37 +19,25 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True) -> pd.DataFrame:
     with step_run(cfg, paths, "generate") as step:
         device = resolve_device(cfg)
         _, ev = load_prepared(paths.data)
-        items = eval_items(ev, cfg.generate)
         out_dir = step.begin()
         frames, rows = [], {}  # rows: per system, generated now vs reused from an earlier run
-        for system, name, style, template in _jobs(cfg):
-            out, key = out_dir / f"{name}.jsonl", job_key(cfg, system, template)
+        for system in cfg.generate.systems:
+            name, items = system.name, eval_items(ev, cfg.generate, system.split_rows)
+            out, key = out_dir / f"{name}.jsonl", job_key(cfg, system, None)
             reused = len({p for p, _ in items} & set(done_rows(out, key)))
             rows[name] = {"generated": len({p for p, _ in items}) - reused, "reused": reused}
             if system.kind == "modplural":
                 fn = lazy(lambda: modplural_fn(cfg, device))
             else:
-                fn = lazy(
-                    lambda system=system, template=template: policy_fn(system, cfg, paths.root, device, template)
-                )
+                fn = lazy(lambda system=system: policy_fn(system, cfg, paths.root, device))
             with step.timed(name):
-                frames.append(generate_rows(fn, items, name, style, cfg.generate, out, key, progress))
+                frames.append(generate_rows(fn, items, name, "default", cfg.generate, out, key, progress))
         outputs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
         atomic_write_parquet(outputs, out_dir / "outputs.parquet")
         _publish_texts(outputs, paths)
         step.inputs = [paths.data / "eval.parquet"]
         step.extra = {"retries": cfg.generate.retries, "device_used": device, "rows": rows}
     return outputs
-
-
-def _jobs(cfg: RunConfig) -> list[tuple]:
-    """(system, output name, prompt style, template) per generation job: every system, then the prompt styles of
-    the first one."""
-    jobs = [(s, s.name, "default", None) for s in cfg.generate.systems]
-    if cfg.generate.prompt_styles and cfg.generate.systems:
-        first = cfg.generate.systems[0]
-        jobs += [(first, f"{first.name}@{k}", k, v) for k, v in cfg.generate.prompt_styles.items()]
-    return jobs
 
 
 def _publish_texts(outputs: pd.DataFrame, paths: RunPaths) -> None:

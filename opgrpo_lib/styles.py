@@ -1,0 +1,187 @@
+"""Prompt-style generalisation (ours, pre-registered; README "Beyond the training prompt"): the conditions, the
+generation jobs, the scoring under the independent evaluator and the pre-registered summary.
+
+A condition is (language, style, system-message mode). Every style runs under the chat template's default system
+turn; the other modes run on the control only. Each condition runs for every system of ``styles.systems`` on the
+same situations with the same per-row seeds (``lm.row_seed`` of the English situation), so every difference
+between two cells of a row of the table is paired.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import RunConfig, SystemCfg
+from .prompts import SYSTEM_MODES, style_template
+from .stats import bootstrap_ci, paired_summary
+
+# Fixed before any number was seen. A style "keeps the gain over the base model" when op_grpo − base has a 95 %
+# paired-bootstrap CI above 0 under it; "keeps the level" when op_grpo's mean under it is at least RETENTION_MIN
+# of op_grpo's mean under the control. The claim "generalises to varied prompt styles" is supported when every
+# non-control style keeps both; "the RL step brings it" additionally needs op_grpo − sft above 0 per style.
+RETENTION_MIN = 0.8
+
+
+@dataclass(frozen=True)
+class Condition:
+    language: str
+    style: str
+    mode: str
+
+    @property
+    def label(self) -> str:
+        """``style`` (default mode, English), ``control+empty``, ``question.zh``..."""
+        mode = "" if self.mode == "default" else f"+{self.mode}"
+        lang = "" if self.language == "en" else f".{self.language}"
+        return f"{self.style}{mode}{lang}"
+
+
+def conditions(cfg: RunConfig) -> list[Condition]:
+    """Every style under the default mode, then the control under every other mode, per language."""
+    st = cfg.styles
+    out = []
+    for lang in st.languages:
+        out += [Condition(lang, s, "default") for s in st.styles]
+        out += [Condition(lang, "control", m) for m in st.system_modes if m != "default"]
+    return out
+
+
+def systems(cfg: RunConfig) -> list[SystemCfg]:
+    by_name = {s.name: s for s in cfg.generate.systems}
+    return [by_name[n] for n in cfg.styles.systems]
+
+
+def template(cfg: RunConfig, system: SystemCfg, cond: Condition) -> str | None:
+    """The prompt template of a job; None for the English control, which is the system's own prompt (so that job
+    has step 05's key, and its rows made there are reused)."""
+    if cond.style == "control" and cond.language == "en":
+        return None
+    return style_template(cond.style, cond.language, cfg.styles.custom)
+
+
+def system_message(cond: Condition) -> str | None:
+    return SYSTEM_MODES[cond.mode]
+
+
+def items(ev: pd.DataFrame, cfg: RunConfig) -> list[tuple[str, str]]:
+    """(situation, split): the first ``styles.split_rows[split]`` evaluation situations of each split listed."""
+    out = []
+    for split, n in cfg.styles.split_rows.items():
+        out += [(p, split) for p in ev[ev["split"] == split]["prompt"].tolist()[:n]]
+    return out
+
+
+def rows_with_key(path: Path, key: str) -> list[str]:
+    """The lines of a generation file made under ``key`` (read only: the file is another step's)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("fingerprint") == key:
+                out.append(line)
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def per_sample(
+    outputs: pd.DataFrame, refs: pd.DataFrame, encoder, threshold: float, columns: dict[str, str]
+) -> pd.DataFrame:
+    """One row per (condition, system, situation): the independent evaluator's matched count and ratio (the
+    system's scored column: core or text), with the layout's validity. Every distinct sentence is encoded once."""
+    from .coverage import sbert_matches
+
+    frames = []
+    for (label, system), grp in outputs.groupby(["condition", "system"], sort=False):
+        part = refs[refs["prompt"].isin(grp["prompt"])]
+        lookup = grp.drop_duplicates("prompt").set_index("prompt")
+        cands = [lookup[columns[system]].get(p) for p in part["prompt"]]
+        per, _, _ = sbert_matches(part, [c if isinstance(c, str) else None for c in cands], encoder, threshold)
+        per = per[["prompt", "matched", "n_references", "ratio"]].assign(condition=label, system=system)
+        per["split"] = per["prompt"].map(lookup["split"])
+        per["valid_format"] = per["prompt"].map(lookup["valid_format"]).astype(bool)
+        frames.append(per)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize(per: pd.DataFrame, order: list[Condition], reps: int, seed: int) -> pd.DataFrame:
+    """Per (condition, system): situations, mean with its bootstrap CI, the share of valid layouts, and the ratio of
+    the mean to the same system's mean under the control (same language)."""
+    rows = []
+    for cond in order:
+        control = Condition(cond.language, "control", "default").label
+        for system, grp in per[per["condition"] == cond.label].groupby("system", sort=False):
+            base = per[(per["condition"] == control) & (per["system"] == system)]["ratio"].mean()
+            lo, hi = bootstrap_ci(grp["ratio"].to_numpy(), reps=reps, seed=seed)
+            mean = float(grp["ratio"].mean())
+            rows.append(
+                {
+                    "condition": cond.label,
+                    "language": cond.language,
+                    "style": cond.style,
+                    "mode": cond.mode,
+                    "system": system,
+                    "n": len(grp),
+                    "mean": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "ratio_to_control": mean / base if base else float("nan"),
+                    "valid_format_rate": float(grp["valid_format"].mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def comparisons(per: pd.DataFrame, order: list[Condition], reference: str, reps: int, seed: int) -> pd.DataFrame:
+    """``reference`` − every other system per condition, on the situations both scored (paired bootstrap), with
+    the paired SD and the minimum detectable effect at 80 % power, and the pre-registered verdicts."""
+    rows = []
+    for cond in order:
+        part = per[per["condition"] == cond.label]
+        ref = part[part["system"] == reference].set_index("prompt")["ratio"]
+        for other in [s for s in part["system"].unique() if s != reference]:
+            oth = part[part["system"] == other].set_index("prompt")["ratio"]
+            common = ref.index.intersection(oth.index)
+            if len(common) < 2:
+                continue
+            res = paired_summary(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
+            rows.append(
+                {
+                    "condition": cond.label,
+                    "language": cond.language,
+                    "style": cond.style,
+                    "mode": cond.mode,
+                    "system": reference,
+                    "baseline": other,
+                    "n": len(common),
+                    **res,
+                    "above_zero": res["ci_low"] > 0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def verdicts(summary: pd.DataFrame, comps: pd.DataFrame, reference: str, base: str, sft: str) -> pd.DataFrame:
+    """The pre-registered reading per English style under the default mode: keeps the gain over ``base``, keeps
+    RETENTION_MIN of its control level, beats ``sft``."""
+    rows = []
+    mine = summary[(summary["system"] == reference) & (summary["mode"] == "default")]
+    for r in mine.itertuples():
+        c = comps[(comps["condition"] == r.condition)].set_index("baseline")
+        rows.append(
+            {
+                "condition": r.condition,
+                "language": r.language,
+                "style": r.style,
+                "retention": r.ratio_to_control,
+                "keeps_level": bool(r.ratio_to_control >= RETENTION_MIN),
+                "beats_base": bool(c["above_zero"].get(base, False)),
+                "beats_sft": bool(c["above_zero"].get(sft, False)),
+            }
+        )
+    return pd.DataFrame(rows)
