@@ -291,7 +291,8 @@ class StylesCfg:
     ``split_rows`` of each split) with the same per-row seeds, scored by the independent evaluator. [] = off."""
 
     styles: list[str] = field(default_factory=list)
-    custom: dict[str, str] = field(default_factory=dict)  # name -> template with {situation}, no perspective words
+    # name -> an English template with {situation} and no perspective words (English only: no Chinese condition)
+    custom: dict[str, str] = field(default_factory=dict)
     system_modes: list[str] = field(default_factory=lambda: ["default"])  # default | empty | generic
     systems: list[str] = field(default_factory=lambda: ["op_grpo", "sft", "base_implicit"])
     split_rows: dict[str, int] = field(default_factory=lambda: {"5p": 20, "10p": 20})
@@ -314,7 +315,9 @@ class AuthorsCfg:
     rescore_encoders: list[str] = field(default_factory=list)  # sentence-transformers ids / paths / tiny:*
     rescore_nli: str | None = None  # an NLI model id (the NLI protocol on the logged sentences); None = off
     rescore_threshold: float = unit(0.70)
-    rescore_systems: list[str] = field(default_factory=lambda: ["headline"])  # "headline", "all" or system names
+    # "headline" (best 3B, its baselines, the RL-step pairs), "rl_step" (the RL-step pairs and best 3B vs Qwen3-8B
+    # explicit), "all" or system names
+    rescore_systems: list[str] = field(default_factory=lambda: ["headline"])
     rescore_splits: list[Split] = field(default_factory=lambda: ["5p", "10p"])
     rescore_rows_per_split: int | None = bounded(None, 1)  # None = every logged situation; else a seeded subset
     tokenizer: str | None = None  # token counts of the candidate sentences; None = words only
@@ -764,8 +767,6 @@ def _check_styles(cfg: RunConfig) -> None:
             f"styles.styles: {unknown or st.styles!r}: expected 'control' and others of {list(STYLE_NAMES)} or "
             "styles.custom"
         )
-    if "zh" in st.languages and st.custom:
-        raise ConfigError("styles.custom: custom styles have no Chinese template; drop them or languages: [en]")
     bad = [m for m in st.system_modes if m not in SYSTEM_MODES]
     if bad or "default" not in st.system_modes:
         want = f"expected 'default' and some of {list(SYSTEM_MODES)}"

@@ -93,6 +93,12 @@ def _evaluate_upstream(cfg: RunConfig) -> tuple[str, ...]:
     return tuple(ups)
 
 
+def _figures_upstream(cfg: RunConfig) -> tuple[str, ...]:
+    """Every step whose results a figure draws."""
+    extra = [s for s in ("alignment", "styles") if STEPS[s].enabled(cfg)]
+    return ("data", "estimator", *policy_steps(cfg), *extra, "evaluate")
+
+
 def _keys(*keys: str) -> Keys:
     return lambda cfg: keys
 
@@ -162,8 +168,7 @@ STEPS: dict[str, StepSpec] = {
                  lambda c: bool(c.styles.styles), noop_when_current=True, part_of="generate"),
         StepSpec("06", "evaluate", "evaluate:run", _keys("seed", "device", "models", "reward", "eval", "train.init"),
                  _evaluate_upstream, ("eval",), "step 06: SBERT / NLI coverage, tokens, judge, paired tests"),
-        StepSpec("07", "figures", "figures:run", _keys("eval.reference_system"),
-                 lambda c: ("data", "estimator", *policy_steps(c), "evaluate"), (),
+        StepSpec("07", "figures", "figures:run", _keys("eval.reference_system"), _figures_upstream, (),
                  "step 07: every figure and table from results/"),
         StepSpec("08", "authors", "authors:run", _keys("seed", "device", "data", "authors"), lambda c: (),
                  ("authors",), "step 08: the authors' own evaluation logs, verified, regenerated and re-scored"),

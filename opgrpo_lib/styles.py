@@ -41,11 +41,12 @@ class Condition:
 
 
 def conditions(cfg: RunConfig) -> list[Condition]:
-    """Every style under the default mode, then the control under every other mode, per language."""
+    """Every style under the default mode, then the control under every other mode, per language (custom styles
+    are English only)."""
     st = cfg.styles
     out = []
     for lang in st.languages:
-        out += [Condition(lang, s, "default") for s in st.styles]
+        out += [Condition(lang, s, "default") for s in st.styles if lang == "en" or s not in st.custom]
         out += [Condition(lang, "control", m) for m in st.system_modes if m != "default"]
     return out
 

@@ -31,11 +31,11 @@ def _invalidated(override: dict) -> list[str]:
     "override, expected",
     [
         ({"eval.bootstrap_reps": 500}, ["evaluate", "figures"]),
-        ({"generate.max_new_tokens": 8}, ["generate", "evaluate", "figures"]),
-        ({"train.grpo.learning_rate": 2e-3}, ["grpo", "generate", "evaluate", "figures"]),
-        ({"reward.weights": "early"}, ["alignment", "grpo", "generate", "evaluate", "figures"]),
-        ({"estimator.scale": 60.0}, ["estimator", "alignment", "grpo", "generate", "evaluate", "figures"]),
-        ({"train.sft.learning_rate": 1e-3}, ["sft", "alignment", "grpo", "generate", "evaluate", "figures"]),
+        ({"generate.max_new_tokens": 8}, ["generate", "styles", "evaluate", "figures"]),
+        ({"train.grpo.learning_rate": 2e-3}, ["grpo", "generate", "styles", "evaluate", "figures"]),
+        ({"reward.weights": "early"}, ["alignment", "grpo", "generate", "styles", "evaluate", "figures"]),
+        ({"estimator.scale": 60.0}, ["estimator", "alignment", "grpo", "generate", "styles", "evaluate", "figures"]),
+        ({"train.sft.learning_rate": 1e-3}, ["sft", "alignment", "grpo", "generate", "styles", "evaluate", "figures"]),
         ({"data.eval_per_split": 4}, [s for s in ORDER if not s.endswith("_validation")]),  # the curve is off here
     ],
 )

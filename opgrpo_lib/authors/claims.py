@@ -15,6 +15,8 @@ THREE_B_VARIANTS = ("ex", "im", "im-rewarddown", "im-rewarddown-unique")
 BASELINES = ("Qwen3-8B explicit", "Qwen3-8B implicit", "ModPlural raw", "ModPlural refine",
              "Qwen2.5-1.5B-Instruct explicit", "Qwen2.5-1.5B-Instruct implicit")  # fmt: skip
 STEP_MODELS = ("Qwen2.5-1.5B", "Llama-3.2-3B")
+# The RL step's own gain: (model, later step, earlier step), wherever both logs exist (Llama's step-30 log too).
+STEP_PAIRS = (("Qwen2.5-1.5B", 150, 0), ("Llama-3.2-3B", 150, 0), ("Llama-3.2-3B", 150, 30))
 
 
 def _ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
@@ -81,7 +83,7 @@ def best_three_b(cell_df: pd.DataFrame) -> str:
 
 def headline_pairs(best: str) -> list[tuple[str, str]]:
     pairs = [(best, b) for b in BASELINES]
-    pairs += [(f"OP-GRPO {m} step 150", f"OP-GRPO {m} step 0") for m in STEP_MODELS]
+    pairs += [(f"OP-GRPO {m} step {a}", f"OP-GRPO {m} step {b}") for m, a, b in STEP_PAIRS]
     return pairs
 
 

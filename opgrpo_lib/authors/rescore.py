@@ -15,7 +15,7 @@ import pandas as pd
 from ..nli import NLI_THRESHOLD, situation_score
 from ..reward import greedy_matches
 from ..stats import bootstrap_ci
-from .claims import BASELINES, STEP_MODELS
+from .claims import BASELINES, STEP_PAIRS
 from .evidence import Evidence
 
 Item = tuple[str, str, int, list[str], list[str]]  # (system, split, opv2_row, references, candidate sentences)
@@ -38,11 +38,17 @@ def rescore_jobs(ev: Evidence, systems: Sequence[str], splits: Sequence[str]) ->
     return [RescoreJob(r.system, r.split, r.log) for r in ok.sort_values(["system", "split"]).itertuples()]
 
 
+def _step_systems() -> list[str]:
+    return list(dict.fromkeys(f"OP-GRPO {m} step {s}" for m, *steps in STEP_PAIRS for s in steps))
+
+
 def resolve_systems(names: Sequence[str], best: str) -> list[str]:
     out = []
     for n in names:
         if n == "headline":
-            out += [best, *BASELINES] + [f"OP-GRPO {m} step {s}" for m in STEP_MODELS for s in (0, 150)]
+            out += [best, *BASELINES, *_step_systems()]
+        elif n == "rl_step":  # the RL-step pairs and the best 3B vs Qwen3-8B explicit
+            out += [best, "Qwen3-8B explicit", *_step_systems()]
         else:
             out.append(n)
     return list(dict.fromkeys(out))
