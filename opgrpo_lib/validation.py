@@ -67,7 +67,30 @@ class Validator:
             "valid_format_rate": float(np.mean([p.valid_format for p in parts])),
             "clipped_ratio": float(np.mean(clipped)),
             "mean_tokens": float(np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts])),
+            "per_situation": dict(zip(per["prompt"], per["ratio"])) if len(per) else {},
         }
+
+
+def versus_start(points: list[dict[str, Any]], reps: int, seed: int) -> list[dict[str, Any]]:
+    """Each point with its paired difference from the first (step 0) on the situations both scored: the bootstrap
+    CI, and the minimum detectable effect at 80 % power for that many situations and that spread (what the curve
+    can resolve). The per-situation scores are dropped."""
+    from .stats import paired_summary
+
+    start = points[0]["per_situation"]
+    out = []
+    for point in points:
+        mine = point["per_situation"]
+        common = [p for p in start if p in mine]
+        row = {k: v for k, v in point.items() if k != "per_situation"}
+        if point is not points[0] and len(common) > 1:
+            res = paired_summary([mine[p] for p in common], [start[p] for p in common], reps=reps, seed=seed)
+            row.update(
+                {"vs_start": res["diff"], "vs_start_ci_low": res["ci_low"], "vs_start_ci_high": res["ci_high"]}
+            )
+            row.update({"vs_start_sd": res["sd_diff"], "vs_start_mde_80": res["mde_80"]})
+        out.append(row)
+    return out
 
 
 def score_policies(

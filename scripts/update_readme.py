@@ -71,10 +71,37 @@ def comparison_rows(results: Path, pooled: str = "5p+10p") -> list[str]:
                 r = r.iloc[0]
                 cells.append(f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
         n = int(part["n"].iloc[0])
+        ind = part[part["evaluator"] == "independent"]
+        power = (
+            f"; smallest effect detectable at 80 % power (independent): {ind['mde_80'].iloc[0]:.3f} "
+            f"(paired SD {ind['sd_diff'].iloc[0]:.3f})"
+            if "mde_80" in part and not ind.empty
+            else ""
+        )
         rows.append(
             f"| {system} − {baseline}, SBERT relative accuracy, pooled {pooled} (n = {n} paired situations), "
-            f"95 % paired-bootstrap CI: independent / reward's estimator | {' / '.join(cells)} | {_made_by('evaluate')} "
-            f"(`eval/comparisons.csv`) | – | – |"
+            f"95 % paired-bootstrap CI: independent / reward's estimator{power} | {' / '.join(cells)} | "
+            f"{_made_by('evaluate')} (`eval/comparisons.csv`) | – | – |"
+        )
+    return rows
+
+
+def alignment_rows(results: Path) -> list[str]:
+    """The reward-evaluator alignment check: each reward variant's best-of-n gain under the independent evaluator."""
+    path = results / "alignment" / "summary.csv"
+    if not path.exists():
+        return []
+    rows = []
+    for r in pd.read_csv(path).itertuples():
+        if not (r.score.endswith(":total") or r.variant == "oracle"):
+            continue
+        extra = f", zero-coverage {r.zero_coverage_rate:.0%}" if r.zero_coverage_rate == r.zero_coverage_rate else ""
+        name = "oracle (the evaluator's own pick)" if r.variant == "oracle" else r.score
+        rows.append(
+            f"| reward–evaluator alignment, {name}: best-of-{r.samples_per_situation:g} gain over a random pick "
+            f"(independent evaluator, n = {r.situations} validation situations), Spearman{extra} | "
+            f"{r.best_of_n_gain:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], ρ {r.spearman_mean:.2f} | "
+            f"{_made_by('alignment', results.name)} (`alignment/summary.csv`) | – | – |"
         )
     return rows
 
@@ -117,6 +144,7 @@ def readme_results_table(results: Path) -> str:
                 f"| {_made_by('generate')} + {_made_by('evaluate')} | {_hardware(g)} | {_minutes(g)} + {_minutes(m)} |"
             )
         rows += comparison_rows(results)
+        rows += alignment_rows(results)
         rows.append(f"| NLI Accuracy@0.33 | {summary['nli']} | {_made_by('evaluate')} | – | – |")
         rows.append(f"| format retries at generation | {summary['retries']} | profile `generate.retries` | – | – |")
     if len(rows) == 2:

@@ -215,3 +215,31 @@ def test_paired_comparisons_per_split_and_pooled():
     assert set(comp["split"]) == {"5p", "10p", "6p", "all", "5p+10p"}
     pooled = comp[comp["split"] == "5p+10p"].iloc[0]
     assert pooled["n"] == 20 and pooled["ci_low"] > 0 and pooled["evaluator"] == "independent"
+    diffs = [0.1 + 0.01 * i for i in range(10)] * 2  # 5p and 10p: op_grpo − sft per situation
+    assert pooled["sd_diff"] == pytest.approx(np.std(diffs, ddof=1))
+    assert pooled["mde_80"] == pytest.approx((1.959964 + 0.841621) * np.std(diffs, ddof=1) / np.sqrt(20), rel=1e-5)
+
+
+def test_minimum_detectable_effect_matches_the_power_of_a_paired_z_test():
+    """At the MDE, a two-sided 5 % z-test on n paired differences with that SD rejects 80 % of the time."""
+    from statistics import NormalDist
+
+    from opgrpo_lib.stats import min_detectable_effect
+
+    sd, n = 0.178, 400
+    mde = min_detectable_effect(sd, n)
+    se = sd / np.sqrt(n)
+    power = 1 - NormalDist().cdf(1.959964 - mde / se) + NormalDist().cdf(-1.959964 - mde / se)
+    assert power == pytest.approx(0.80, abs=1e-4) and mde == pytest.approx(0.0249, abs=2e-4)
+    assert np.isnan(min_detectable_effect(sd, 1))
+
+
+def test_the_validation_curve_reports_what_it_can_resolve():
+    from opgrpo_lib.validation import versus_start
+
+    start = {"step": 0, "per_situation": {f"s{i}": 0.3 for i in range(30)}}
+    later = {"step": 8, "per_situation": {f"s{i}": 0.3 + (0.1 if i % 2 else 0.0) for i in range(30)}}
+    first, second = versus_start([start, later], reps=300, seed=0)
+    assert "per_situation" not in first and "vs_start" not in first
+    assert second["vs_start"] == pytest.approx(0.05) and second["vs_start_ci_low"] > 0
+    assert second["vs_start_mde_80"] == pytest.approx(2.8016 * np.std([0.0, 0.1] * 15, ddof=1) / np.sqrt(30), rel=1e-3)

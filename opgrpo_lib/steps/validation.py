@@ -16,7 +16,7 @@ from ..lifecycle import rank0, step_run
 from ..lm import resolve_policy
 from ..models import resolve, resolve_estimator
 from ..runs import RunPaths, atomic_write_text, checkpoint_problem
-from ..validation import score_policies
+from ..validation import score_policies, versus_start
 
 
 def sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] | None:
@@ -37,6 +37,7 @@ def sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] 
         estimator = cfg.models.encoder if cfg.reward.estimator == "run:estimator" else resolve(cfg.reward.estimator)
         with step.timed("validation"):
             (point,) = score_policies(cfg, paths, [(0, policy)], estimator, resolve_device(cfg))
+        point.pop("per_situation")
         record = {**point, "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}
         atomic_write_text(out_json, json.dumps(record, indent=2))
     return record
@@ -74,6 +75,7 @@ def grpo(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame |
         step.begin()
         with step.timed("validation"):
             points = score_policies(cfg, paths, policies, resolve_estimator(cfg, paths), resolve_device(cfg))
+        points = versus_start(points, cfg.eval.bootstrap_reps, cfg.seed)
         curve = pd.DataFrame(points).drop(columns="max_new_tokens")
         atomic_write_text(out_csv, curve.to_csv(index=False))
     return curve
