@@ -245,17 +245,13 @@ def check_rows(
     sim = lambda a, b: float(emb[index[a]] @ emb[index[b]]) if a and b else 0.0  # noqa: E731
     checks = []
     for r in recs:
-        zh_fields = [r["situation_zh"] or ""] + [t or "" for p in r["references_zh"] for t in p.values()]
-        n_zh = sum(1 for p in r["references_zh"] if p["name"] and p["explanation"])
+        situation = _text(r["situation_zh"])
+        zh_fields = [situation] + [_text(t) for p in r["references_zh"] for t in p.values()]
+        n_zh = sum(1 for p in r["references_zh"] if _text(p["name"]) and _text(p["explanation"]))
         back = min((sim(a, b) for a, b in _back_pairs(r)), default=0.0)
         share = zh_share(" ".join(zh_fields))
-        failed = [
-            reason
-            for reason, bad in zip(
-                REASONS, (not r["situation_zh"], n_zh != len(r["references"]), share < share_min, back < back_min)
-            )
-            if bad
-        ]
+        bad = (not situation, n_zh != len(r["references"]), share < share_min, back < back_min)
+        failed = [reason for reason, b in zip(REASONS, bad) if b]
         checks.append({"prompt": r["prompt"], "split": r["split"], "n_perspectives": len(r["references"]),
                        "n_translated": n_zh, "zh_share": share, "back_translation": back, "failed": failed,
                        "reason": failed[0] if failed else None})  # fmt: skip
@@ -265,10 +261,15 @@ def check_rows(
     return kept, checks_df, _check_report(checks_df, back_min, share_min)
 
 
-def _back_pairs(rec: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """(English field, its back-translation) for the situation and each explanation."""
-    out = [(rec["prompt"], rec["situation_back"])]
-    return out + [(p["explanation"], b) for p, b in zip(rec["references"], rec["explanations_back"])]
+def _text(value: Any) -> str:
+    """A translated field as text ("" for a missing one: None, or NaN once in a frame)."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _back_pairs(rec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(English field, its back-translation or "") for the situation and each explanation."""
+    out = [(rec["prompt"], _text(rec["situation_back"]))]
+    return out + [(p["explanation"], _text(b)) for p, b in zip(rec["references"], rec["explanations_back"])]
 
 
 def _check_report(checks: pd.DataFrame, back_min: float, share_min: float) -> dict[str, Any]:
@@ -374,7 +375,8 @@ def calibrate(
     zh_cos = _cosines(zh_encoder, pairs["candidate_zh"].tolist(), pairs["reference_zh"].tolist())
     cal = pairs["situation"].isin(cal_set).to_numpy()
     if target[cal].all() or not target[cal].any():
-        why = f"the English evaluator decides all {int(cal.sum())} calibration pairs alike ({int(target[cal].sum())} match)"
+        n, hits = int(cal.sum()), int(target[cal].sum())
+        why = f"the English evaluator decides all {n} calibration pairs alike ({hits} match): nothing to calibrate"
         return {"criterion": "cohen_kappa", "zh_threshold": None, "validated": False, "reason": why}
     threshold, cal_kappa = _best_threshold(target[cal], zh_cos[cal], en_threshold)
     out: dict[str, Any] = {"criterion": "cohen_kappa", "en_threshold": en_threshold, "zh_threshold": threshold,
