@@ -775,7 +775,7 @@ def _check_translate(cfg: RunConfig) -> None:
     for key, path in files + ([("translate.model", fixture)] if fixture is not None else []):
         if not path or not (REPO_ROOT / path).is_file():
             raise ConfigError(f"{key}: {path!r}: no such file (paths are relative to the repository root)")
-    if fixture is not None and fixture != tc.source:
+    if fixture is not None and (REPO_ROOT / fixture).resolve() != (REPO_ROOT / tc.source).resolve():
         raise ConfigError(
             f"translate.model: {tc.model!r} translates only its own English: set translate.source to the same file"
         )
