@@ -287,6 +287,20 @@ notebook(
             'outputs.groupby(["system", "split"]).agg(rows=("prompt", "size"), valid_format=("valid_format", "mean"))',
         ),
         ("code", 'print(outputs.iloc[0]["text"][:1500])'),
+        (
+            "markdown",
+            "## Chinese situations\n\nWith `translate.enabled` (tiny: a synthetic parallel fixture; paper: Qwen3-8B): "
+            "the evaluation situations translated field by field (situation, each perspective's name and explanation), "
+            "rows failing a check (perspective count, share of Chinese characters, back-translation similarity) dropped "
+            "and counted, and the Chinese evaluator calibrated against the English one (Cohen's kappa on held-out "
+            "situations; below `translate.min_kappa` the Chinese numbers are unvalidated). The text stays in "
+            "`R/translate/`; `R/results/translate/report.json` holds counts only.",
+        ),
+        (
+            "code",
+            "from opgrpo_lib.steps import translate\n\nzh = translate.run(cfg, paths)\n"
+            'zh and {k: zh["report"][k] for k in ("rows", "kept", "dropped", "calibration")}',
+        ),
     ],
 )
 
