@@ -208,7 +208,8 @@ def translate_rows(rows: pd.DataFrame, translator: Translator) -> pd.DataFrame:
     ``explanations_back`` (the back-translations; None where there was nothing to translate back)."""
     en = [t for r in rows.to_dict("records") for t in _fields(r["prompt"], r["references"])]
     zh = dict(zip(en, translator.translate(en, "zh")))
-    zh_texts = sorted({t for t in zh.values() if t})
+    checked = [t for r in rows.to_dict("records") for t in [r["prompt"]] + [p["explanation"] for p in r["references"]]]
+    zh_texts = sorted({zh[t] for t in checked if zh.get(t)})  # names are too short to compare: not sent back
     back = dict(zip(zh_texts, translator.translate(zh_texts, "en")))
     out = rows.copy()
     out["situation_zh"] = [zh.get(p) for p in rows["prompt"]]

@@ -1,6 +1,7 @@
 """The Chinese arm: CJK share and sentence splitting by hand, the per-row translation checks, the evaluator
 calibration on cases with a known answer, the profile checks, and the translate step on the tiny fixture."""
 
+import dataclasses
 import json
 import zlib
 
@@ -226,3 +227,26 @@ def test_translate_step_on_the_tiny_fixture_drops_exactly_the_broken_row(tmp_pat
     assert [(r["prompt"], r["reason"]) for r in local["dropped_rows"]] == [(broken[0], "perspective_count")]
     again = translate.run(cfg, paths)  # same settings: read back, nothing recomputed
     assert "checks" not in again and again["report"]["kept"] == 5
+
+
+@pytest.mark.slow
+def test_llm_path_on_the_evaluation_situations_drops_and_counts_what_the_tiny_lm_cannot_translate(tmp_path, opv2_dir):
+    """The paper's path (the evaluation situations, an LLM through lm.load) with the tiny LM, which writes no
+    Chinese: the first rows of each split in evaluation order, every row dropped and counted, nothing kept."""
+    from opgrpo_lib.data import load_prepared
+    from opgrpo_lib.generate import eval_items
+    from opgrpo_lib.runs import run_paths
+    from opgrpo_lib.steps import data, translate
+
+    over = {"translate.source": "eval", "translate.model": "tiny:causal-lm", "translate.max_new_tokens": 6,
+            "translate.split_rows": 2, "translate.splits": ["5p", "gt10p"]}  # fmt: skip
+    cfg = load_profile("tiny", over)
+    paths = run_paths(cfg, tmp_path / "run")
+    data.run(cfg, paths)
+    out = translate.run(cfg, paths)
+    _, ev = load_prepared(paths.data)
+    gen = dataclasses.replace(cfg.generate, splits=["5p", "gt10p"], split_rows={}, rows_per_split=2)
+    assert list(zip(out["checks"]["prompt"], out["checks"]["split"])) == eval_items(ev, gen)
+    report = out["report"]
+    assert report["rows"] == 4 and report["kept"] == 0 and sum(report["dropped"].values()) == 4
+    assert load_translations(paths.root).empty and not report["calibration"]["validated"]
