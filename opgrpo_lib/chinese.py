@@ -312,7 +312,10 @@ def load_translations(root: Path) -> pd.DataFrame:
 def calibration_pairs(translations: pd.DataFrame) -> pd.DataFrame:
     """Parallel (candidate, reference) pairs of each translated situation, in English and in Chinese: every
     perspective's explanation (a candidate sentence) against every perspective's reference sentence of the same
-    situation (its own: ``same``; the others: the hard negatives the evaluator must tell apart)."""
+    situation (its own: ``same``; the others: the hard negatives the evaluator must tell apart). Limitation
+    (measured on the fixture): a ``same`` pair is a containment (the reference sentence holds the explanation), so it
+    is easy and even an English-only encoder passes the kappa rule on Chinese; parallel pairs from real outputs
+    (English output sentences and their translations) are the stronger test: :func:`calibrate` takes any pairs."""
     rows = []
     for rec in translations.to_dict("records"):
         en, zh = rec["references"], rec["references_zh"]
