@@ -323,6 +323,41 @@ class AuthorsCfg:
     tokenizer: str | None = None  # token counts of the candidate sentences; None = words only
 
 
+# Sentence encoders known to read Chinese (the Chinese arm's evaluator must be one of them, or an in-code tiny:*
+# model, whose byte-level tokenizer reads any text): an English-only evaluator scores Chinese near chance.
+MULTILINGUAL_ENCODERS = (
+    "intfloat/multilingual-e5-small",
+    "intfloat/multilingual-e5-base",
+    "intfloat/multilingual-e5-large",
+    "sentence-transformers/paraphrase-multilingual-mpnet-base-v2",
+    "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+    "sentence-transformers/distiluse-base-multilingual-cased-v2",
+    "sentence-transformers/LaBSE",
+    "BAAI/bge-m3",
+)
+
+
+@dataclass(frozen=True)
+class TranslateCfg:
+    """The Chinese arm (``opgrpo translate``, notebook 05): the first ``split_rows`` evaluation situations of each of
+    ``splits``, translated by ``model`` field by field (situation, each perspective's name and explanation), greedy,
+    thinking off; rows failing a check (back-translation similarity under ``models.eval_encoder``, share of Chinese
+    characters, perspective count) are dropped and counted. ``zh_evaluator`` is calibrated against the English
+    evaluator on the translated references; below ``min_kappa`` the Chinese numbers are flagged unvalidated."""
+
+    enabled: bool = False
+    source: str = "eval"  # eval (the evaluation situations) | a parallel JSONL fixture (repo-relative path; tiny)
+    model: str = "Qwen/Qwen3-8B"  # hub id / path, or fixture:<JSONL> (its human translations stand in for the LLM)
+    splits: list[Split] = field(default_factory=lambda: ["5p", "10p"])
+    split_rows: int = bounded(100, 1)  # situations per split, the first in evaluation order (as generate's)
+    max_new_tokens: int = bounded(512, 1)
+    batch_size: int = throughput(16)
+    back_translation_min: float = unit(0.80)  # min cosine (English evaluator) of a field and its back-translation
+    zh_share_min: float = unit(0.60)  # min share of CJK characters among the letters of the translated fields
+    zh_evaluator: str = "sentence-transformers/paraphrase-multilingual-mpnet-base-v2"
+    min_kappa: float = bounded(0.6, -1.0, 1.0)  # Cohen's kappa on the held-out half below this: unvalidated
+
+
 @dataclass(frozen=True)
 class RunConfig:
     profile: str
@@ -338,6 +373,7 @@ class RunConfig:
     authors: AuthorsCfg = field(default_factory=AuthorsCfg)
     alignment: AlignmentCfg = field(default_factory=AlignmentCfg)
     styles: StylesCfg = field(default_factory=StylesCfg)
+    translate: TranslateCfg = field(default_factory=TranslateCfg)
 
     @property
     def config_hash(self) -> str:
@@ -717,6 +753,7 @@ def validate(cfg: RunConfig) -> None:
     _check_agreement(cfg.reward)
     _check_alignment(cfg.alignment)
     _check_styles(cfg)
+    _check_translate(cfg)
     budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length") if trainer_fields("grpo") else None
     if budget is not None and cfg.reward.overlong_cache >= budget:
         raise ConfigError(
@@ -777,6 +814,30 @@ def _check_styles(cfg: RunConfig) -> None:
         want = f"expected policy systems of generate.systems {sorted(policies)}"
         raise ConfigError(f"styles.systems: {missing or st.systems!r}: {want}")
     _check_split_counts("styles.split_rows", st.split_rows)
+
+
+def _check_translate(cfg: RunConfig) -> None:
+    """The Chinese arm's form: fixtures exist, a fixture translator only reads its own English, a multilingual
+    evaluator for Chinese text (never the English-only evaluator)."""
+    tc = cfg.translate
+    if not tc.enabled:
+        return
+    fixture = tc.model.removeprefix("fixture:") if tc.model.startswith("fixture:") else None
+    files = [("translate.source", tc.source)] if tc.source != "eval" else []
+    for key, path in files + ([("translate.model", fixture)] if fixture is not None else []):
+        if not path or not (REPO_ROOT / path).is_file():
+            raise ConfigError(f"{key}: {path!r}: no such file (paths are relative to the repository root)")
+    if fixture is not None and (REPO_ROOT / fixture).resolve() != (REPO_ROOT / tc.source).resolve():
+        raise ConfigError(
+            f"translate.model: {tc.model!r} translates only its own English: set translate.source to the same file"
+        )
+    if tc.zh_evaluator.startswith("tiny:") or tc.zh_evaluator in MULTILINGUAL_ENCODERS:
+        return
+    which = " (models.eval_encoder)" if tc.zh_evaluator == cfg.models.eval_encoder else ""
+    raise ConfigError(
+        f"translate.zh_evaluator: {tc.zh_evaluator!r}{which} is not a known multilingual encoder and cannot score "
+        f"Chinese; use one of {list(MULTILINGUAL_ENCODERS)}"
+    )
 
 
 def _check_agreement(cfg: RewardCfg) -> None:

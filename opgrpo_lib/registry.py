@@ -133,6 +133,15 @@ def _alignment_upstream(cfg: RunConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ups))
 
 
+# What the Chinese arm's translations read: its settings, the English evaluator (back-translation check) and its
+# threshold (the calibration target).
+_TRANSLATE = ("seed", "device", "translate", "models.eval_encoder", "eval.sbert_thresholds")
+
+
+def _translate_upstream(cfg: RunConfig) -> tuple[str, ...]:
+    return ("data",) if cfg.translate.source == "eval" else ()
+
+
 def _validating(cfg: RunConfig) -> bool:
     return cfg.train.validation_every > 0
 
@@ -164,6 +173,9 @@ STEPS: dict[str, StepSpec] = {
         StepSpec("05", "generate", "generate:run", _keys("seed", "device", "models.policy", "generate"),
                  lambda c: ("data", *policy_steps(c)), ("generations",),
                  "step 05: outputs of every configured system for the eval splits"),
+        StepSpec("05", "translate", "translate:run", _keys(*_TRANSLATE), _translate_upstream, ("translate",),
+                 "Chinese arm: evaluation situations translated field by field, checked, evaluator calibrated",
+                 lambda c: c.translate.enabled, noop_when_current=True, part_of="generate"),
         StepSpec("05", "styles", "styles:run", _keys(*_STYLES), lambda c: ("data", *policy_steps(c)), ("styles",),
                  "prompt-style generalisation: every style and system-message mode, scored (run by `opgrpo generate`)",
                  lambda c: bool(c.styles.styles), noop_when_current=True, part_of="generate"),

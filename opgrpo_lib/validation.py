@@ -85,9 +85,7 @@ def versus_start(points: list[dict[str, Any]], reps: int, seed: int) -> list[dic
         row = {k: v for k, v in point.items() if k != "per_situation"}
         if point is not points[0] and len(common) > 1:
             res = paired_summary([mine[p] for p in common], [start[p] for p in common], reps=reps, seed=seed)
-            row.update(
-                {"vs_start": res["diff"], "vs_start_ci_low": res["ci_low"], "vs_start_ci_high": res["ci_high"]}
-            )
+            row.update({"vs_start": res["diff"], "vs_start_ci_low": res["ci_low"], "vs_start_ci_high": res["ci_high"]})
             row.update({"vs_start_sd": res["sd_diff"], "vs_start_mde_80": res["mde_80"]})
         out.append(row)
     return out

@@ -43,6 +43,7 @@ def _mutate(cfg, key, value, f):
         "generate.systems": [dataclasses.asdict(s) for s in cfg.generate.systems if s.name != "base_explicit"]
         or [{"name": "op_grpo", "policy": "run:grpo"}],
         "generate.split_rows": {"5p": 3},
+        "data.eval_split_rows": {"5p": 3} if value != {"5p": 3} else {},
         "generate.splits": ["5p"],
         "data.eval_keep_all": ["gt10p"] if value != ["gt10p"] else [],
         "eval.sbert_thresholds": [0.7, 0.75] if value != [0.7, 0.75] else [0.7],
@@ -58,12 +59,15 @@ def _mutate(cfg, key, value, f):
         "styles.systems": ["op_grpo"] if value != ["op_grpo"] else ["op_grpo", "sft"],
         "styles.split_rows": {"5p": 1} if value != {"5p": 1} else {"5p": 2},
         "styles.languages": ["en", "zh"] if value == ["en"] else ["en"],
-        "data.eval_split_rows": {"5p": 2} if value != {"5p": 2} else {},
         "authors.rescore_splits": ["5p"] if value != ["5p"] else ["10p"],
         "reward.agree_with": [] if value else ["tiny:encoder"],
         "alignment.policy": "policy" if value != "policy" else "run:sft",
         "alignment.samples": 0 if value else 4,
         "alignment.variants": ["authors"] if value != ["authors"] else ["unmasked"],
+        "translate.source": f"./{value}" if value != "eval" else "opgrpo_lib/resources/zh_parallel.jsonl",
+        "translate.model": f"fixture:./{str(value)[8:]}" if str(value).startswith("fixture:") else f"{value}-other",
+        "translate.zh_evaluator": "tiny:encoder" if value != "tiny:encoder" else "intfloat/multilingual-e5-small",
+        "translate.splits": ["5p"] if value != ["5p"] else ["10p"],
     }
     # TRL's rule (checked at load): the generation batch holds whole groups of num_generations completions
     if key in ("train.grpo.per_device_train_batch_size", "train.grpo.gradient_accumulation_steps"):
