@@ -76,22 +76,29 @@ def zh_coverage(
     candidates: Sequence[str | None],
     encoder: Encoder,
     threshold: float,
+    prompts: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """SBERT coverage of Chinese outputs (``coverage.sbert_matches``'s columns and greedy one-to-one matching), one
-    row per situation with a candidate; a missing candidate (None) or one without sentences is left out."""
+    row per situation with a candidate (its ``prompt`` when given); a missing candidate (None) or one without
+    sentences is left out."""
     from .text import eval_candidate_sentences
 
-    pairs = [(reference_sentences_zh(r), eval_candidate_sentences(c)) for r, c in zip(references_zh, candidates) if c]
-    pairs = [(r, c) for r, c in pairs if r and c]
-    texts = sorted({s for r, c in pairs for s in (*r, *c)})
+    keys = list(prompts) if prompts is not None else [None] * len(candidates)
+    rows = [
+        (k, reference_sentences_zh(r), eval_candidate_sentences(c))
+        for k, r, c in zip(keys, references_zh, candidates)
+        if c
+    ]
+    rows = [(k, r, c) for k, r, c in rows if r and c]
+    texts = sorted({s for _, r, c in rows for s in (*r, *c)})
     emb = encoder.encode(texts).astype(np.float64) if texts else np.zeros((0, 1))
     index = {s: i for i, s in enumerate(texts)}
     records = []
-    for refs, cands in pairs:
+    for key, refs, cands in rows:
         sim = emb[[index[s] for s in refs]] @ emb[[index[s] for s in cands]].T
         matched = greedy_matches(sim, threshold)
-        records.append((matched, len(refs), len(cands), matched / len(refs), matched == len(refs)))
-    cols = ["matched", "n_references", "n_candidate_sentences", "ratio", "hit_all"]
+        records.append((key, matched, len(refs), len(cands), matched / len(refs), matched == len(refs)))
+    cols = ["prompt", "matched", "n_references", "n_candidate_sentences", "ratio", "hit_all"]
     return pd.DataFrame(records, columns=cols)
 
 

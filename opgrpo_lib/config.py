@@ -808,6 +808,8 @@ def _check_styles(cfg: RunConfig) -> None:
     if bad or "default" not in st.system_modes:
         want = f"expected 'default' and some of {list(SYSTEM_MODES)}"
         raise ConfigError(f"styles.system_modes: {bad or st.system_modes!r}: {want}")
+    if "zh" in st.languages and not cfg.translate.enabled:
+        raise ConfigError("styles.languages: zh needs the translate step (translate.enabled: true)")
     policies = {s.name for s in cfg.generate.systems if s.kind == "policy"}
     missing = [n for n in st.systems if n not in policies]
     if missing or not st.systems:

@@ -252,11 +252,13 @@ def policy_fn(
     template: str | None = None,
     system_message: str | None = None,
     situation_text: dict[str, str] | None = None,
+    model: lm.LM | None = None,
 ):
-    """``fn(situations, attempt)``: one sampled output per situation from the system's policy and prompt (or
-    ``template``), under the chat template's default system turn (None) or ``system_message`` ("" included). The
-    seed follows the situation's key; ``situation_text`` maps a key to the text put in the prompt (a translation)."""
-    model = lm.load(lm.resolve_policy(system.policy, cfg, root), device)
+    """``fn(situations, attempt)``: one sampled output per situation from the system's policy (``model`` when
+    already loaded) and prompt (or ``template``), under the chat template's default system turn (None) or
+    ``system_message`` ("" included). The seed follows the situation's key; ``situation_text`` maps a key to the
+    text put in the prompt (a translation)."""
+    model = model or lm.load(lm.resolve_policy(system.policy, cfg, root), device)
     gen = cfg.generate
     template = template or system.prompt
     shown = situation_text or {}

@@ -124,6 +124,14 @@ _ALIGNMENT = ("seed", "device", "alignment", "reward", "models.encoder", "models
 _STYLES = ("seed", "device", "models.policy", "models.eval_encoder", "generate", "styles", "eval.sbert_thresholds")
 
 
+def _styles_keys(cfg: RunConfig) -> tuple[str, ...]:
+    return _STYLES + (("translate",) if "zh" in cfg.styles.languages else ())
+
+
+def _styles_upstream(cfg: RunConfig) -> tuple[str, ...]:
+    return ("data", *policy_steps(cfg)) + (("translate",) if "zh" in cfg.styles.languages else ())
+
+
 def _alignment_upstream(cfg: RunConfig) -> tuple[str, ...]:
     ups = ["data"]
     if cfg.alignment.policy.startswith("run:"):
@@ -176,7 +184,7 @@ STEPS: dict[str, StepSpec] = {
         StepSpec("05", "translate", "translate:run", _keys(*_TRANSLATE), _translate_upstream, ("translate",),
                  "Chinese arm: evaluation situations translated field by field, checked, evaluator calibrated",
                  lambda c: c.translate.enabled, noop_when_current=True, part_of="generate"),
-        StepSpec("05", "styles", "styles:run", _keys(*_STYLES), lambda c: ("data", *policy_steps(c)), ("styles",),
+        StepSpec("05", "styles", "styles:run", _styles_keys, _styles_upstream, ("styles",),
                  "prompt-style generalisation: every style and system-message mode, scored (run by `opgrpo generate`)",
                  lambda c: bool(c.styles.styles), noop_when_current=True, part_of="generate"),
         StepSpec("06", "evaluate", "evaluate:run", _keys("seed", "device", "models", "reward", "eval", "train.init"),

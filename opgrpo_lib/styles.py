@@ -93,8 +93,9 @@ def rows_with_key(path: Path, key: str) -> list[str]:
 def per_sample(
     outputs: pd.DataFrame, refs: pd.DataFrame, encoder, threshold: float, columns: dict[str, str]
 ) -> pd.DataFrame:
-    """One row per (condition, system, situation): the independent evaluator's matched count and ratio (the
-    system's scored column: core or text), with the layout's validity. Every distinct sentence is encoded once."""
+    """One row per (condition, system, situation) of English outputs: the independent evaluator's matched count
+    and ratio (the system's scored column: core or text), with the layout's validity. Every distinct sentence is
+    encoded once."""
     from .coverage import sbert_matches
 
     frames = []
@@ -103,16 +104,47 @@ def per_sample(
         lookup = grp.drop_duplicates("prompt").set_index("prompt")
         cands = [lookup[columns[system]].get(p) for p in part["prompt"]]
         per, _, _ = sbert_matches(part, [c if isinstance(c, str) else None for c in cands], encoder, threshold)
-        per = per[["prompt", "matched", "n_references", "ratio"]].assign(condition=label, system=system)
-        per["split"] = per["prompt"].map(lookup["split"])
-        per["valid_format"] = per["prompt"].map(lookup["valid_format"]).astype(bool)
-        frames.append(per)
+        frames.append(_annotate(per, lookup, label, system))
     return pd.concat(frames, ignore_index=True)
 
 
-def summarize(per: pd.DataFrame, order: list[Condition], reps: int, seed: int) -> pd.DataFrame:
-    """Per (condition, system): situations, mean with its bootstrap CI, the share of valid layouts, and the ratio of
-    the mean to the same system's mean under the control (same language)."""
+def per_sample_zh(
+    outputs: pd.DataFrame, translations: pd.DataFrame, encoder, threshold: float, columns: dict[str, str]
+) -> pd.DataFrame:
+    """:func:`per_sample` for Chinese outputs: matched against the translated references under the multilingual
+    evaluator at its calibrated threshold, Chinese sentence ends included."""
+    from .chinese import zh_coverage
+
+    frames = []
+    refs = translations.set_index("prompt")["references_zh"]
+    for (label, system), grp in outputs.groupby(["condition", "system"], sort=False):
+        lookup = grp.drop_duplicates("prompt").set_index("prompt")
+        prompts = [p for p in lookup.index if p in refs.index]
+        cands = [lookup[columns[system]].get(p) for p in prompts]
+        cands = [c if isinstance(c, str) else None for c in cands]
+        per = zh_coverage([refs[p] for p in prompts], cands, encoder, threshold, prompts)
+        frames.append(_annotate(per, lookup, label, system))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _annotate(per: pd.DataFrame, lookup: pd.DataFrame, label: str, system: str) -> pd.DataFrame:
+    """The per-situation scores with their condition, system, split, layout validity and Chinese share."""
+    from .chinese import zh_share
+
+    per = per[["prompt", "matched", "n_references", "ratio"]].assign(condition=label, system=system)
+    per["split"] = per["prompt"].map(lookup["split"])
+    per["valid_format"] = per["prompt"].map(lookup["valid_format"]).astype(bool)
+    per["zh_share"] = per["prompt"].map(lookup["text"]).map(lambda t: zh_share(t) if isinstance(t, str) else 0.0)
+    return per
+
+
+def summarize(
+    per: pd.DataFrame, order: list[Condition], reps: int, seed: int, zh_min: float = 0.6, validated: bool = True
+) -> pd.DataFrame:
+    """Per (condition, system): situations, mean with its bootstrap CI, the share of valid layouts, the ratio of the
+    mean to the same system's mean under the control (same language); for Chinese, the share of outputs written in
+    Chinese (Chinese-character share >= ``zh_min``), the mean over those only, and whether the multilingual
+    evaluator passed its calibration rule (``validated``; else the Chinese numbers are flagged)."""
     rows = []
     for cond in order:
         control = Condition(cond.language, "control", "default").label
@@ -133,9 +165,23 @@ def summarize(per: pd.DataFrame, order: list[Condition], reps: int, seed: int) -
                     "ci_high": hi,
                     "ratio_to_control": mean / base if base else float("nan"),
                     "valid_format_rate": float(grp["valid_format"].mean()),
+                    **_language(grp, cond.language, zh_min),
                 }
             )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out["evaluator_validated"] = [validated if lang == "zh" else True for lang in out["language"]]
+    return out
+
+
+def _language(grp: pd.DataFrame, language: str, zh_min: float) -> dict[str, float]:
+    """The response language of a cell: the share written in Chinese and the mean over those (Chinese only)."""
+    if language != "zh":
+        return {"chinese_rate": float("nan"), "mean_chinese_only": float("nan")}
+    chinese = grp["zh_share"] >= zh_min
+    return {
+        "chinese_rate": float(chinese.mean()),
+        "mean_chinese_only": float(grp.loc[chinese, "ratio"].mean()) if chinese.any() else float("nan"),
+    }
 
 
 def comparisons(per: pd.DataFrame, order: list[Condition], reference: str, reps: int, seed: int) -> pd.DataFrame:

@@ -24,7 +24,10 @@ SETTING_KEYS = (
     "temperature",
     "mask_truncated_completions",
     "loss_type",
+    "scale_rewards",
+    "epsilon_high",
 )
+REWARD_KEYS = ("weights", "mask", "mask_references", "agree_with", "overlong_cache")  # reported as reward_<key>
 
 
 def run_settings(run_dir: Path) -> dict:
@@ -39,7 +42,7 @@ def run_settings(run_dir: Path) -> dict:
     out["mask_truncated_completions"] = bool(out["mask_truncated_completions"])  # TRL's default: False
     out["prompts_per_step"] = grpo["per_device_train_batch_size"] // grpo["num_generations"]
     out["lora"] = bool(conf["train.lora"]["enabled"])
-    out["reward_weights"] = conf["reward"]["weights"]
+    out.update({f"reward_{k}": conf["reward"].get(k) for k in REWARD_KEYS})
     out["status"] = rec["status"]
     out["grpo_key"] = rec["key"]
     out["sft_key"] = rec["inputs"]["upstream"].get("sft")
@@ -96,6 +99,7 @@ def best_points(table: pd.DataFrame) -> pd.DataFrame:
                 "final_train_kl": final.get("train_kl"),
                 "best_step": int(best["step"]),
                 "best_sbert": best["sbert_relative_accuracy"],
+                **{k: final.get(k) for k in ("vs_start", "vs_start_ci_low", "vs_start_ci_high", "vs_start_mde_80")},
             }
         )
     return pd.DataFrame(rows)

@@ -63,6 +63,12 @@ def test_chain_runs_every_notebook(chain):
         set(summary["variant"]) >= {"authors", "unmasked", "oracle"}
         and (run / "figures" / "reward_alignment.png").exists()
     )
+    styles = pd.read_csv(run / "results" / "styles" / "summary.csv")  # every style, mode and language ran
+    assert {"control", "bare", "control+empty", "control.zh", "dilemma.zh"} <= set(styles["condition"])
+    assert set(styles["system"]) == set(cfg.styles.systems) and (run / "figures" / "prompt_styles.png").exists()
+    assert (run / "results" / "translate" / "report.json").exists() and not (
+        run / "results" / "translate" / "zh.parquet"
+    ).exists()
     for path in (run / "results" / "manifests").glob("*.json"):  # every manifest names the commit that made it
         assert len(json.loads(path.read_text())["git"]["sha"] or "") == 40, path.name
 

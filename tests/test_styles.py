@@ -90,8 +90,11 @@ def test_an_empty_system_message_is_sent_as_one(tmp_path):
 def test_conditions_and_templates_follow_the_profile():
     cfg = load_profile("tiny")
     labels = [c.label for c in st.conditions(cfg)]
-    assert labels[: len(cfg.styles.styles)] == cfg.styles.styles
-    assert labels[-2:] == ["control+empty", "control+generic"]
+    n = len(cfg.styles.styles)
+    assert labels[:n] == cfg.styles.styles and labels[n : n + 2] == ["control+empty", "control+generic"]
+    zh = [s for s in cfg.styles.styles if s not in cfg.styles.custom]  # custom styles are English only
+    assert labels[n + 2 :] == [f"{s}.zh" for s in zh] + ["control+empty.zh", "control+generic.zh"]
+    assert st.template(cfg, st.systems(cfg)[0], st.Condition("zh", "control", "default")).startswith("请")
     op = st.systems(cfg)[0]
     control = st.Condition("en", "control", "default")
     assert st.template(cfg, op, control) is None, "the English control is step 05's own job (its rows are reused)"

@@ -15,6 +15,7 @@ from ..data import load_prepared
 from ..device import resolve_device
 from ..generate import generate_rows, job_key, lazy, policy_fn
 from ..lifecycle import rank0, step_run
+from ..lm import load, resolve_policy
 from ..reward import CachedEncoder, SentenceEncoder
 from ..runs import RunPaths, atomic_write_text
 
@@ -30,48 +31,90 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True, force: bool = Fa
         if step.done and (out / "summary.csv").exists():
             return {"summary": pd.read_csv(out / "summary.csv"), "skipped": True}
         _, ev = load_prepared(paths.data)
-        items, order = st.items(ev, cfg), st.conditions(cfg)
-        device = resolve_device(cfg)
+        zh = _chinese(cfg, paths)
+        items = {"en": st.items(ev, cfg), "zh": list(zip(zh[0]["prompt"], zh[0]["split"])) if zh else []}
+        order, device = st.conditions(cfg), resolve_device(cfg)
         out_dir = step.begin()
-        outputs = _generate(cfg, paths, items, order, out_dir, device, step, progress)
+        outputs = _generate(cfg, paths, items, order, out_dir, device, step, progress, zh)
         with step.timed("score"):
-            refs = ev[ev["prompt"].isin({p for p, _ in items})]
-            encoder = CachedEncoder(SentenceEncoder(cfg.models.eval_encoder, device=device))
-            columns = {s.name: s.score_column for s in st.systems(cfg)}
-            per = st.per_sample(outputs, refs, encoder, cfg.eval.sbert_thresholds[0], columns)
+            per = _score(cfg, ev, items, outputs, zh, device)
         reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
-        summary = st.summarize(per, order, reps, cfg.seed)
+        validated = bool(zh and zh[1]["validated"])
+        summary = st.summarize(per, order, reps, cfg.seed, cfg.translate.zh_share_min, validated)
         comps = st.comparisons(per, order, ref, reps, cfg.seed)
         verdicts = st.verdicts(summary, comps, ref, *_baselines(cfg))
         atomic_write_text(out / "generations.jsonl", outputs.to_json(orient="records", lines=True, force_ascii=False))
         for name, frame in (("per_sample", per), ("summary", summary), ("comparisons", comps), ("verdicts", verdicts)):
             atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
-        atomic_write_text(out / "settings.json", json.dumps(_settings(cfg, order, items), indent=2))
+        atomic_write_text(out / "settings.json", json.dumps(_settings(cfg, order, items, zh), indent=2))
         step.extra = {"outputs": len(outputs), "conditions": len(order)}
     return {"summary": summary, "comparisons": comps, "verdicts": verdicts}
 
 
-def _generate(cfg, paths, items, order, out_dir, device, step, progress) -> pd.DataFrame:
-    """Every (condition, system) job, resumed by key; the English control reuses step 05's rows of that key."""
+def _chinese(cfg: RunConfig, paths: RunPaths) -> tuple[pd.DataFrame, dict] | None:
+    """(translations, calibration) of the translate step when the Chinese arm is on."""
+    if "zh" not in cfg.styles.languages:
+        return None
+    from ..chinese import load_translations
+
+    report = json.loads((paths.root / "translate" / "report.json").read_text())
+    return load_translations(paths.root), report["calibration"]
+
+
+def _score(cfg, ev, items, outputs, zh, device) -> pd.DataFrame:
+    """Per-situation scores: English outputs under the independent evaluator at its threshold, Chinese ones under
+    the multilingual evaluator at its calibrated threshold."""
+    columns = {s.name: s.score_column for s in st.systems(cfg)}
+    lang = outputs["condition"].map({c.label: c.language for c in st.conditions(cfg)})
+    encoder = CachedEncoder(SentenceEncoder(cfg.models.eval_encoder, device=device))
+    refs = ev[ev["prompt"].isin({p for p, _ in items["en"]})]
+    frames = [st.per_sample(outputs[lang == "en"], refs, encoder, cfg.eval.sbert_thresholds[0], columns)]
+    if zh:
+        translations, calibration = zh
+        threshold = calibration["zh_threshold"] or cfg.eval.sbert_thresholds[0]
+        zh_encoder = CachedEncoder(SentenceEncoder(cfg.translate.zh_evaluator, device=device))
+        frames.append(st.per_sample_zh(outputs[lang == "zh"], translations, zh_encoder, threshold, columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _generate(cfg, paths, items, order, out_dir, device, step, progress, zh) -> pd.DataFrame:
+    """Every (condition, system) job, resumed by key; the English control reuses step 05's rows of that key. The
+    Chinese conditions show each situation's translation (its seed stays the English situation's)."""
+    shown = dict(zip(zh[0]["prompt"], zh[0]["situation_zh"])) if zh else {}
     frames = []
     for system in st.systems(cfg):
+        model = _once(lambda system=system: load(resolve_policy(system.policy, cfg, paths.root), device))
         for cond in order:
             template, message = st.template(cfg, system, cond), st.system_message(cond)
-            variant = () if message is None else (message,)
+            zh_text = shown if cond.language == "zh" else None
+            variant = (() if message is None else (message,)) + (() if zh_text is None else (sorted(zh_text.items()),))
             key, name = job_key(cfg, system, template, *variant), f"{system.name}@{cond.label}"
             path = out_dir / f"{name}.jsonl"
             if template is None and message is None and not path.exists():
                 reused = st.rows_with_key(paths.root / "generate" / f"{system.name}.jsonl", key)
                 atomic_write_text(path, "".join(line + "\n" for line in reused))
             fn = lazy(
-                lambda system=system, template=template, message=message: policy_fn(
-                    system, cfg, paths.root, device, template, message
+                lambda system=system, template=template, message=message, zh_text=zh_text, model=model: policy_fn(
+                    system, cfg, paths.root, device, template, message, zh_text, model()
                 )
             )
             with step.timed(name):
-                rows = generate_rows(fn, items, name, cond.label, cfg.generate, path, key, progress)
+                rows = generate_rows(fn, items[cond.language], name, cond.label, cfg.generate, path, key, progress)
             frames.append(rows.assign(system=system.name, condition=cond.label, prompt_style=cond.label))
     return pd.concat(frames, ignore_index=True)
+
+
+def _once(factory):
+    """``factory()`` on the first call only (a system's policy, loaded once for all its conditions, and not at all
+    when every row is reused)."""
+    made = []
+
+    def get():
+        if not made:
+            made.append(factory())
+        return made[0]
+
+    return get
 
 
 def _baselines(cfg: RunConfig) -> tuple[str, str]:
@@ -80,7 +123,7 @@ def _baselines(cfg: RunConfig) -> tuple[str, str]:
     return by_policy.get("policy", ""), by_policy.get("run:sft", "")
 
 
-def _settings(cfg: RunConfig, order: list[st.Condition], items: list[tuple[str, str]]) -> dict[str, Any]:
+def _settings(cfg: RunConfig, order: list[st.Condition], items: dict, zh) -> dict[str, Any]:
     return {
         "conditions": [c.label for c in order],
         "templates": {
@@ -88,9 +131,10 @@ def _settings(cfg: RunConfig, order: list[st.Condition], items: list[tuple[str, 
         },
         "system_messages": {c.label: st.system_message(c) for c in order},
         "systems": cfg.styles.systems,
-        "situations": len(items),
+        "situations": {lang: len(rows) for lang, rows in items.items() if rows},
         "split_rows": cfg.styles.split_rows,
         "evaluator": cfg.models.eval_encoder,
         "threshold": cfg.eval.sbert_thresholds[0],
         "retention_min": st.RETENTION_MIN,
+        "chinese": None if not zh else {"evaluator": cfg.translate.zh_evaluator, "calibration": zh[1]},
     }
