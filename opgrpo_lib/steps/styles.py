@@ -57,8 +57,9 @@ def _chinese(cfg: RunConfig, paths: RunPaths) -> tuple[pd.DataFrame, dict] | Non
         return None
     from ..chinese import load_translations
 
+    translations = load_translations(paths.root)  # names `opgrpo translate` when it has not run
     report = json.loads((paths.root / "translate" / "report.json").read_text())
-    return load_translations(paths.root), report["calibration"]
+    return translations, report["calibration"]
 
 
 def _score(cfg, ev, items, outputs, zh, device) -> pd.DataFrame:
