@@ -806,9 +806,13 @@ def fig_styles(summary: pd.DataFrame, comps: pd.DataFrame) -> plt.Figure:
         err = np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]])
         ax.errorbar(part["mean"], y + off, xerr=err, fmt="o", color=system_color(system), label=system, capsize=2)
     ax.set_yticks(y, conds)
-    n = int(summary["n"].max())
-    ax.set_xlabel(f"independent SBERT coverage (n = {n} situations per cell, 95 % CI)")
-    ax.legend(loc="lower right", fontsize=8)
+    lo, hi = int(summary["n"].min()), int(summary["n"].max())
+    n = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    what = "SBERT coverage (English: independent evaluator" + (
+        "; .zh: multilingual evaluator, calibrated)" if (summary["language"] == "zh").any() else ")"
+    )
+    ax.set_xlabel(f"{what}\nn = {n} situations per cell, 95 % CI")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(systems), fontsize=8, frameon=False)
     for k, base in enumerate(list(dict.fromkeys(comps["baseline"]))):
         part = comps[comps["baseline"] == base].set_index("condition").reindex(conds)
         off = (k - 0.5) * 0.25
@@ -816,8 +820,8 @@ def fig_styles(summary: pd.DataFrame, comps: pd.DataFrame) -> plt.Figure:
         ref = comps["system"].iloc[0]
         diff.errorbar(part["diff"], y + off, xerr=err, fmt="s", color=system_color(base), label=f"{ref} − {base}")
     diff.axvline(0, color="#999999", linewidth=1)
-    diff.set_xlabel("paired difference (95 % CI)")
-    diff.legend(loc="lower right", fontsize=8)
+    diff.set_xlabel("paired difference on the same situations\n(95 % CI)")
+    diff.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
     fig.suptitle("Beyond the training prompt: coverage per prompt style and system message (ours, pre-registered)")
     return fig
 
