@@ -193,8 +193,14 @@ def read_parallel(path: Path) -> pd.DataFrame:
                 f"{path}:{i}: expected prompt, a split of {list(SPLITS)}, situation_zh and a non-empty list of "
                 "perspectives with name and explanation"
             )
-        rows.append({"prompt": rec["prompt"], "split": rec["split"], "situation_zh": rec.get("situation_zh"),
-                     "references": persp})  # fmt: skip
+        rows.append(
+            {
+                "prompt": rec["prompt"],
+                "split": rec["split"],
+                "situation_zh": rec.get("situation_zh"),
+                "references": persp,
+            }
+        )
     return pd.DataFrame(rows, columns=["prompt", "split", "situation_zh", "references"])
 
 
@@ -260,9 +266,18 @@ def check_rows(
         share = zh_share(" ".join(zh_fields))
         bad = (not situation, n_zh != len(r["references"]), share < share_min, back < back_min)
         failed = [reason for reason, b in zip(REASONS, bad) if b]
-        checks.append({"prompt": r["prompt"], "split": r["split"], "n_perspectives": len(r["references"]),
-                       "n_translated": n_zh, "zh_share": share, "back_translation": back, "failed": failed,
-                       "reason": failed[0] if failed else None})  # fmt: skip
+        checks.append(
+            {
+                "prompt": r["prompt"],
+                "split": r["split"],
+                "n_perspectives": len(r["references"]),
+                "n_translated": n_zh,
+                "zh_share": share,
+                "back_translation": back,
+                "failed": failed,
+                "reason": failed[0] if failed else None,
+            }
+        )
     checks_df = pd.DataFrame(checks)
     keep = [c["reason"] is None for c in checks]
     kept = translated.loc[keep, COLUMNS].reset_index(drop=True)
@@ -328,9 +343,16 @@ def calibration_pairs(translations: pd.DataFrame) -> pd.DataFrame:
         en, zh = rec["references"], rec["references_zh"]
         for i, (ce, cz) in enumerate(zip(en, zh)):
             for j, (re_, rz) in enumerate(zip(en, zh)):
-                rows.append({"situation": rec["prompt"], "candidate_en": ce["explanation"],
-                             "reference_en": EN_REFERENCE.format(**re_), "candidate_zh": cz["explanation"],
-                             "reference_zh": ZH_REFERENCE.format(**rz), "same": i == j})  # fmt: skip
+                rows.append(
+                    {
+                        "situation": rec["prompt"],
+                        "candidate_en": ce["explanation"],
+                        "reference_en": EN_REFERENCE.format(**re_),
+                        "candidate_zh": cz["explanation"],
+                        "reference_zh": ZH_REFERENCE.format(**rz),
+                        "same": i == j,
+                    }
+                )
     cols = ["situation", "candidate_en", "reference_en", "candidate_zh", "reference_zh", "same"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -390,8 +412,13 @@ def calibrate(
         why = f"the English evaluator decides all {n} calibration pairs alike ({hits} match): nothing to calibrate"
         return {"criterion": "cohen_kappa", "zh_threshold": None, "validated": False, "reason": why}
     threshold, cal_kappa = _best_threshold(target[cal], zh_cos[cal], en_threshold)
-    out: dict[str, Any] = {"criterion": "cohen_kappa", "en_threshold": en_threshold, "zh_threshold": threshold,
-                           "min_kappa": min_kappa, "seed": seed}  # fmt: skip
+    out: dict[str, Any] = {
+        "criterion": "cohen_kappa",
+        "en_threshold": en_threshold,
+        "zh_threshold": threshold,
+        "min_kappa": min_kappa,
+        "seed": seed,
+    }
     out["calibration"] = _half(target[cal], zh_cos[cal], threshold, len(cal_set)) | {"kappa": cal_kappa}
     out["heldout"] = _half(target[~cal], zh_cos[~cal], threshold, len(situations) - len(cal_set))
     kappa = out["heldout"]["kappa"]

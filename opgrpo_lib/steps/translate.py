@@ -58,8 +58,12 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] 
             pairs = calibration_pairs(kept)
             thr = cfg.eval.sbert_thresholds[0]
             report["calibration"] = calibrate(en_encoder, zh_encoder, pairs, thr, cfg.seed, tc.min_kappa)
-        report |= {"model": tc.model, "source": tc.source, "en_evaluator": cfg.models.eval_encoder,
-                   "zh_evaluator": tc.zh_evaluator}  # fmt: skip
+        report |= {
+            "model": tc.model,
+            "source": tc.source,
+            "en_evaluator": cfg.models.eval_encoder,
+            "zh_evaluator": tc.zh_evaluator,
+        }
         atomic_write_parquet(kept, paths.root / TRANSLATIONS)
         atomic_write_parquet(checks, out / "checks.parquet")
         dropped = checks[checks["reason"].notna()][["prompt", "split", "reason"]].to_dict("records")
