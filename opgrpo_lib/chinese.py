@@ -319,7 +319,7 @@ def load_translations(root: Path) -> pd.DataFrame:
     path = Path(root) / TRANSLATIONS
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: no translations; run `opgrpo translate` (notebook 05) with translate.enabled"
+            f"{path}: no translations; run `opgrpo translate` (notebook 05) with zh in styles.languages"
         )
     df = pd.read_parquet(path)
     df["references"] = [[dict(p) for p in r] for r in df["references"]]

@@ -345,7 +345,6 @@ class TranslateCfg:
     characters, perspective count) are dropped and counted. ``zh_evaluator`` is calibrated against the English
     evaluator on the translated references; below ``min_kappa`` the Chinese numbers are flagged unvalidated."""
 
-    enabled: bool = False
     source: str = "eval"  # eval (the evaluation situations) | a parallel JSONL fixture (repo-relative path; tiny)
     model: str = "Qwen/Qwen3-8B"  # hub id / path, or fixture:<JSONL> (its human translations stand in for the LLM)
     splits: list[Split] = field(default_factory=lambda: ["5p", "10p"])
@@ -808,8 +807,6 @@ def _check_styles(cfg: RunConfig) -> None:
     if bad or "default" not in st.system_modes:
         want = f"expected 'default' and some of {list(SYSTEM_MODES)}"
         raise ConfigError(f"styles.system_modes: {bad or st.system_modes!r}: {want}")
-    if "zh" in st.languages and not cfg.translate.enabled:
-        raise ConfigError("styles.languages: zh needs the translate step (translate.enabled: true)")
     policies = {s.name for s in cfg.generate.systems if s.kind == "policy"}
     missing = [n for n in st.systems if n not in policies]
     if missing or not st.systems:
@@ -818,11 +815,16 @@ def _check_styles(cfg: RunConfig) -> None:
     _check_split_counts("styles.split_rows", st.split_rows)
 
 
+def chinese_arm(cfg: RunConfig) -> bool:
+    """The Chinese arm (the translate step and the Chinese style conditions) is on when a style language is zh."""
+    return bool(cfg.styles.styles) and "zh" in cfg.styles.languages
+
+
 def _check_translate(cfg: RunConfig) -> None:
     """The Chinese arm's form: fixtures exist, a fixture translator only reads its own English, a multilingual
     evaluator for Chinese text (never the English-only evaluator)."""
     tc = cfg.translate
-    if not tc.enabled:
+    if not chinese_arm(cfg):
         return
     fixture = tc.model.removeprefix("fixture:") if tc.model.startswith("fixture:") else None
     files = [("translate.source", tc.source)] if tc.source != "eval" else []

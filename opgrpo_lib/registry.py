@@ -125,11 +125,11 @@ _STYLES = ("seed", "device", "models.policy", "models.eval_encoder", "generate",
 
 
 def _styles_keys(cfg: RunConfig) -> tuple[str, ...]:
-    return _STYLES + (("translate",) if "zh" in cfg.styles.languages else ())
+    return _STYLES + (("translate",) if _chinese(cfg) else ())
 
 
 def _styles_upstream(cfg: RunConfig) -> tuple[str, ...]:
-    return ("data", *policy_steps(cfg)) + (("translate",) if "zh" in cfg.styles.languages else ())
+    return ("data", *policy_steps(cfg)) + (("translate",) if _chinese(cfg) else ())
 
 
 def _alignment_upstream(cfg: RunConfig) -> tuple[str, ...]:
@@ -148,6 +148,12 @@ _TRANSLATE = ("seed", "device", "translate", "models.eval_encoder", "eval.sbert_
 
 def _translate_upstream(cfg: RunConfig) -> tuple[str, ...]:
     return ("data",) if cfg.translate.source == "eval" else ()
+
+
+def _chinese(cfg: RunConfig) -> bool:
+    from .config import chinese_arm
+
+    return chinese_arm(cfg)
 
 
 def _validating(cfg: RunConfig) -> bool:
@@ -183,7 +189,7 @@ STEPS: dict[str, StepSpec] = {
                  "step 05: outputs of every configured system for the eval splits"),
         StepSpec("05", "translate", "translate:run", _keys(*_TRANSLATE), _translate_upstream, ("translate",),
                  "Chinese arm: evaluation situations translated field by field, checked, evaluator calibrated",
-                 lambda c: c.translate.enabled, noop_when_current=True, part_of="generate"),
+                 _chinese, noop_when_current=True, part_of="generate"),
         StepSpec("05", "styles", "styles:run", _styles_keys, _styles_upstream, ("styles",),
                  "prompt-style generalisation: every style and system-message mode, scored (run by `opgrpo generate`)",
                  lambda c: bool(c.styles.styles), noop_when_current=True, part_of="generate"),

@@ -289,7 +289,7 @@ notebook(
         ("code", 'print(outputs.iloc[0]["text"][:1500])'),
         (
             "md",
-            "## Chinese situations\n\nWith `translate.enabled` (tiny: a synthetic parallel fixture; paper: Qwen3-8B): "
+            "## Chinese situations\n\nWith `zh` in `styles.languages` (tiny: a synthetic parallel fixture; paper: Qwen3-8B): "
             "the evaluation situations translated field by field (situation, each perspective's name and explanation), "
             "rows failing a check (perspective count, share of Chinese characters, back-translation similarity) dropped "
             "and counted, and the Chinese evaluator calibrated against the English one (Cohen's kappa on held-out "

@@ -22,7 +22,7 @@ from opgrpo_lib.chinese import (
     zh_coverage,
     zh_share,
 )
-from opgrpo_lib.config import REPO_ROOT, ConfigError, load_profile
+from opgrpo_lib.config import REPO_ROOT, ConfigError, chinese_arm, load_profile
 from opgrpo_lib.text import eval_candidate_sentences
 
 FIXTURE = REPO_ROOT / "opgrpo_lib" / "resources" / "zh_parallel.jsonl"
@@ -165,7 +165,7 @@ def test_profile_checks_of_the_chinese_arm():
     with pytest.raises(ConfigError, match="translate.min_kappa"):
         load_profile("tiny", {"translate.min_kappa": 1.5})
     ok = load_profile("paper", {"translate.zh_evaluator": "intfloat/multilingual-e5-small"})
-    assert ok.translate.enabled and not load_profile("cpu").translate.enabled
+    assert chinese_arm(ok) and not chinese_arm(load_profile("cpu"))
     load_profile("cpu", {"translate.zh_evaluator": "sentence-transformers/all-MiniLM-L6-v2"})  # off: not checked
 
 

@@ -36,7 +36,8 @@ def _invalidated(override: dict) -> list[str]:
         ({"reward.weights": "early"}, ["alignment", "grpo", "generate", "styles", "evaluate", "figures"]),
         ({"estimator.scale": 60.0}, ["estimator", "alignment", "grpo", "generate", "styles", "evaluate", "figures"]),
         ({"train.sft.learning_rate": 1e-3}, ["sft", "alignment", "grpo", "generate", "styles", "evaluate", "figures"]),
-        ({"data.eval_per_split": 4}, [s for s in ORDER if not s.endswith("_validation")]),  # the curve is off here
+        # the curve is off here; tiny translates its own fixture, not evaluation situations
+        ({"data.eval_per_split": 4}, [s for s in ORDER if not s.endswith("_validation") and s != "translate"]),
     ],
 )
 def test_a_change_invalidates_exactly_its_step_and_downstream(override, expected):

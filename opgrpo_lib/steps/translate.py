@@ -1,4 +1,4 @@
-"""The Chinese arm's translations (notebook 05, after generation, when ``translate.enabled``): the evaluation
+"""The Chinese arm's translations (notebook 05, after generation, when a style language is ``zh``): the evaluation
 situations the prompt-style step uses, translated field by field into Chinese, checked row by row, and the
 Chinese evaluator calibrated against the English one on them."""
 
@@ -23,7 +23,7 @@ from ..chinese import (
     source_rows,
     translate_rows,
 )
-from ..config import REPO_ROOT, ConfigError, RunConfig
+from ..config import REPO_ROOT, ConfigError, RunConfig, chinese_arm
 from ..data import load_prepared
 from ..device import resolve_device
 from ..lifecycle import rank0, step_run
@@ -36,7 +36,7 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] 
     checks), ``report.json`` (counts, calibration, and the dropped situations with their reasons) and
     ``results/translate/report.json`` (counts and calibration only: no OP-V2-derived text is ever published)."""
     tc = cfg.translate
-    if not tc.enabled or not rank0():
+    if not chinese_arm(cfg) or not rank0():
         return None
     with step_run(cfg, paths, "translate", force) as step:
         report_path = step.folder / "report.json"
