@@ -40,13 +40,16 @@ def test_every_shared_row_parses_and_counts_match_split_names(opv2_dir):
 def test_cpu_split_sizes_disjoint_and_seeded(cfg_local):
     prep = data.prepare(cfg_local)
     ev = prep.eval.groupby("split").size().to_dict()
-    assert ev == {**{s: 100 for s in SPLITS[:-1]}, "gt10p": 200}
-    assert len(prep.train) + len(prep.val) == 1200 and "gt10p" not in set(prep.train["split"])
+    assert ev == {**{s: 100 for s in SPLITS[:-1]}, "5p": 200, "10p": 200, "gt10p": 200}
+    assert len(prep.train) + len(prep.val) == 1000 and "gt10p" not in set(prep.train["split"])
     assert not set(prep.train["prompt"]) & set(prep.eval["prompt"])
     again = data.prepare(cfg_local)
     assert again.eval["prompt"].tolist() == prep.eval["prompt"].tolist()
     other = data.prepare(load_profile("cpu", {"seed": 7}))
     assert other.eval["prompt"].tolist() != prep.eval["prompt"].tolist()
+    # the evaluation carve only grows: 100 per split keeps a subset of the 200 (the seeded permutation's first rows)
+    fewer = data.prepare(load_profile("cpu", {"data.eval_split_rows": {"5p": 100, "10p": 100}}))
+    assert set(fewer.eval["prompt"]) < set(prep.eval["prompt"]) and len(fewer.eval) == 800
     # published order is kept inside each split
     part = prep.eval[prep.eval["split"] == "5p"]["row_index"].tolist()
     assert part == sorted(part)
@@ -108,7 +111,7 @@ def test_download_over_http_is_verified_and_cached(loopback_repo, tmp_path, monk
     monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path / "cache"))
     cfg = load_profile("cpu", {"data.local_dir": None, "data.base_url": url})
     prep = data.prepare(cfg)
-    assert len(prep.eval) == 800
+    assert len(prep.eval) == 1000
     cached = sorted(p.name for p in (tmp_path / "cache" / "data" / cfg.data.commit).iterdir())
     assert cached == sorted(f"test_{s}.csv" for s in SPLITS)
     # second run is served from the cache (server content no longer matters)
@@ -154,7 +157,7 @@ def test_run_writes_parquet_card_plot_manifest(cfg_local, tmp_path):
     ):
         assert (paths.data / name).exists(), name
     train, ev = data.load_prepared(paths.data)
-    assert len(ev) == 800 and isinstance(ev["perspectives"].iloc[0][0]["name"], str)
+    assert len(ev) == 1000 and isinstance(ev["perspectives"].iloc[0][0]["name"], str)
     assert (tmp_path / "run" / "results" / "data_card.json").exists()
     import stat
 
