@@ -71,7 +71,10 @@ class Validator:
         }
 
 
-def versus_start(points: list[dict[str, Any]], reps: int, seed: int) -> list[dict[str, Any]]:
+BOOTSTRAP_REPS = 2000  # the curve's paired CIs (a constant: an evaluation setting never re-scores the curve)
+
+
+def versus_start(points: list[dict[str, Any]], seed: int, reps: int = BOOTSTRAP_REPS) -> list[dict[str, Any]]:
     """Each point with its paired difference from the first (step 0) on the situations both scored: the bootstrap
     CI, and the minimum detectable effect at 80 % power for that many situations and that spread (what the curve
     can resolve). The per-situation scores are dropped."""

@@ -239,7 +239,7 @@ def test_the_validation_curve_reports_what_it_can_resolve():
 
     start = {"step": 0, "per_situation": {f"s{i}": 0.3 for i in range(30)}}
     later = {"step": 8, "per_situation": {f"s{i}": 0.3 + (0.1 if i % 2 else 0.0) for i in range(30)}}
-    first, second = versus_start([start, later], reps=300, seed=0)
+    first, second = versus_start([start, later], seed=0, reps=300)
     assert "per_situation" not in first and "vs_start" not in first
     assert second["vs_start"] == pytest.approx(0.05) and second["vs_start_ci_low"] > 0
     assert second["vs_start_mde_80"] == pytest.approx(2.8016 * np.std([0.0, 0.1] * 15, ddof=1) / np.sqrt(30), rel=1e-3)

@@ -75,7 +75,7 @@ def grpo(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame |
         step.begin()
         with step.timed("validation"):
             points = score_policies(cfg, paths, policies, resolve_estimator(cfg, paths), resolve_device(cfg))
-        points = versus_start(points, cfg.eval.bootstrap_reps, cfg.seed)
+        points = versus_start(points, cfg.seed)
         curve = pd.DataFrame(points).drop(columns="max_new_tokens")
         atomic_write_text(out_csv, curve.to_csv(index=False))
     return curve
