@@ -306,7 +306,7 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     ``checkpoint_coverage.csv``, but switching that off changes GRPO's key since it decides which checkpoints are
     kept, so it retrains first); every judge request failing is reported as a failure and its figure panel is
     skipped with the reason."""
-    from opgrpo_lib.steps import evaluate, figures
+    from opgrpo_lib.steps import evaluate, figures, styles
 
     run, _ = chain
     work = tmp_path / "X"
@@ -320,6 +320,7 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
                                 "eval.judge.max_retries": 0})  # fmt: skip
     paths = run_paths(cfg, work)
     generate.run(cfg, paths, progress=False)
+    styles.run(cfg, paths, progress=False)  # notebook 05 runs it after generate; the figures draw it
     assert not (work / "results" / "generations" / "modplural.jsonl").exists(), "a removed system's texts go"
     evaluate.run(cfg, paths, progress=False)
     eval_dir = work / "results" / "eval"
