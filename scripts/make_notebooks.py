@@ -277,7 +277,8 @@ notebook(
     "layouts are a setting (`generate.retries`, off by default) and are reported with every result.\n\n"
     "**Reads:** the policies of 03/04 and the base model. " + WHERE + "`R/generate/<system>.jsonl` (resumable: "
     "rows made by the same policy with the same settings are reused), `R/generate/outputs.parquet`, "
-    "`R/results/generations/<system>.jsonl`.\n\n"
+    "`R/results/generations/<system>.jsonl`; with the prompt-style test `R/styles/` and `R/results/styles/`, with "
+    "the Chinese arm `R/translate/` (never published) and `R/results/translate/report.json` (counts only).\n\n"
     f"**Time:** {TIMES['05']}\n\n"
     "**Look at:** rows and valid-layout rate per system and split, and one output in full.",
     [
