@@ -48,11 +48,11 @@ def _record(prompt: str, split: str, system: str, style: str, text: str, attempt
     }
 
 
-def done_rows(path: Path, key: str) -> dict[str, dict]:
-    """Finished rows of ``path`` made under ``key``; rows made with other settings or another policy are dropped
-    from the file (a line cut by a crash is dropped too, so that row is generated again)."""
+def rows_made_under(path: Path, key: str) -> tuple[dict[str, dict], int]:
+    """(rows of ``path`` made under ``key`` by situation, count of other lines: other settings or cut by a crash);
+    reads only."""
     if not path.exists():
-        return {}
+        return {}, 0
     rows, stale = {}, 0
     for line in path.read_text().splitlines():
         try:
@@ -64,6 +64,13 @@ def done_rows(path: Path, key: str) -> dict[str, dict]:
             rows[rec["prompt"]] = rec
         else:
             stale += 1
+    return rows, stale
+
+
+def done_rows(path: Path, key: str) -> dict[str, dict]:
+    """Finished rows of ``path`` made under ``key``; rows made with other settings or another policy are dropped
+    from the file (a line cut by a crash is dropped too, so that row is generated again)."""
+    rows, stale = rows_made_under(path, key)
     if stale:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows.values()))
     return rows

@@ -9,9 +9,7 @@ between two cells of a row of the table is paired.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -73,20 +71,6 @@ def items(ev: pd.DataFrame, cfg: RunConfig) -> list[tuple[str, str]]:
     out = []
     for split, n in cfg.styles.split_rows.items():
         out += [(p, split) for p in ev[ev["split"] == split]["prompt"].tolist()[:n]]
-    return out
-
-
-def rows_with_key(path: Path, key: str) -> list[str]:
-    """The lines of a generation file made under ``key`` (read only: the file is another step's)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("fingerprint") == key:
-                out.append(line)
-        except json.JSONDecodeError:
-            continue
     return out
 
 

@@ -13,7 +13,7 @@ from .. import styles as st
 from ..config import RunConfig
 from ..data import load_prepared
 from ..device import resolve_device
-from ..generate import generate_rows, job_key, lazy, policy_fn
+from ..generate import generate_rows, job_key, lazy, policy_fn, rows_made_under
 from ..lifecycle import rank0, step_run
 from ..lm import load, resolve_policy
 from ..reward import CachedEncoder, SentenceEncoder
@@ -92,8 +92,8 @@ def _generate(cfg, paths, items, order, out_dir, device, step, progress, zh) -> 
             key, name = job_key(cfg, system, template, *variant), f"{system.name}@{cond.label}"
             path = out_dir / f"{name}.jsonl"
             if template is None and message is None and not path.exists():
-                reused = st.rows_with_key(paths.root / "generate" / f"{system.name}.jsonl", key)
-                atomic_write_text(path, "".join(line + "\n" for line in reused))
+                reused, _ = rows_made_under(paths.root / "generate" / f"{system.name}.jsonl", key)  # read only
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in reused.values()))
             fn = lazy(
                 lambda system=system, template=template, message=message, zh_text=zh_text, model=model: policy_fn(
                     system, cfg, paths.root, device, template, message, zh_text, model()
