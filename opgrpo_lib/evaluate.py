@@ -302,7 +302,7 @@ def paired_comparisons(
     """reference system − each other system on the situations both scored (paired bootstrap, with the paired SD
     and the minimum detectable effect at 80 % power), per split, pooled over every split (``all``) and over 5p+10p
     (``5p+10p``, the splits every profile evaluates at size)."""
-    from .stats import paired_summary
+    from .stats import paired_against
 
     rows = []
     for metric, per, value in (("sbert", sbert_per, "ratio"), ("nli", nli_per, "score")):
@@ -314,24 +314,8 @@ def paired_comparisons(
         if {"5p", "10p"} <= set(per["split"]):
             pools.append(per[per["split"].isin(["5p", "10p"])].assign(split="5p+10p"))
         for key, part in pd.concat(pools, ignore_index=True).groupby(keys, sort=False):
-            ref = part[part["system"] == reference].set_index("prompt")[value]
-            for other in sorted(set(part["system"]) - {reference}):
-                oth = part[part["system"] == other].set_index("prompt")[value]
-                common = ref.index.intersection(oth.index)
-                if len(common) < 2:
-                    continue
-                res = paired_summary(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
-                key = key if isinstance(key, tuple) else (key,)
-                rows.append(
-                    {
-                        "metric": metric,
-                        **dict(zip(keys, key)),
-                        "system": reference,
-                        "baseline": other,
-                        "n": len(common),
-                        **res,
-                    }
-                )
+            named = {"metric": metric, **dict(zip(keys, key if isinstance(key, tuple) else (key,)))}
+            rows += [{**named, **r} for r in paired_against(part, reference, value, reps, seed)]
     return pd.DataFrame(rows)
 
 

@@ -320,10 +320,15 @@ def job_key(cfg: RunConfig, system: SystemCfg, template: str | None, *variant: A
 def eval_items(ev: pd.DataFrame, gen: GenerateCfg, split_rows: dict[str, int] | None = None) -> list[tuple[str, str]]:
     """(situation, split) for the configured splits, the first ``split_rows[split]`` (a system's own, else
     ``gen.split_rows``, else ``rows_per_split``) of each in evaluation order."""
-    items = []
     rows = {**gen.split_rows, **(split_rows or {})}
-    for split in gen.splits:
+    return first_rows(ev, {split: rows.get(split, gen.rows_per_split) for split in gen.splits})
+
+
+def first_rows(ev: pd.DataFrame, rows: dict[str, int | None]) -> list[tuple[str, str]]:
+    """(situation, split): the first ``rows[split]`` situations of each split (all of it for None), in evaluation
+    order, splits in ``rows``' order."""
+    items = []
+    for split, n in rows.items():
         part = ev[ev["split"] == split]["prompt"].tolist()
-        n = rows.get(split, gen.rows_per_split)
         items += [(p, split) for p in (part[:n] if n is not None else part)]
     return items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,3 +80,18 @@ def paired_summary(a: Sequence[float], b: Sequence[float], reps: int = 2000, see
     res = paired_bootstrap(xa, xb, reps=reps, seed=seed)
     sd = float(np.std(xa - xb, ddof=1)) if xa.size > 1 else float("nan")
     return {**res, "sd_diff": sd, "mde_80": min_detectable_effect(sd, int(xa.size))}
+
+
+def paired_against(part: Any, reference: str, value: str, reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """``reference`` − each other system of ``part`` (a frame of ``system``, ``prompt`` and ``value`` columns) on
+    the situations both scored: one :func:`paired_summary` row per other system (sorted), none under 2 pairs."""
+    ref = part[part["system"] == reference].set_index("prompt")[value]
+    rows = []
+    for other in sorted(set(part["system"]) - {reference}):
+        oth = part[part["system"] == other].set_index("prompt")[value]
+        common = ref.index.intersection(oth.index)
+        if len(common) < 2:
+            continue
+        res = paired_summary(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
+        rows.append({"system": reference, "baseline": other, "n": len(common), **res})
+    return rows

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import RunConfig, SystemCfg
 from .prompts import SYSTEM_MODES, style_template
-from .stats import bootstrap_ci, paired_summary
+from .stats import bootstrap_ci, paired_against
 
 # Fixed before any number was seen. A style "keeps the gain over the base model" when op_grpo − base has a 95 %
 # paired-bootstrap CI above 0 under it; "keeps the level" when op_grpo's mean under it is at least RETENTION_MIN
@@ -68,10 +68,9 @@ def system_message(cond: Condition) -> str | None:
 
 def items(ev: pd.DataFrame, cfg: RunConfig) -> list[tuple[str, str]]:
     """(situation, split): the first ``styles.split_rows[split]`` evaluation situations of each split listed."""
-    out = []
-    for split, n in cfg.styles.split_rows.items():
-        out += [(p, split) for p in ev[ev["split"] == split]["prompt"].tolist()[:n]]
-    return out
+    from .generate import first_rows
+
+    return first_rows(ev, dict(cfg.styles.split_rows))
 
 
 def per_sample(
@@ -174,26 +173,10 @@ def comparisons(per: pd.DataFrame, order: list[Condition], reference: str, reps:
     rows = []
     for cond in order:
         part = per[per["condition"] == cond.label]
-        ref = part[part["system"] == reference].set_index("prompt")["ratio"]
-        for other in [s for s in part["system"].unique() if s != reference]:
-            oth = part[part["system"] == other].set_index("prompt")["ratio"]
-            common = ref.index.intersection(oth.index)
-            if len(common) < 2:
-                continue
-            res = paired_summary(ref[common].to_numpy(), oth[common].to_numpy(), reps=reps, seed=seed)
-            rows.append(
-                {
-                    "condition": cond.label,
-                    "language": cond.language,
-                    "style": cond.style,
-                    "mode": cond.mode,
-                    "system": reference,
-                    "baseline": other,
-                    "n": len(common),
-                    **res,
-                    "above_zero": res["ci_low"] > 0,
-                }
-            )
+        named = {"condition": cond.label, "language": cond.language, "style": cond.style, "mode": cond.mode}
+        rows += [
+            {**named, **r, "above_zero": r["ci_low"] > 0} for r in paired_against(part, reference, "ratio", reps, seed)
+        ]
     return pd.DataFrame(rows)
 
 
