@@ -324,9 +324,11 @@ def fig_validation_curve(validation: pd.DataFrame) -> plt.Figure:
 
 @styled
 def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
-    """Every tried GRPO setting's validation curve: independent coverage and the reward's ladder vs step."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2), layout="constrained")
-    for i, (name, part) in enumerate(table.groupby("setting", sort=False)):
+    """Every tried GRPO setting's validation curve: the independent score's gain over step 0 (paired 95 % CI, what
+    the choice reads), the reward's coverage ladder and the output length vs step."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.4), layout="constrained")
+    settings = list(table.groupby("setting", sort=False))
+    for i, (name, part) in enumerate(settings):
         part = part.sort_values("step")
         chosen = bool(part["chosen"].iloc[0])
         # the chosen setting is the op_grpo system of every other figure; the rest avoid the systems' colours
@@ -339,17 +341,24 @@ def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
             "label": name + (" (chosen)" if chosen else ""),
             "linestyle": "-" if chosen else ["-", "--"][i % 2],
         }
-        axes[0].plot(part["step"], part["sbert_relative_accuracy"], **style)
-        axes[1].plot(part["step"], part["coverage_ladder"], **style)
-        axes[2].plot(part["step"], part["mean_tokens"], **style)
-    titles = ("independent SBERT (validation)", "reward's coverage ladder", "mean output tokens")
+        step = part["step"].to_numpy(dtype=float)
+        ci = part.reindex(columns=["vs_start", "vs_start_ci_low", "vs_start_ci_high"])  # none at step 0
+        gain = ci["vs_start"].fillna(0.0)
+        low, high = gain - ci["vs_start_ci_low"].fillna(gain), ci["vs_start_ci_high"].fillna(gain) - gain
+        nudge = (i - (len(settings) - 1) / 2) * 0.12  # side by side at each step, so the CIs do not hide each other
+        axes[0].errorbar(step + nudge, gain, yerr=[low, high], capsize=3, **style)
+        axes[1].plot(step, part["coverage_ladder"], **style)
+        axes[2].plot(step, part["mean_tokens"], **style)
+    axes[0].axhline(0, color="#999999", linewidth=0.8, zorder=1)
+    gain_title = "independent SBERT gain over step 0\n(validation, paired 95 % CI)"
+    titles = (gain_title, "reward's coverage ladder", "mean output tokens")
     for ax, title, span in zip(axes, titles, (0.1, 1.0, 50.0)):
         ax.set_title(title)
         ax.set_xlabel("GRPO step")
         _min_span(ax, span)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2)
-    fig.suptitle("GRPO settings tried on the validation carve")
+    fig.legend(handles, labels, loc="outside lower center", ncol=3)
+    fig.suptitle("GRPO settings tried on the validation carve (each arm's ladder is its own reward's)")
     return fig
 
 

@@ -50,9 +50,10 @@ class Validator:
         self.threshold = cfg.eval.sbert_thresholds[0]
         self.encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
 
-    def score(self, model: Any, tok: Any, step: int) -> dict[str, Any]:
+    def score(self, model: Any, tok: Any, step: int, outputs: tuple[list, list] | None = None) -> dict[str, Any]:
+        """``outputs``: this policy's greedy (texts, clipped) on these situations, when already made."""
         sits = self.val["prompt"].tolist()
-        texts, clipped = greedy_outputs(model, tok, sits, self.max_new_tokens)
+        texts, clipped = outputs or greedy_outputs(model, tok, sits, self.max_new_tokens)
         prompts = [[{"role": "user", "content": implicit(s)}] for s in sits]
         totals = self.reward(prompts, texts, reference=self.val["answer"].tolist(), situation=sits)
         cores = [check_layout(t).core for t in texts]
@@ -68,6 +69,7 @@ class Validator:
             "clipped_ratio": float(np.mean(clipped)),
             "mean_tokens": float(np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts])),
             "per_situation": dict(zip(per["prompt"], per["ratio"])) if len(per) else {},
+            "outputs": {"situations": sits, "texts": list(texts), "clipped": list(clipped)},
         }
 
 
@@ -77,7 +79,7 @@ BOOTSTRAP_REPS = 2000  # the curve's paired CIs (a constant: an evaluation setti
 def versus_start(points: list[dict[str, Any]], seed: int, reps: int = BOOTSTRAP_REPS) -> list[dict[str, Any]]:
     """Each point with its paired difference from the first (step 0) on the situations both scored: the bootstrap
     CI, and the minimum detectable effect at 80 % power for that many situations and that spread (what the curve
-    can resolve). The per-situation scores are dropped."""
+    can resolve). The per-situation scores and the outputs are dropped."""
     from .stats import paired_summary
 
     start = points[0]["per_situation"]
@@ -85,7 +87,7 @@ def versus_start(points: list[dict[str, Any]], seed: int, reps: int = BOOTSTRAP_
     for point in points:
         mine = point["per_situation"]
         common = [p for p in start if p in mine]
-        row = {k: v for k, v in point.items() if k != "per_situation"}
+        row = {k: v for k, v in point.items() if k not in ("per_situation", "outputs")}
         if point is not points[0] and len(common) > 1:
             res = paired_summary([mine[p] for p in common], [start[p] for p in common], reps=reps, seed=seed)
             row.update({"vs_start": res["diff"], "vs_start_ci_low": res["ci_low"], "vs_start_ci_high": res["ci_high"]})
@@ -95,10 +97,16 @@ def versus_start(points: list[dict[str, Any]], seed: int, reps: int = BOOTSTRAP_
 
 
 def score_policies(
-    cfg: RunConfig, paths: RunPaths, policies: list[tuple[int, str]], estimator: str, device: str
+    cfg: RunConfig,
+    paths: RunPaths,
+    policies: list[tuple[int, str]],
+    estimator: str,
+    device: str,
+    made: dict[int, dict[str, list]] | None = None,
 ) -> list[dict[str, Any]]:
     """One validation point per (step, saved policy folder): greedy outputs within GRPO's completion budget,
-    scored by the reward (with ``estimator``) and by the independent evaluator."""
+    scored by the reward (with ``estimator``) and by the independent evaluator. ``made``: step -> the ``outputs`` of
+    an earlier point of the same policy on the same situations (reused when the situations match)."""
     from .lm import load
     from .models import agreement
     from .reward import build_reward
@@ -111,5 +119,9 @@ def score_policies(
             agree = agreement(cfg, paths)
             reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device, agree=agree)
             validator = Validator(cfg, paths, reward, budget)
-        points.append({**validator.score(policy.model, policy.tokenizer, step), "max_new_tokens": budget})
+        old = (made or {}).get(step)
+        reuse = (
+            (old["texts"], old["clipped"]) if old and old["situations"] == validator.val["prompt"].tolist() else None
+        )
+        points.append({**validator.score(policy.model, policy.tokenizer, step, reuse), "max_new_tokens": budget})
     return points

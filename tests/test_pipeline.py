@@ -301,6 +301,30 @@ def test_a_new_training_run_reports_its_own_validation_curve(chain, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_curve_start_reuses_the_sft_validation_outputs(chain, tmp_path, monkeypatch):
+    """Step 0 of GRPO's curve is the SFT policy that ``sft_validation`` already ran: its greedy outputs are reused
+    (one generation fewer) and the curve is the one regenerating them gives."""
+    from opgrpo_lib import validation as val_lib
+
+    run, _ = chain
+    work = tmp_path / "X"
+    shutil.copytree(run, work, symlinks=True)
+    cfg, paths = load_profile("tiny"), run_paths(load_profile("tiny"), work)
+    calls = []
+    real = val_lib.greedy_outputs
+    monkeypatch.setattr(val_lib, "greedy_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused = validation.grpo(cfg, paths, force=True)
+    assert len(calls) == len(reused) - 1
+    record = json.loads((work / "results" / "sft_validation.json").read_text())
+    record["policy"] = "another policy"
+    (work / "results" / "sft_validation.json").write_text(json.dumps(record))
+    calls.clear()
+    regenerated = validation.grpo(cfg, paths, force=True)
+    assert len(calls) == len(regenerated)
+    pd.testing.assert_frame_equal(reused, regenerated)
+
+
+@pytest.mark.slow
 def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp_path, monkeypatch):
     """Issue 22: NLI switched off and a removed system leave no old files behind (the same rule removes
     ``checkpoint_coverage.csv``, but switching that off changes GRPO's key since it decides which checkpoints are

@@ -9,11 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, trl_value
 from ..data import load_validation
 from ..device import resolve_device
 from ..lifecycle import rank0, step_run
-from ..lm import resolve_policy
+from ..lm import policy_identity, resolve_policy
 from ..models import resolve, resolve_estimator
 from ..runs import RunPaths, atomic_write_text, checkpoint_problem
 from ..validation import score_policies, versus_start
@@ -38,7 +38,8 @@ def sft(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] 
         with step.timed("validation"):
             (point,) = score_policies(cfg, paths, [(0, policy)], estimator, resolve_device(cfg))
         point.pop("per_situation")
-        record = {**point, "reward_estimator": "base encoder (models.encoder): step 02 may not have run"}
+        note = "base encoder (models.encoder): step 02 may not have run"
+        record = {**point, "reward_estimator": note, "policy": policy_identity("run:sft", cfg)}
         atomic_write_text(out_json, json.dumps(record, indent=2))
     return record
 
@@ -61,6 +62,18 @@ def _checkpoints(cfg: RunConfig, paths: RunPaths) -> list[tuple[int, str]]:
     return points
 
 
+def _sft_outputs(cfg: RunConfig, paths: RunPaths) -> dict[int, dict[str, list]]:
+    """Step 0's greedy outputs when step 0 is the SFT policy that ``sft_validation`` already ran (same policy, same
+    budget): generating them again would give the same texts."""
+    found = paths.results / "sft_validation.json"
+    if cfg.train.init != "run:sft" or not found.exists():
+        return {}
+    rec = json.loads(found.read_text())
+    budget = trl_value(cfg.train.grpo, "grpo", "max_completion_length")
+    same = rec.get("policy") == policy_identity("run:sft", cfg) and rec.get("max_new_tokens") == budget
+    return {0: rec["outputs"]} if same and "outputs" in rec else {}
+
+
 def grpo(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame | None:
     """Step ``grpo_validation`` (notebook 04, after ``grpo``): greedy outputs of the init policy and of GRPO's
     checkpoints on the validation situations, scored by the reward and the independent evaluator ->
@@ -74,7 +87,8 @@ def grpo(cfg: RunConfig, paths: RunPaths, force: bool = False) -> pd.DataFrame |
         policies = _checkpoints(cfg, paths)
         step.begin()
         with step.timed("validation"):
-            points = score_policies(cfg, paths, policies, resolve_estimator(cfg, paths), resolve_device(cfg))
+            estimator, device = resolve_estimator(cfg, paths), resolve_device(cfg)
+            points = score_policies(cfg, paths, policies, estimator, device, _sft_outputs(cfg, paths))
         points = versus_start(points, cfg.seed)
         curve = pd.DataFrame(points).drop(columns="max_new_tokens")
         atomic_write_text(out_csv, curve.to_csv(index=False))
