@@ -295,6 +295,8 @@ class StylesCfg:
     custom: dict[str, str] = field(default_factory=dict)
     system_modes: list[str] = field(default_factory=lambda: ["default"])  # default | empty | generic
     systems: list[str] = field(default_factory=lambda: ["op_grpo", "sft", "base_implicit"])
+    # the systems the non-default system-message modes run for (None: every system of ``systems``)
+    mode_systems: list[str] | None = None
     split_rows: dict[str, int] = field(default_factory=lambda: {"5p": 20, "10p": 20})
     languages: list[Literal["en", "zh"]] = field(default_factory=lambda: ["en"])
     bootstrap_reps: int = bounded(2000, 100)
@@ -812,6 +814,8 @@ def _check_styles(cfg: RunConfig) -> None:
     if missing or not st.systems:
         want = f"expected policy systems of generate.systems {sorted(policies)}"
         raise ConfigError(f"styles.systems: {missing or st.systems!r}: {want}")
+    if st.mode_systems is not None and (not st.mode_systems or set(st.mode_systems) - set(st.systems)):
+        raise ConfigError(f"styles.mode_systems: {st.mode_systems!r}: expected some of styles.systems {st.systems}")
     _check_split_counts("styles.split_rows", st.split_rows)
 
 

@@ -2,9 +2,9 @@
 generation jobs, the scoring under the independent evaluator and the pre-registered summary.
 
 A condition is (language, style, system-message mode). Every style runs under the chat template's default system
-turn; the other modes run on the control only. Each condition runs for every system of ``styles.systems`` on the
-same situations with the same per-row seeds (``lm.row_seed`` of the English situation), so every difference
-between two cells of a row of the table is paired.
+turn; the other modes run on the control only, for ``styles.mode_systems``. Each condition runs for every system
+of ``styles.systems`` (a mode condition: of ``mode_systems``) on the same situations with the same per-row seeds
+(``lm.row_seed`` of the English situation), so every difference between two cells of a row of the table is paired.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ def conditions(cfg: RunConfig) -> list[Condition]:
         out += [Condition(lang, s, "default") for s in st.styles if lang == "en" or s not in st.custom]
         out += [Condition(lang, "control", m) for m in st.system_modes if m != "default"]
     return out
+
+
+def conditions_of(cfg: RunConfig, system: str, order: list[Condition]) -> list[Condition]:
+    """The conditions ``system`` runs: every style, and the other system-message modes when it is one of
+    ``styles.mode_systems``."""
+    modes = cfg.styles.mode_systems
+    return [c for c in order if c.mode == "default" or modes is None or system in modes]
 
 
 def systems(cfg: RunConfig) -> list[SystemCfg]:

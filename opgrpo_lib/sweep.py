@@ -26,6 +26,7 @@ SETTING_KEYS = (
     "loss_type",
     "scale_rewards",
     "epsilon_high",
+    "num_iterations",
 )
 REWARD_KEYS = ("weights", "mask", "mask_references", "agree_with", "overlong_cache")  # reported as reward_<key>
 

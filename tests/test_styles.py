@@ -59,6 +59,8 @@ def test_the_rule_catches_perspective_words():
         ({"styles.systems": ["op_grpo", "nobody"]}, r"styles.systems: \['nobody'\]"),
         ({"styles.systems": ["op_grpo", "modplural"]}, r"styles.systems: \['modplural'\]"),
         ({"styles.split_rows": {"5p": 0}}, r"styles.split_rows.5p"),
+        ({"styles.mode_systems": ["op_grpo", "elsewhere"]}, r"styles.mode_systems: .*some of styles.systems"),
+        ({"styles.mode_systems": []}, r"styles.mode_systems: \[\]"),
     ],
 )
 def test_bad_style_settings_fail_at_load_in_one_line(override, message):
@@ -100,6 +102,11 @@ def test_conditions_and_templates_follow_the_profile():
     assert st.template(cfg, op, control) is None, "the English control is step 05's own job (its rows are reused)"
     assert st.template(cfg, op, st.Condition("en", "plain", "default")) == cfg.styles.custom["plain"]
     assert st.system_message(st.Condition("en", "control", "empty")) == ""
+    order = st.conditions(cfg)
+    assert st.conditions_of(cfg, "base_implicit", order) == order, "every system runs the modes by default"
+    cfg = load_profile("tiny", {"styles.mode_systems": ["op_grpo"]})
+    assert [c.mode for c in st.conditions_of(cfg, "base_implicit", order)] == ["default"] * (len(order) - 4)
+    assert st.conditions_of(cfg, "op_grpo", order) == order
 
 
 def _per(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:

@@ -85,7 +85,7 @@ def _generate(cfg, paths, items, order, out_dir, device, step, progress, zh) -> 
     frames = []
     for system in st.systems(cfg):
         model = _once(lambda system=system: load(resolve_policy(system.policy, cfg, paths.root), device))
-        for cond in order:
+        for cond in st.conditions_of(cfg, system.name, order):
             template, message = st.template(cfg, system, cond), st.system_message(cond)
             zh_text = shown if cond.language == "zh" else None
             variant = (() if message is None else (message,)) + (() if zh_text is None else (sorted(zh_text.items()),))
@@ -132,6 +132,7 @@ def _settings(cfg: RunConfig, order: list[st.Condition], items: dict, zh) -> dic
         },
         "system_messages": {c.label: st.system_message(c) for c in order},
         "systems": cfg.styles.systems,
+        "mode_systems": cfg.styles.mode_systems or cfg.styles.systems,
         "situations": {lang: len(rows) for lang, rows in items.items() if rows},
         "split_rows": cfg.styles.split_rows,
         "evaluator": cfg.models.eval_encoder,
