@@ -345,7 +345,7 @@ def fig_validation_sweep(table: pd.DataFrame) -> plt.Figure:
         ci = part.reindex(columns=["vs_start", "vs_start_ci_low", "vs_start_ci_high"])  # none at step 0
         gain = ci["vs_start"].fillna(0.0)
         low, high = gain - ci["vs_start_ci_low"].fillna(gain), ci["vs_start_ci_high"].fillna(gain) - gain
-        nudge = (i - (len(settings) - 1) / 2) * 0.12  # side by side at each step, so the CIs do not hide each other
+        nudge = (i - (len(settings) - 1) / 2) * 0.25  # side by side at each step, so the CIs do not hide each other
         axes[0].errorbar(step + nudge, gain, yerr=[low, high], capsize=3, **style)
         axes[1].plot(step, part["coverage_ladder"], **style)
         axes[2].plot(step, part["mean_tokens"], **style)

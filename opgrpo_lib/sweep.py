@@ -43,7 +43,9 @@ def run_settings(run_dir: Path) -> dict:
     out["mask_truncated_completions"] = bool(out["mask_truncated_completions"])  # TRL's default: False
     out["prompts_per_step"] = grpo["per_device_train_batch_size"] // grpo["num_generations"]
     out["lora"] = bool(conf["train.lora"]["enabled"])
-    out.update({f"reward_{k}": conf["reward"].get(k) for k in REWARD_KEYS})
+    for k in REWARD_KEYS:  # a list (the encoders a match must agree under) as one cell: "a+b", "" for none
+        value = conf["reward"].get(k)
+        out[f"reward_{k}"] = "+".join(map(str, value)) if isinstance(value, list) else value
     out["status"] = rec["status"]
     out["grpo_key"] = rec["key"]
     out["sft_key"] = rec["inputs"]["upstream"].get("sft")
