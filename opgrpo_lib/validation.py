@@ -50,10 +50,13 @@ class Validator:
         self.threshold = cfg.eval.sbert_thresholds[0]
         self.encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
 
-    def score(self, model: Any, tok: Any, step: int, outputs: tuple[list, list] | None = None) -> dict[str, Any]:
-        """``outputs``: this policy's greedy (texts, clipped) on these situations, when already made."""
+    def score(self, model: Any, tok: Any, step: int, made: dict[str, list] | None = None) -> dict[str, Any]:
+        """``made``: the ``outputs`` of an earlier point of this policy, reused when they are of these situations."""
         sits = self.val["prompt"].tolist()
-        texts, clipped = outputs or greedy_outputs(model, tok, sits, self.max_new_tokens)
+        if made and made["situations"] == sits:
+            texts, clipped = made["texts"], made["clipped"]
+        else:
+            texts, clipped = greedy_outputs(model, tok, sits, self.max_new_tokens)
         prompts = [[{"role": "user", "content": implicit(s)}] for s in sits]
         totals = self.reward(prompts, texts, reference=self.val["answer"].tolist(), situation=sits)
         cores = [check_layout(t).core for t in texts]
@@ -106,7 +109,7 @@ def score_policies(
 ) -> list[dict[str, Any]]:
     """One validation point per (step, saved policy folder): greedy outputs within GRPO's completion budget,
     scored by the reward (with ``estimator``) and by the independent evaluator. ``made``: step -> the ``outputs`` of
-    an earlier point of the same policy on the same situations (reused when the situations match)."""
+    an earlier point of the same policy (reused when they are of the same situations)."""
     from .lm import load
     from .models import agreement
     from .reward import build_reward
@@ -119,9 +122,6 @@ def score_policies(
             agree = agreement(cfg, paths)
             reward = build_reward(cfg.reward, estimator, tokenizer=policy.tokenizer, device=device, agree=agree)
             validator = Validator(cfg, paths, reward, budget)
-        old = (made or {}).get(step)
-        reuse = (
-            (old["texts"], old["clipped"]) if old and old["situations"] == validator.val["prompt"].tolist() else None
-        )
-        points.append({**validator.score(policy.model, policy.tokenizer, step, reuse), "max_new_tokens": budget})
+        point = validator.score(policy.model, policy.tokenizer, step, (made or {}).get(step))
+        points.append({**point, "max_new_tokens": budget})
     return points
