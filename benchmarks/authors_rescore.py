@@ -64,9 +64,17 @@ def main() -> None:
     t_naive, ks = best_of(naive, args.repeats)
     distinct = len({s for *_, r, c in items for s in (*r, *c)})
     total = sum(len(r) + len(c) for *_, r, c in items)
-    res = {"logs": len(logs), "rows": len(items), "encoder": args.encoder, "sentences_per_log_loop": total,
-           "distinct_sentences_encoded": distinct, "dedup_s": round(t_fast, 3), "per_log_loop_s": round(t_naive, 3),
-           "speedup_vs_per_log_loop": round(t_naive / t_fast, 2), "identical": per["k"].tolist() == ks}  # fmt: skip
+    res = {
+        "logs": len(logs),
+        "rows": len(items),
+        "encoder": args.encoder,
+        "sentences_per_log_loop": total,
+        "distinct_sentences_encoded": distinct,
+        "dedup_s": round(t_fast, 3),
+        "per_log_loop_s": round(t_naive, 3),
+        "speedup_vs_per_log_loop": round(t_naive / t_fast, 2),
+        "identical": per["k"].tolist() == ks,
+    }
     report(res, args.json)
 
 

@@ -68,6 +68,27 @@ def step06_scoring(refs, texts, encoder, threshold, cached):
     return [sbert_coverage(refs, t, encoder, threshold)[0]["ratio"].tolist() for t in texts]
 
 
+def _print(result: dict) -> None:
+    """The human-readable table of ``result``."""
+    refs_n = result["rows"]
+    print(f"{refs_n} situations of test_5p, released OP-GRPO outputs (core for SBERT, summary for NLI), CPU")
+    print(f"{'evaluator':<10}{'batched s':>11}{'per-situation s':>17}{'speedup':>9}  identical")
+    for key in ("sbert", "nli"):
+        r = result[key]
+        print(f"{key:<10}{r['batched_s']:>11.3f}{r['per_situation_s']:>17.3f}{r['speedup']:>8.2f}x  {r['identical']}")
+    r = result["step06"]
+    print(
+        f"step 06, {r['texts']} texts on the same references: encode once {r['encode_once_s']:.3f} s, per text "
+        f"{r['per_text_s']:.3f} s, speedup {r['speedup']:.2f}x, identical {r['identical']}"
+    )
+    print(
+        f"overall speedup vs one call per situation: {result['speedup_vs_per_situation']}x; identical: {result['identical']}"
+    )
+    print(
+        "NLI scores compared with tolerance 1e-6 (padding differs between batchings); Accuracy@0.33 decisions must match."
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -117,20 +138,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{len(refs)} situations of test_5p, released OP-GRPO outputs (core for SBERT, summary for NLI), CPU")
-    print(f"{'evaluator':<10}{'batched s':>11}{'per-situation s':>17}{'speedup':>9}  identical")
-    for key in ("sbert", "nli"):
-        r = result[key]
-        print(f"{key:<10}{r['batched_s']:>11.3f}{r['per_situation_s']:>17.3f}{r['speedup']:>8.2f}x  {r['identical']}")
-    r = result["step06"]
-    print(f"step 06, {r['texts']} texts on the same references: encode once {r['encode_once_s']:.3f} s, per text "
-          f"{r['per_text_s']:.3f} s, speedup {r['speedup']:.2f}x, identical {r['identical']}")  # fmt: skip
-    print(
-        f"overall speedup vs one call per situation: {result['speedup_vs_per_situation']}x; identical: {result['identical']}"
-    )
-    print(
-        "NLI scores compared with tolerance 1e-6 (padding differs between batchings); Accuracy@0.33 decisions must match."
-    )
+    _print(result)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,8 +59,19 @@ BACKENDS = ("hf", "unsloth", "unsloth-4bit")
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STAGED_TOKENIZER = ROOT / ".whl" / "tokenizer-smollm2"  # scripts/fetch_gpu_wheels.py puts it there for the device
 CPU_SETTINGS = {"batch": 8, "generations": 4, "completion_length": 32}  # shortened: CPU smoke only
-VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo",
-             "bitsandbytes", "xformers", "triton")  # fmt: skip
+VERSIONED = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "unsloth",
+    "unsloth_zoo",
+    "bitsandbytes",
+    "xformers",
+    "triton",
+)
 SITUATIONS = [
     "Lying to protect a friend",
     "Eating meat",
@@ -111,9 +123,14 @@ def prepare(work: Path) -> None:
     info["prompt_tokens"] = {"mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)}
     if s["device"] == "cuda":
         p = torch.cuda.get_device_properties(0)
-        info["device"] = {"type": "cuda", "name": p.name, "count": torch.cuda.device_count(),
-                          "total_memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
-                          "cuda": torch.version.cuda}  # fmt: skip
+        info["device"] = {
+            "type": "cuda",
+            "name": p.name,
+            "count": torch.cuda.device_count(),
+            "total_memory_gib": round(p.total_memory / 2**30, 1),
+            "capability": f"{p.major}.{p.minor}",
+            "cuda": torch.version.cuda,
+        }
     else:
         info["device"] = {
             "type": "cpu",
@@ -132,10 +149,21 @@ def trained_model(src: Path, dest: Path) -> dict:
         raise SystemExit(f"--model {src}: no config.json there (a saved model folder, e.g. runs/cpu/sft/policy)")
     dest.symlink_to(src.resolve(), target_is_directory=True)
     conf = AutoConfig.from_pretrained(str(src))
-    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads")  # fmt: skip
-    return {"weights": "trained", "config_source": str(src), "config": {k: getattr(conf, k, None) for k in keys},
-            "tokenizer": {"name": str(src), "vocab_size": len(AutoTokenizer.from_pretrained(str(src)))}}  # fmt: skip
+    keys = (
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+    )
+    return {
+        "weights": "trained",
+        "config_source": str(src),
+        "config": {k: getattr(conf, k, None) for k in keys},
+        "tokenizer": {"name": str(src), "vocab_size": len(AutoTokenizer.from_pretrained(str(src)))},
+    }
 
 
 def random_model(s: dict, work: Path) -> dict:
@@ -190,12 +218,186 @@ def split_step(step: dict) -> dict:
     reward = sum(e - b for b, e, _ in rewards)
     policy = max(0.0, end - last_reward) if rewards else None
     total = end - start
-    out = {"step_s": total, "generation_s": generation, "training_s": total - generation, "reward_s": reward,
-           "reference_forward_s": ref, "policy_forward_backward_s": policy,
-           "other_s": total - generation - reward - (ref or 0.0) - (policy or 0.0),
-           "completion_tokens": sum(n for _, _, n in rewards),
-           "generation_timing": "profiled" if gen else "step start to reward (no profiled generate block)"}  # fmt: skip
+    out = {
+        "step_s": total,
+        "generation_s": generation,
+        "training_s": total - generation,
+        "reward_s": reward,
+        "reference_forward_s": ref,
+        "policy_forward_backward_s": policy,
+        "other_s": total - generation - reward - (ref or 0.0) - (policy or 0.0),
+        "completion_tokens": sum(n for _, _, n in rewards),
+        "generation_timing": "profiled" if gen else "step start to reward (no profiled generate block)",
+    }
     return out
+
+
+@dataclasses.dataclass
+class _Measured:
+    """What one backend's run records while it trains: profiled blocks, reward calls, steps, memory."""
+
+    backend: str
+    s: dict
+    sync: Any
+    records: list = dataclasses.field(default_factory=list)  # (block, start, end) of every TRL-profiled block
+    reward_calls: list = dataclasses.field(default_factory=list)  # (start, end, completion tokens)
+    steps: list = dataclasses.field(default_factory=list)
+    load_s: float = 0.0
+    resident: int = 0
+    plan: Any = None
+    trainer: Any = None
+    computed: dict = dataclasses.field(default_factory=dict)
+
+
+def _record_profiled_blocks(records: list) -> None:
+    """Append (name, start, end) of every block TRL profiles to ``records``."""
+    import trl.extras.profiling as profiling
+
+    log_metrics = profiling.ProfilingContext._log_metrics
+
+    def _record(self, duration):
+        end = time.perf_counter()
+        records.append((self.name, end - duration, end))
+        return log_metrics(self, duration)
+
+    profiling.ProfilingContext._log_metrics = _record
+
+
+def _overrides(s: dict, backend: str) -> dict:
+    """The profile overrides of the benchmarked step: one generation per optimizer step, nothing saved."""
+    accumulation = s["batch"] // s["micro_batch"]  # micro-batches per optimizer step; one generation per step
+    grpo = {
+        "per_device_train_batch_size": s["micro_batch"],
+        "num_generations": s["generations"],
+        "max_completion_length": s["completion_length"],
+        "gradient_accumulation_steps": accumulation,
+        "steps_per_generation": accumulation,
+        "max_steps": s["steps"],
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+    }
+    return {
+        "seed": s["seed"],
+        "device": s["device"],
+        "train.backend": backend.split("-")[0],
+        "train.load_in_4bit": backend == "unsloth-4bit",
+        "train.use_vllm": False,
+        "train.lora.enabled": not s["full_finetune"],
+        "train.generation_chunk": s["chunk"],
+        "train.grpo": grpo,
+    }
+
+
+def _reward_fn(m: _Measured, cfg: Any, tok: Any) -> Any:
+    """The benchmarked reward (``op`` or ``length``), timed per call into ``m.reward_calls``."""
+    s = m.s
+    scorer = None
+    if s["reward"] == "op":
+        from opgrpo_lib.models import resolve
+        from opgrpo_lib.reward import build_reward
+
+        scorer = build_reward(cfg.reward, resolve(s["estimator"]), tokenizer=tok, device=s["device"])
+
+    def reward_fn(prompts, completions, completion_ids=None, **kw):
+        b = time.perf_counter()
+        if scorer is not None:
+            out = scorer(prompts=prompts, completions=completions, **kw)
+        else:
+            out = [len(c[-1]["content"] if isinstance(c, list) else c) / 1000.0 for c in completions]
+        m.sync()
+        m.reward_calls.append((b, time.perf_counter(), sum(len(x) for x in completion_ids or [])))
+        return out
+
+    reward_fn.__name__ = f"{s['reward']}_reward"
+    return reward_fn
+
+
+STEP_PARTS = (
+    "step_s",
+    "generation_s",
+    "training_s",
+    "reward_s",
+    "reference_forward_s",
+    "policy_forward_backward_s",
+    "other_s",
+    "completion_tokens",
+)
+
+
+def _memory(m: _Measured, row: dict) -> None:
+    """GPU memory (measured and computed), peak RSS and trainable parameters into ``row``."""
+    import resource
+
+    import torch
+
+    if m.s["device"] == "cuda":
+        row["model_gpu_mem_gib"] = round(m.resident / 2**30, 3)
+        row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        row["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+    row["computed_peak_gib"], row["computed_parts_gib"] = m.computed["peak_gib"], m.computed["parts_gib"]
+    row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    row["trainable_parameters"] = sum(p.numel() for p in m.trainer.model.parameters() if p.requires_grad)
+
+
+def summarize(m: _Measured, status: str) -> dict:
+    """One backend's row: step times split by part (warm-up step not counted), TRL's logged lengths, memory."""
+    parts = [split_step(x) for x in m.steps]
+    measured = parts[1:]  # the first step (warm-up: kernels, compilation, allocator) is not counted
+    warmup_only = not measured and bool(parts)
+    if warmup_only:  # cut by the time budget after one step: report it, marked (an upper bound)
+        measured = parts
+    model = m.trainer.model
+    row = {
+        "backend": m.backend,
+        "status": status,
+        "load_in_4bit": m.backend == "unsloth-4bit",
+        "steps": len(parts),
+        "measured_steps": len(measured),
+        "load_s": round(m.load_s, 2),
+        "first_step_s": round(parts[0]["step_s"], 3) if parts else None,
+        "step_times_s": [round(p["step_s"], 3) for p in parts],
+        "warmup_only": warmup_only,
+        "finetuning": "full" if m.s["full_finetune"] else "lora",
+        "precision": dataclasses.asdict(m.plan),
+        "trainable_dtype": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad}),
+    }
+    row.update({key: _mean([p[key] for p in measured]) for key in STEP_PARTS})
+    row["generation_timing"] = measured[0]["generation_timing"] if measured else None
+    row["reward_share"] = round(row["reward_s"] / row["step_s"], 4) if row["step_s"] else None
+    if row["completion_tokens"]:
+        row["completion_tokens_per_s"] = round(row["completion_tokens"] / row["step_s"], 1)
+        row["generation_tokens_per_s"] = round(row["completion_tokens"] / row["generation_s"], 1)
+    logs = [h for h in m.trainer.state.log_history if "completions/mean_length" in h]
+    for key, name in (
+        ("completions/mean_length", "mean_completion_length"),
+        ("completions/clipped_ratio", "clipped_ratio"),
+        ("step_time", "trl_step_time_s"),
+    ):
+        row[name] = _mean([h.get(key) for h in logs[1:] or logs])
+    _memory(m, row)
+    return row
+
+
+def _step_timer(m: _Measured, work: Path) -> Any:
+    """A callback that marks each optimizer step's start and end and saves the partial row after each."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            m.sync()
+            self.mark = (time.perf_counter(), len(m.records), len(m.reward_calls))
+
+        def on_step_end(self, a, state, control, **kw):
+            m.sync()
+            t, i, j = self.mark
+            m.steps.append(
+                {"start": t, "end": time.perf_counter(), "records": m.records[i:], "rewards": m.reward_calls[j:]}
+            )
+            # what was measured so far survives a kill at the parent's --timeout
+            (work / f"partial_{m.backend}.json").write_text(json.dumps(summarize(m, "partial")))
+
+    return StepTimer()
 
 
 def one(work: Path, backend: str) -> dict:
@@ -206,124 +408,39 @@ def one(work: Path, backend: str) -> dict:
 
         ensure_unsloth()  # before transformers / trl / peft
     import torch
-    import trl.extras.profiling as profiling
-    from transformers import TrainerCallback
     from trl import GRPOTrainer
 
     from opgrpo_lib import train
     from opgrpo_lib.config import load_profile
-
-    records: list[tuple[str, float, float]] = []  # (block, start, end) of every TRL-profiled block
-    log_metrics = profiling.ProfilingContext._log_metrics
-
-    def _record(self, duration):
-        end = time.perf_counter()
-        records.append((self.name, end - duration, end))
-        return log_metrics(self, duration)
-
-    profiling.ProfilingContext._log_metrics = _record
-    cuda = s["device"] == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    accumulation = s["batch"] // s["micro_batch"]  # micro-batches per optimizer step; one generation per step
-    grpo = {"per_device_train_batch_size": s["micro_batch"], "num_generations": s["generations"],
-            "max_completion_length": s["completion_length"], "gradient_accumulation_steps": accumulation,
-            "steps_per_generation": accumulation, "max_steps": s["steps"], "save_strategy": "no", "logging_steps": 1,
-            "disable_tqdm": True}  # fmt: skip
-    overrides = {"seed": s["seed"], "device": s["device"], "train.backend": backend.split("-")[0],
-                 "train.load_in_4bit": backend == "unsloth-4bit", "train.use_vllm": False,
-                 "train.lora.enabled": not s["full_finetune"], "train.generation_chunk": s["chunk"],
-                 "train.grpo": grpo}  # fmt: skip
-    cfg = load_profile(s["profile"], overrides)
-    plan = train.precision_plan(cfg)
-    args = train.grpo_config(cfg, work / backend, plan)
-    t0 = time.perf_counter()
-    model, tok, peft_config = train.load_model(cfg, str(work / "model"), plan)
-    load_s = time.perf_counter() - t0
-    ds = train.grpo_dataset(synthetic_frame(s["rows"], s["data"]))
-
-    reward_calls: list[tuple[float, float, int]] = []  # (start, end, completion tokens)
-    if s["reward"] == "op":
-        from opgrpo_lib.models import resolve
-        from opgrpo_lib.reward import build_reward
-
-        scorer = build_reward(cfg.reward, resolve(s["estimator"]), tokenizer=tok, device=s["device"])
-    else:
-        scorer = None
-
-    def reward_fn(prompts, completions, completion_ids=None, **kw):
-        b = time.perf_counter()
-        if scorer is not None:
-            out = scorer(prompts=prompts, completions=completions, **kw)
-        else:
-            out = [len(c[-1]["content"] if isinstance(c, list) else c) / 1000.0 for c in completions]
-        sync()
-        reward_calls.append((b, time.perf_counter(), sum(len(x) for x in completion_ids or [])))
-        return out
-
-    reward_fn.__name__ = f"{s['reward']}_reward"
-    steps: list[dict] = []
-    resident = 0
-
-    def summarize(status: str) -> dict:
-        import resource
-
-        parts = [split_step(x) for x in steps]
-        measured = parts[1:]  # the first step (warm-up: kernels, compilation, allocator) is not counted
-        warmup_only = not measured and bool(parts)
-        if warmup_only:  # cut by the time budget after one step: report it, marked (an upper bound)
-            measured = parts
-        row = {"backend": backend, "status": status, "load_in_4bit": backend == "unsloth-4bit", "steps": len(parts),
-               "measured_steps": len(measured), "load_s": round(load_s, 2),
-               "first_step_s": round(parts[0]["step_s"], 3) if parts else None,
-               "step_times_s": [round(p["step_s"], 3) for p in parts], "warmup_only": warmup_only,
-               "finetuning": "full" if s["full_finetune"] else "lora", "precision": dataclasses.asdict(plan),
-               "trainable_dtype": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad})}  # fmt: skip
-        for key in ("step_s", "generation_s", "training_s", "reward_s", "reference_forward_s",
-                    "policy_forward_backward_s", "other_s", "completion_tokens"):  # fmt: skip
-            row[key] = _mean([p[key] for p in measured])
-        row["generation_timing"] = measured[0]["generation_timing"] if measured else None
-        row["reward_share"] = round(row["reward_s"] / row["step_s"], 4) if row["step_s"] else None
-        if row["completion_tokens"]:
-            row["completion_tokens_per_s"] = round(row["completion_tokens"] / row["step_s"], 1)
-            row["generation_tokens_per_s"] = round(row["completion_tokens"] / row["generation_s"], 1)
-        logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
-        for key, name in (("completions/mean_length", "mean_completion_length"),
-                          ("completions/clipped_ratio", "clipped_ratio"), ("step_time", "trl_step_time_s")):  # fmt: skip
-            row[name] = _mean([h.get(key) for h in logs[1:] or logs])
-        if cuda:
-            row["model_gpu_mem_gib"] = round(resident / 2**30, 3)
-            row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            row["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
-        row["computed_peak_gib"], row["computed_parts_gib"] = computed["peak_gib"], computed["parts_gib"]
-        row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
-        row["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        return row
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            sync()
-            self.mark = (time.perf_counter(), len(records), len(reward_calls))
-
-        def on_step_end(self, a, state, control, **kw):
-            sync()
-            t, i, j = self.mark
-            steps.append({"start": t, "end": time.perf_counter(), "records": records[i:], "rewards": reward_calls[j:]})
-            # what was measured so far survives a kill at the parent's --timeout
-            (work / f"partial_{backend}.json").write_text(json.dumps(summarize("partial")))
-
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=peft_config, callbacks=[StepTimer()])  # fmt: skip
-    train.check_trainable_dtype(trainer.model, plan)  # fp32 masters (full FT) / fp32 adapters (LoRA)
     from opgrpo_lib.gpu import memory, shape_of
 
-    computed = memory(cfg, shape_of(str(work / "model")), "grpo")  # what opgrpo_lib.gpu predicts for this run
-    train.chunk_generation(trainer.model, s["chunk"])
+    cuda = s["device"] == "cuda"
+    m = _Measured(backend, s, torch.cuda.synchronize if cuda else (lambda: None))
+    _record_profiled_blocks(m.records)
+    cfg = load_profile(s["profile"], _overrides(s, backend))
+    m.plan = train.precision_plan(cfg)
+    args = train.grpo_config(cfg, work / backend, m.plan)
+    t0 = time.perf_counter()
+    model, tok, peft_config = train.load_model(cfg, str(work / "model"), m.plan)
+    m.load_s = time.perf_counter() - t0
+    m.trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[_reward_fn(m, cfg, tok)],
+        args=args,
+        train_dataset=train.grpo_dataset(synthetic_frame(s["rows"], s["data"])),
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=[_step_timer(m, work)],
+    )
+    train.check_trainable_dtype(m.trainer.model, m.plan)  # fp32 masters (full FT) / fp32 adapters (LoRA)
+    m.computed = memory(cfg, shape_of(str(work / "model")), "grpo")  # what opgrpo_lib.gpu predicts for this run
+    train.chunk_generation(m.trainer.model, s["chunk"])
     if cuda:
-        sync()
-        resident = torch.cuda.memory_allocated()
+        m.sync()
+        m.resident = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    return summarize("ok")
+    m.trainer.train()
+    return summarize(m, "ok")
 
 
 # ---------------------------------------------------------------- parent
@@ -336,8 +453,14 @@ def versions() -> dict:
 def run_child(cmd: list[str], timeout: float | None, quiet: bool) -> tuple[int, str]:
     """Run a child, echoing its output to stderr (unless ``quiet``); (return code, last lines of output)."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + timeout if timeout else None
     assert proc.stdout is not None
     import selectors
@@ -394,10 +517,12 @@ def goal(rat: dict) -> dict | None:
 
 def print_report(res: dict) -> None:
     rows = res["rows"]
-    print(f"\nGRPO step, shape {res['shape']} on {res['device']['name']} ({res['device']['type']}); "
-          f"{res['settings']['prompts_per_step']} prompts x {res['settings']['num_generations']} generations, "
-          f"{res['settings']['max_completion_length']} completion tokens, {res['settings']['reward']} reward; "
-          f"up to {res['settings']['steps']} steps, the first (warm-up) not counted")  # fmt: skip
+    print(
+        f"\nGRPO step, shape {res['shape']} on {res['device']['name']} ({res['device']['type']}); "
+        f"{res['settings']['prompts_per_step']} prompts x {res['settings']['num_generations']} generations, "
+        f"{res['settings']['max_completion_length']} completion tokens, {res['settings']['reward']} reward; "
+        f"up to {res['settings']['steps']} steps, the first (warm-up) not counted"
+    )
     head = (
         f"{'backend':<13}{'s/step':>8}{'gen s':>8}{'train s':>9}{'tok/s':>9}{'peak GPU GiB':>14}{'peak RSS GiB':>14}"
     )
@@ -408,23 +533,27 @@ def print_report(res: dict) -> None:
             continue
         gpu = r.get("peak_gpu_mem_gib")
         name = r["backend"] + ("*" if r.get("status") != "ok" else "")
-        print(f"{name:<13}{r['step_s']:>8.3f}{r['generation_s']:>8.3f}{r['training_s']:>9.3f}"
-              f"{r.get('completion_tokens_per_s') or 0:>9.1f}{gpu if gpu is not None else float('nan'):>14.2f}"
-              f"{r['peak_rss_gib']:>14.2f}")  # fmt: skip
+        print(
+            f"{name:<13}{r['step_s']:>8.3f}{r['generation_s']:>8.3f}{r['training_s']:>9.3f}"
+            f"{r.get('completion_tokens_per_s') or 0:>9.1f}{gpu if gpu is not None else float('nan'):>14.2f}"
+            f"{r['peak_rss_gib']:>14.2f}"
+        )
     if any(r.get("step_s") and r.get("status") != "ok" for r in rows):
         print("* stopped early (--timeout or an error): the mean of the steps measured before that")
     print("step-time split (s): generation / reward / policy forward+backward+optimizer / reference forward / other")
     for r in rows:
         if r.get("step_s"):
             ref = r["reference_forward_s"]
-            print(f"  {r['backend']:<13}{r['generation_s']:.3f} / {r['reward_s']:.3f} / "
-                  f"{r['policy_forward_backward_s'] or 0:.3f} / {ref if ref is not None else float('nan'):.3f} / "
-                  f"{r['other_s']:.3f}   reward share {100 * r['reward_share']:.1f} %")  # fmt: skip
+            print(
+                f"  {r['backend']:<13}{r['generation_s']:.3f} / {r['reward_s']:.3f} / "
+                f"{r['policy_forward_backward_s'] or 0:.3f} / {ref if ref is not None else float('nan'):.3f} / "
+                f"{r['other_s']:.3f}   reward share {100 * r['reward_share']:.1f} %"
+            )
     for name, q in res["ratios"].items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in q.items()))
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"])
     p.add_argument("--profile", default="paper", choices=["paper", "cpu"], help="whose train.grpo settings")
@@ -464,35 +593,31 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true", help="do not echo the backends' output")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     p.add_argument("--child", choices=["prepare", *BACKENDS], help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        work = Path(args.work_dir)
-        if args.child == "prepare":
-            prepare(work)
-            return
-        try:
-            row = one(work, args.child)
-        except Exception as exc:  # noqa: BLE001 - reported in the JSON, the other backends still run
-            traceback.print_exc()
-            row = {"backend": args.child, "status": "error"}
-            partial = work / f"partial_{args.child}.json"
-            if partial.exists():  # steps measured before the failure are kept (status "partial")
-                row = json.loads(partial.read_text())
-            row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
-        (work / f"result_{args.child}.json").write_text(json.dumps(row))
+    return p
+
+
+def _child(args: argparse.Namespace) -> None:
+    """In a child process: build the model (``prepare``) or measure one backend, written to the work folder."""
+    work = Path(args.work_dir)
+    if args.child == "prepare":
+        prepare(work)
         return
+    try:
+        row = one(work, args.child)
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON, the other backends still run
+        traceback.print_exc()
+        row = {"backend": args.child, "status": "error"}
+        partial = work / f"partial_{args.child}.json"
+        if partial.exists():  # steps measured before the failure are kept (status "partial")
+            row = json.loads(partial.read_text())
+        row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
+    (work / f"result_{args.child}.json").write_text(json.dumps(row))
 
-    if args.device == "auto":
-        import torch
 
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    from opgrpo_lib.config import load_profile
-
-    prof = load_profile(args.profile)
+def _settings(args: argparse.Namespace, prof: Any, p: argparse.ArgumentParser) -> dict:
+    """The child's settings: the profile's GRPO settings, shortened on CPU for the paper profile, and the flags."""
     g = prof.train.grpo
     short = args.device == "cpu" and args.profile == "paper"
-    if args.model:
-        args.shape = Path(args.model).resolve().parent.name + "-" + Path(args.model).name  # e.g. sft-policy
     settings = {
         "shape": args.shape, "device": args.device, "tokenizer": args.tokenizer, "reward": args.reward,
         "estimator": args.estimator, "full_finetune": args.full_finetune or (args.profile == "cpu" and not prof.train.lora.enabled),
@@ -511,8 +636,53 @@ def main() -> None:
         p.error("--batch must be a multiple of --micro-batch")
     settings["micro_batch"] = micro
     settings["chunk"] = prof.train.generation_chunk if args.chunk is None else args.chunk
-    label = args.label or args.shape
     settings["rows"] = max(16, settings["batch"] // settings["generations"] * settings["steps"])
+    return settings
+
+
+def _run_backends(args, prof, settings: dict, label: str, backends: list[str], work: Path, out: Path) -> dict:
+    """Build the model, then measure each backend in its own process; the result JSON after each backend."""
+    me = [sys.executable, str(Path(__file__).resolve()), "--work-dir", str(work)]
+    t0 = time.perf_counter()
+    rc, tail = run_child([*me, "--child", "prepare"], args.timeout, args.quiet)
+    if rc != 0:
+        raise SystemExit(f"building the {args.shape} model failed:\n{tail}")
+    model = json.loads((work / "model.json").read_text())
+    prepare_s = time.perf_counter() - t0
+    rows: list[dict] = []
+    for backend in backends:
+        result, partial = work / f"result_{backend}.json", work / f"partial_{backend}.json"
+        for old in (result, partial):  # an earlier run in this --work-dir (other settings) is not this one
+            old.unlink(missing_ok=True)
+        rc, tail = run_child([*me, "--child", backend], args.timeout, args.quiet)
+        if result.exists():
+            rows.append(json.loads(result.read_text()))
+        elif partial.exists():  # killed at --timeout (or crashed) after some steps: keep what was measured
+            rows.append({**json.loads(partial.read_text()), "error": f"exit code {rc}: {tail[-1000:]}"})
+        else:
+            rows.append({"backend": backend, "status": "error", "error": f"exit code {rc}: {tail[-2000:]}"})
+        res = result_json(args, prof, settings, label, model, prepare_s, rows, t0)
+        write_atomic(out, res)  # every backend's row lands as soon as it is measured
+    return res
+
+
+def main() -> None:
+    p = _parser()
+    args = p.parse_args()
+    if args.child:
+        _child(args)
+        return
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from opgrpo_lib.config import load_profile
+
+    prof = load_profile(args.profile)
+    if args.model:
+        args.shape = Path(args.model).resolve().parent.name + "-" + Path(args.model).name  # e.g. sft-policy
+    settings = _settings(args, prof, p)
+    label = args.label or args.shape
     backends = args.backends or (["hf", "unsloth"] if args.device == "cuda" else ["hf"])
     out = (
         Path(args.out)
@@ -522,28 +692,8 @@ def main() -> None:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="grpo_step_"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(json.dumps(settings))
-    me = [sys.executable, str(Path(__file__).resolve()), "--work-dir", str(work)]
-    t0 = time.perf_counter()
     try:
-        rc, tail = run_child([*me, "--child", "prepare"], args.timeout, args.quiet)
-        if rc != 0:
-            raise SystemExit(f"building the {args.shape} model failed:\n{tail}")
-        model = json.loads((work / "model.json").read_text())
-        prepare_s = time.perf_counter() - t0
-        rows: list[dict] = []
-        for backend in backends:
-            result, partial = work / f"result_{backend}.json", work / f"partial_{backend}.json"
-            for old in (result, partial):  # an earlier run in this --work-dir (other settings) is not this one
-                old.unlink(missing_ok=True)
-            rc, tail = run_child([*me, "--child", backend], args.timeout, args.quiet)
-            if result.exists():
-                rows.append(json.loads(result.read_text()))
-            elif partial.exists():  # killed at --timeout (or crashed) after some steps: keep what was measured
-                rows.append({**json.loads(partial.read_text()), "error": f"exit code {rc}: {tail[-1000:]}"})
-            else:
-                rows.append({"backend": backend, "status": "error", "error": f"exit code {rc}: {tail[-2000:]}"})
-            res = result_json(args, prof, settings, label, model, prepare_s, rows, t0)
-            write_atomic(out, res)  # every backend's row lands as soon as it is measured
+        res = _run_backends(args, prof, settings, label, backends, work, out)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -560,8 +710,9 @@ def write_atomic(path: Path, res: dict) -> None:
     tmp.replace(path)
 
 
-def result_json(args, prof, settings: dict, label: str, model: dict, prepare_s: float, rows: list[dict],
-                t0: float) -> dict:  # fmt: skip
+def result_json(
+    args, prof, settings: dict, label: str, model: dict, prepare_s: float, rows: list[dict], t0: float
+) -> dict:
     g, lora = prof.train.grpo, prof.train.lora
     rat = ratios(rows)
     return {

@@ -27,9 +27,21 @@ from opgrpo_lib.reward import OPRewardScorer, SentenceEncoder, keyword_text_for 
 from opgrpo_lib.text import stopwords  # noqa: E402
 
 
-def main() -> None:
-    import reference_reward as ref
+def _print(r: dict) -> None:
+    """The human-readable table of a result."""
+    print(f"GRPO batch: {r['prompts']} prompts x {r['group']} rollouts from the released outputs, {r['model']}, CPU")
+    print(f"{'implementation':<38}{'seconds':>10}{'sentences':>12}")
+    print(
+        f"{'per-rollout reference (authors shape)':<38}{r['reference_s']:>10.3f}{r['sentences_encoded_by_reference']:>12}"
+    )
+    print(f"{'batched (opgrpo_lib.reward)':<38}{r['batched_s']:>10.3f}{r['distinct_sentences_encoded']:>12}")
+    print(f"{'bare encode of distinct sentences':<38}{r['encode_only_s']:>10.3f}{r['distinct_sentences_encoded']:>12}")
+    print(f"speedup vs reference: {r['speedup_vs_reference']}x (target >= 5x)")
+    print(f"batched / encode-only: {r['ratio_to_encode_only']}x (target <= 1.3x)")
+    print(f"identical totals and components: {r['identical']}")
 
+
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--data", default=str(ROOT.parent / "shared" / "data"), help="folder with opv2/ and opv2-released-outputs/"
@@ -40,7 +52,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    import reference_reward as ref
+
+    args = _args()
 
     data = Path(args.data)
     refs = pd.read_csv(data / "opv2" / "test_5p.csv", keep_default_na=False)
@@ -94,14 +112,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"GRPO batch: {args.prompts} prompts x {args.group} rollouts from the released outputs, {args.model}, CPU")
-    print(f"{'implementation':<38}{'seconds':>10}{'sentences':>12}")
-    print(f"{'per-rollout reference (authors shape)':<38}{t_ref:>10.3f}{per_rollout_sentences:>12}")
-    print(f"{'batched (opgrpo_lib.reward)':<38}{t_batched:>10.3f}{len(distinct):>12}")
-    print(f"{'bare encode of distinct sentences':<38}{t_encode:>10.3f}{len(distinct):>12}")
-    print(f"speedup vs reference: {result['speedup_vs_reference']}x (target >= 5x)")
-    print(f"batched / encode-only: {result['ratio_to_encode_only']}x (target <= 1.3x)")
-    print(f"identical totals and components: {identical}")
+    _print(result)
 
 
 if __name__ == "__main__":

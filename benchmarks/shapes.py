@@ -34,8 +34,15 @@ QWEN25_COMMON: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
-_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-          "num_key_value_heads", "tie_word_embeddings")  # fmt: skip
+_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
 
 SHAPES: dict[str, dict[str, Any]] = {
     # opgrpo_lib.tiny.build_causal_lm's architecture; vocab_size None = the tiny tokenizer's length
@@ -99,8 +106,9 @@ def count_parameters(shape: str, vocab_size: int | None = None) -> dict[str, int
     return {"total": total, "non_embedding": total - model.get_input_embeddings().weight.numel()}
 
 
-def build_model(shape: str, vocab_size: int | None = None, device: str = "cpu", dtype: Any = None, seed: int = 0,
-                **overrides: Any):  # fmt: skip
+def build_model(
+    shape: str, vocab_size: int | None = None, device: str = "cpu", dtype: Any = None, seed: int = 0, **overrides: Any
+):
     """A randomly initialised ``Qwen2ForCausalLM`` of ``shape`` (``dtype`` e.g. ``torch.bfloat16``), initialised
     directly on ``device`` with a fixed seed."""
     import torch
@@ -119,8 +127,9 @@ def build_model(shape: str, vocab_size: int | None = None, device: str = "cpu", 
     return model
 
 
-def save_random_model(shape: str, tokenizer_dir: str | Path, out_dir: str | Path, device: str = "cpu",
-                      dtype: Any = None, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def save_random_model(
+    shape: str, tokenizer_dir: str | Path, out_dir: str | Path, device: str = "cpu", dtype: Any = None, seed: int = 0
+) -> dict[str, Any]:
     """Build ``shape`` with the tokenizer's special-token ids, save model + tokenizer to ``out_dir`` (a plain
     folder both backends load with ``from_pretrained``) and return a description for the benchmark's JSON."""
     import torch

@@ -43,8 +43,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MIB = 64.0  # the device tool's limit on the working tree that travels, carried paths included
 PIP_TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:", "--no-deps"]
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64"]  # fmt: skip
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 # (requirement, why the device needs it)
 REQUIRED = [
     ("trl==1.14.2", "GRPOTrainer (our pin)"),
@@ -86,8 +92,9 @@ def mib(n: int | float) -> float:
 def tree_bytes() -> int:
     """Bytes of what a device call sends besides the carried paths: tracked + untracked-not-ignored files (and a
     ``shared/`` folder inside the checkout, if any)."""
-    out = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     total = sum((ROOT / f).stat().st_size for f in out.decode().split("\0") if f and (ROOT / f).is_file())
     shared = ROOT / "shared"
     if shared.is_dir():
@@ -100,8 +107,19 @@ def dir_bytes(path: Path) -> int:
 
 
 def download(reqs: list[str], dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", *PIP_TARGET,
-           *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(dest), *reqs]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--disable-pip-version-check",
+        *PIP_TARGET,
+        *[a for p in PLATFORMS for a in ("--platform", p)],
+        "-d",
+        str(dest),
+        *reqs,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         errors = [x for x in proc.stderr.splitlines() if not x.startswith("WARNING: Location")]
@@ -153,8 +171,10 @@ def stage_tokenizer(dest: Path) -> Path | None:
 
     src = Path(resolve(SMOLLM2))
     if not (src / "tokenizer.json").exists():
-        raise SystemExit(f"ERROR: no local {SMOLLM2} tokenizer (run `make models`): the qwen2.5-* shapes cannot run "
-                         "on the device without it")  # fmt: skip
+        raise SystemExit(
+            f"ERROR: no local {SMOLLM2} tokenizer (run `make models`): the qwen2.5-* shapes cannot run "
+            "on the device without it"
+        )
     out = dest / "tokenizer-smollm2"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -164,7 +184,7 @@ def stage_tokenizer(dest: Path) -> Path | None:
     return out
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dest", default=str(ROOT / ".whl"))
     p.add_argument("--slim", action="store_true", help="repack unsloth and bitsandbytes so that everything fits")
@@ -173,8 +193,42 @@ def main() -> int:
     p.add_argument("--extra", action="append", default=[], help="another NAME==VERSION wheel (required)")
     p.add_argument("--no-tokenizer", action="store_true", help="do not stage the SmolLM2 tokenizer")
     p.add_argument("--limit-mib", type=float, default=LIMIT_MIB)
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def _fit(dest: Path, tree: int, limit: float, optional: list, why: dict[str, str]) -> list[str]:
+    """Delete the biggest optional wheels until the carried total fits ``limit``; what was left out, and why."""
+    dropped = []
+    opt_names = [norm(re.split(r"[=<>!~ ]", r)[0]) for r, _ in optional]
+    while tree + dir_bytes(dest) > limit and opt_names:
+        sizes = {w: w.stat().st_size for w in dest.glob("*.whl") if dist_of(w) in opt_names}
+        if not sizes:
+            break
+        biggest = max(sizes, key=sizes.get)
+        dropped.append(f"{biggest.name} ({mib(sizes[biggest]):.1f} MiB): {why.get(dist_of(biggest), '')}")
+        opt_names.remove(dist_of(biggest))
+        biggest.unlink()
+    return dropped
+
+
+def _report(dest: Path, tokenizer: Path | None, tree: int, why: dict[str, str], limit_mib: float) -> int:
+    """Print every wheel with its size and purpose and the carried total; the total in bytes."""
+    wheels = sorted(dest.glob("*.whl"), key=lambda w: -w.stat().st_size)
+    print(f"{'wheel':<78}{'MiB':>8}  needed for")
+    for w in wheels:
+        print(f"{w.name:<78}{mib(w.stat().st_size):>8.2f}  {why.get(dist_of(w), '')}")
+    print(f"{'wheels':<78}{mib(sum(w.stat().st_size for w in wheels)):>8.2f}")
+    if tokenizer:
+        shown = tokenizer.relative_to(ROOT) if tokenizer.is_relative_to(ROOT) else tokenizer
+        print(f"{str(shown):<78}{mib(dir_bytes(tokenizer)):>8.2f}")
+    print(f"{'working tree (tracked + untracked-not-ignored)':<78}{mib(tree):>8.2f}")
+    total = tree + dir_bytes(dest)
+    print(f"{'total sent with carry [' + repr(dest.name) + ']':<78}{mib(total):>8.2f}  limit {limit_mib:.0f} MiB")
+    return total
+
+
+def main() -> int:
+    args = _args()
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.whl"):  # one version of each: two stop the install on the device
@@ -185,50 +239,25 @@ def main() -> int:
     download([r for r, _ in required + optional], dest)
     notes = slim(dest, args.cuda) if args.slim else []
     tokenizer = None if args.no_tokenizer else stage_tokenizer(dest)
-
-    tree = tree_bytes()
-    limit = args.limit_mib * 2**20
-    dropped = []
-    opt_names = [norm(re.split(r"[=<>!~ ]", r)[0]) for r, _ in optional]
-
-    def carried() -> int:
-        return tree + dir_bytes(dest)
-
-    while carried() > limit and opt_names:
-        sizes = {w: w.stat().st_size for w in dest.glob("*.whl") if dist_of(w) in opt_names}
-        if not sizes:
-            break
-        biggest = max(sizes, key=sizes.get)
-        dropped.append(f"{biggest.name} ({mib(sizes[biggest]):.1f} MiB): {why.get(dist_of(biggest), '')}")
-        opt_names.remove(dist_of(biggest))
-        biggest.unlink()
-
-    wheels = sorted(dest.glob("*.whl"), key=lambda w: -w.stat().st_size)
-    print(f"{'wheel':<78}{'MiB':>8}  needed for")
-    for w in wheels:
-        print(f"{w.name:<78}{mib(w.stat().st_size):>8.2f}  {why.get(dist_of(w), '')}")
-    wsum = sum(w.stat().st_size for w in wheels)
-    tok = dir_bytes(tokenizer) if tokenizer else 0
-    print(f"{'wheels':<78}{mib(wsum):>8.2f}")
-    if tokenizer:
-        print(
-            f"{str(tokenizer.relative_to(ROOT) if tokenizer.is_relative_to(ROOT) else tokenizer):<78}{mib(tok):>8.2f}"
-        )
-    print(f"{'working tree (tracked + untracked-not-ignored)':<78}{mib(tree):>8.2f}")
-    total = carried()
-    print(f"{'total sent with carry [' + repr(dest.name) + ']':<78}{mib(total):>8.2f}  limit {args.limit_mib:.0f} MiB")
+    tree, limit = tree_bytes(), args.limit_mib * 2**20
+    dropped = _fit(dest, tree, limit, optional, why)
+    total = _report(dest, tokenizer, tree, why, args.limit_mib)
     for n in notes:
         print("slimmed: " + n)
     for d in dropped:
         print("LEFT OUT to fit: " + d)
     if any("bitsandbytes" in d for d in dropped) or args.no_optional:
-        print("=> no 4-bit row (unsloth-4bit); 16-bit LoRA and full fine-tuning do not need bitsandbytes. "
-              "--slim keeps it.")  # fmt: skip
+        print(
+            "=> no 4-bit row (unsloth-4bit); 16-bit LoRA and full fine-tuning do not need bitsandbytes. "
+            "--slim keeps it."
+        )
     if total > limit:
         print(f"ERROR: {mib(total):.1f} MiB > {args.limit_mib:.0f} MiB even without the optional wheels")
         return 1
-    print(f"OK: {mib(limit - total):.1f} MiB to spare. Device call: carry ['{dest.name}'], command "
-          "'bash scripts/gpu_check.sh'")  # fmt: skip
+    print(
+        f"OK: {mib(limit - total):.1f} MiB to spare. Device call: carry ['{dest.name}'], command "
+        "'bash scripts/gpu_check.sh'"
+    )
     return 0
 
 

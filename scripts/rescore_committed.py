@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     differ = both[(both["_merge"] == "both") & ~same]
     for evaluator, grp in both.groupby("evaluator"):
         ok = int(same[grp.index].sum())
-        print(f"{evaluator}: {ok} of {len(grp)} per-sample rows re-score exactly "
-              f"({len(gen_files)} systems, {outputs['prompt'].nunique()} situations)")  # fmt: skip
+        print(
+            f"{evaluator}: {ok} of {len(grp)} per-sample rows re-score exactly "
+            f"({len(gen_files)} systems, {outputs['prompt'].nunique()} situations)"
+        )
     if len(missing) or len(differ):
         print(both[~same][KEYS + [f"{v}_{s}" for v in VALUES for s in ("committed", "rescored")]].head(20))
         return 1

@@ -101,12 +101,15 @@ def test_header_facts_come_from_the_header():
     log = logs.parse_log(synthetic())
     assert logs.split_of_reference(log.header["REFERENCE_CSV"]) == "5p"
     assert logs.evaluator_of(log.header["SBERT_PATH"]) == "paraphrase-mpnet-base-v2"
-    assert logs.evaluator_of("/scratch/x/MultipleNegativesRankingLoss/hpo_scale_70/checkpoint-1186") == \
-        "op-sbert-scale70"  # fmt: skip
+    assert (
+        logs.evaluator_of("/scratch/x/MultipleNegativesRankingLoss/hpo_scale_70/checkpoint-1186") == "op-sbert-scale70"
+    )
     assert logs.system_of(log.header["CANDIDATE_CSV"]) == ("Qwen3-8B explicit", "prompting-baseline", None)
     # the llama step files are named qwen2.5-1.5b-im-*.csv: the folder says what they are
-    assert logs.system_of("/home/zczlyf7/Overton-PPO/steps_results/llama/90steps/qwen2.5-1.5b-im-5p.csv")[0] == \
-        "OP-GRPO Llama-3.2-3B step 90"  # fmt: skip
+    assert (
+        logs.system_of("/home/zczlyf7/Overton-PPO/steps_results/llama/90steps/qwen2.5-1.5b-im-5p.csv")[0]
+        == "OP-GRPO Llama-3.2-3B step 90"
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,8 +136,13 @@ def test_another_format_is_a_one_line_error():
 
 def test_summary_csv_disagreeing_with_its_log():
     log = logs.parse_log(synthetic())
-    ok = {"summary_csv": "s.csv", "total": "2", "hit_all": "1", "relative_accuracy": "0.75",
-          "candidate_csv": log.header["CANDIDATE_CSV"]}  # fmt: skip
+    ok = {
+        "summary_csv": "s.csv",
+        "total": "2",
+        "hit_all": "1",
+        "relative_accuracy": "0.75",
+        "candidate_csv": log.header["CANDIDATE_CSV"],
+    }
     assert logs.check_summary(log, [ok]) == ""
     assert "relative_accuracy" in logs.check_summary(log, [{**ok, "relative_accuracy": "0.7501"}])
     assert "hit_all" in logs.check_summary(log, [{**ok, "hit_all": "2"}])
@@ -142,8 +150,9 @@ def test_summary_csv_disagreeing_with_its_log():
 
 
 def _entry(content: bytes, name: str = "eval_logs_steps/eval_5p_0101_000000.log") -> sources.ManifestEntry:
-    return sources.ManifestEntry(name, Path(name).name + ".gz", git_blob_sha1(content),
-                                 hashlib.sha256(content).hexdigest(), len(content))  # fmt: skip
+    return sources.ManifestEntry(
+        name, Path(name).name + ".gz", git_blob_sha1(content), hashlib.sha256(content).hexdigest(), len(content)
+    )
 
 
 def test_local_copy_is_hash_checked(tmp_path):
@@ -210,9 +219,16 @@ def test_rescore_encodes_each_distinct_sentence_once_and_matches_greedily():
 
 
 def test_paired_claims_on_common_situations():
-    rows = pd.DataFrame({"system": ["a"] * 4 + ["b"] * 3, "split": ["5p", "5p", "10p", "10p", "5p", "10p", "10p"],
-                         "opv2_row": [0, 1, 0, 1, 0, 0, 1], "ratio": [1, 0.5, 1, 1, 0.5, 0.5, 0.0],
-                         "evaluator": "e", "threshold": 0.7})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "system": ["a"] * 4 + ["b"] * 3,
+            "split": ["5p", "5p", "10p", "10p", "5p", "10p", "10p"],
+            "opv2_row": [0, 1, 0, 1, 0, 0, 1],
+            "ratio": [1, 0.5, 1, 1, 0.5, 0.5, 0.0],
+            "evaluator": "e",
+            "threshold": 0.7,
+        }
+    )
     res = authors_claims.paired_claims(rows, [("a", "b")], reps=200)
     pooled = res[res.split == "5p+10p"].iloc[0]
     assert pooled["n"] == 3  # 5p row 1 has no partner
@@ -232,8 +248,11 @@ def test_real_logs_parse_verify_and_regenerate_the_logged_cells():
         logged = pd.read_csv(LOGGED, keep_default_na=False)
         logged = logged[logged.log_file != ""]
         m = cells.assign(version=cells.version.fillna("")).merge(
-            logged, left_on=["system", "split", "evaluator", "threshold", "version"],
-            right_on=["system", "split", "sbert", "threshold", "run"], suffixes=("", "_logged"))  # fmt: skip
+            logged,
+            left_on=["system", "split", "evaluator", "threshold", "version"],
+            right_on=["system", "split", "sbert", "threshold", "run"],
+            suffixes=("", "_logged"),
+        )
         assert len(m) == len(cells) > 0
         assert (m.n == m.n_logged).all() and (m.hit_all == m.hit_all_logged).all()
         assert np.allclose(m.relative_accuracy.round(6), m.relative_accuracy_logged, atol=1e-9)
@@ -301,19 +320,36 @@ def test_step_08_is_not_keyed_over_the_evaluation_stack():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "opgrpo_lib.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
 
 
 @need_shared
 def test_compare_cli_end_to_end_with_a_tiny_encoder(tmp_path):
     test5 = pd.read_csv(OPV2 / "test_5p.csv")
     rows = [{"prompt": p, "out": a.replace("\n", " ")} for p, a in zip(test5.prompt[:3], test5.answer[:3])]
-    rows += [{"prompt": test5.prompt[3], "out": ""}, {"prompt": "not a situation", "out": "x"},
-             {"prompt": test5.prompt[4], "out": "a"}, {"prompt": test5.prompt[4], "out": "b"}]  # fmt: skip
+    rows += [
+        {"prompt": test5.prompt[3], "out": ""},
+        {"prompt": "not a situation", "out": "x"},
+        {"prompt": test5.prompt[4], "out": "a"},
+        {"prompt": test5.prompt[4], "out": "b"},
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "outs.csv", index=False)
-    res = _cli("compare", "--profile", "tiny", "--candidates", str(tmp_path / "outs.csv"), "--candidate-column", "out",
-               "--evaluator", "tiny:encoder", "--out", str(tmp_path / "cmp"), "--no-profile-systems")  # fmt: skip
+    res = _cli(
+        "compare",
+        "--profile",
+        "tiny",
+        "--candidates",
+        str(tmp_path / "outs.csv"),
+        "--candidate-column",
+        "out",
+        "--evaluator",
+        "tiny:encoder",
+        "--out",
+        str(tmp_path / "cmp"),
+        "--no-profile-systems",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "3 OP-V2 situations matched" in res.stdout
     assert "'duplicate_prompt_rows': 2, 'empty_outputs': 1, 'not_opv2_prompts': 1" in res.stdout
@@ -321,8 +357,19 @@ def test_compare_cli_end_to_end_with_a_tiny_encoder(tmp_path):
     assert not table.empty and (table.n == 3).all() and (tmp_path / "cmp" / "compare_figure.png").exists()
     # no matching prompt: one line, no traceback
     pd.DataFrame({"prompt": ["nothing here"], "out": ["x"]}).to_csv(tmp_path / "none.csv", index=False)
-    bad = _cli("compare", "--profile", "tiny", "--candidates", str(tmp_path / "none.csv"), "--candidate-column", "out",
-               "--evaluator", "tiny:encoder", "--out", str(tmp_path / "cmp2"))  # fmt: skip
+    bad = _cli(
+        "compare",
+        "--profile",
+        "tiny",
+        "--candidates",
+        str(tmp_path / "none.csv"),
+        "--candidate-column",
+        "out",
+        "--evaluator",
+        "tiny:encoder",
+        "--out",
+        str(tmp_path / "cmp2"),
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "none of its 1 rows has a prompt that is an OP-V2 test situation" in bad.stderr
 
@@ -454,9 +501,23 @@ def test_paraphrase_mpnet_reproduces_the_authors_base_sbert_logs():
 def test_rescore_benchmark_reports_identical_counts():
     import json as _json
 
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "authors_rescore.py"), "--logs", "2", "--rows", "3",
-                          "--encoder", "tiny:encoder", "--json"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "authors_rescore.py"),
+            "--logs",
+            "2",
+            "--rows",
+            "3",
+            "--encoder",
+            "tiny:encoder",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     res = _json.loads(out.stdout.strip().splitlines()[-1])
     assert res["identical"] is True and res["rows"] == 6
     assert res["distinct_sentences_encoded"] < res["sentences_per_log_loop"]
@@ -469,8 +530,19 @@ def _claims_frame(evaluators: list[str], pairs: list[tuple[str, str]], pooled: b
         for a, b in pairs:
             for split in ["5p", "10p", "5p+10p", "all common"] if pooled else ["6p", "7p", "all common"]:
                 d = float(rng.uniform(-0.2, 0.6))
-                rows.append({"evaluator": ev, "threshold": 0.7, "a": a, "b": b, "split": split, "n": 600, "diff": d,
-                             "ci_low": d - 0.1, "ci_high": d + 0.1})  # fmt: skip
+                rows.append(
+                    {
+                        "evaluator": ev,
+                        "threshold": 0.7,
+                        "a": a,
+                        "b": b,
+                        "split": split,
+                        "n": 600,
+                        "diff": d,
+                        "ci_low": d - 0.1,
+                        "ci_high": d + 0.1,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -504,12 +576,19 @@ def test_authors_figures_fit_at_their_saved_size_in_the_systems_colours():
     from opgrpo_lib.plots import SYSTEM_COLORS
 
     best = "OP-GRPO Qwen2.5-3B im-rewarddown"
-    pairs = [(best, "ModPlural raw"), (best, "Qwen3-8B explicit"), ("OP-GRPO Llama-3.2-3B step 150",
-             "OP-GRPO Llama-3.2-3B step 0")]  # fmt: skip
+    pairs = [
+        (best, "ModPlural raw"),
+        (best, "Qwen3-8B explicit"),
+        ("OP-GRPO Llama-3.2-3B step 150", "OP-GRPO Llama-3.2-3B step 0"),
+    ]
     side = _claims_frame(["all-MiniLM-L6-v2", "all-mpnet-base-v2"], pairs)  # same comparisons: side by side
-    stacked = pd.concat([_claims_frame(["op-sbert-scale70"], pairs[:2]),
-                         _claims_frame(["op-sbert-scale70"], [(best, "Qwen2.5-1.5B-Instruct explicit")], pooled=False),
-                         _claims_frame(["paraphrase-mpnet-base-v2"], pairs[2:])])  # fmt: skip
+    stacked = pd.concat(
+        [
+            _claims_frame(["op-sbert-scale70"], pairs[:2]),
+            _claims_frame(["op-sbert-scale70"], [(best, "Qwen2.5-1.5B-Instruct explicit")], pooled=False),
+            _claims_frame(["paraphrase-mpnet-base-v2"], pairs[2:]),
+        ]
+    )
     for claims, panels in ((side, 2), (stacked, 2)):
         fig = fa.fig_claims(claims, "Headline claims")
         _assert_readable(fig)
@@ -524,11 +603,20 @@ def test_authors_figures_fit_at_their_saved_size_in_the_systems_colours():
         assert any(t.startswith("+") or t.startswith("-") for t in labels)  # the values are written out
         plt_close(fig)
     assert "(pooled 6p, 7p; n = 600)" in " ".join(
-        t.get_text() for ax in fa.fig_claims(stacked, "x").axes for t in ax.get_yticklabels())  # fmt: skip
+        t.get_text() for ax in fa.fig_claims(stacked, "x").axes for t in ax.get_yticklabels()
+    )
     plt_close()
-    length = pd.DataFrame([{"system": s, "split": sp, "candidate_words_mean": w, "candidate_sentences_mean": 9.0}
-                           for s, w in ((best, 300.0), ("ModPlural raw", 800.0), ("A rather long system name of the "
-                                        "authors (summary) (run B)", 250.0)) for sp in ("5p", "10p")][:-1])  # fmt: skip
+    length = pd.DataFrame(
+        [
+            {"system": s, "split": sp, "candidate_words_mean": w, "candidate_sentences_mean": 9.0}
+            for s, w in (
+                (best, 300.0),
+                ("ModPlural raw", 800.0),
+                ("A rather long system name of the authors (summary) (run B)", 250.0),
+            )
+            for sp in ("5p", "10p")
+        ][:-1]
+    )
     fig = fa.fig_length(length)
     _assert_readable(fig)
     bars = {b.get_width(): matplotlib_colors(b.get_facecolor()) for b in fig.axes[0].patches}

@@ -11,8 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_json(script, *args):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--json"], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -65,10 +69,16 @@ def test_qwen_shapes_match_published_parameter_counts(shape):
 def test_step_split_and_ratios():
     import grpo_step
 
-    step = {"start": 0.0, "end": 10.0, "rewards": [(6.0, 6.5, 400)],
-            "records": [("GRPOTrainer.transformers.generate", 0.5, 5.0),
-                        ("GRPOTrainer._get_per_token_logps_and_entropies", 5.1, 5.9),
-                        ("GRPOTrainer._get_per_token_logps_and_entropies", 7.0, 8.0)]}  # fmt: skip
+    step = {
+        "start": 0.0,
+        "end": 10.0,
+        "rewards": [(6.0, 6.5, 400)],
+        "records": [
+            ("GRPOTrainer.transformers.generate", 0.5, 5.0),
+            ("GRPOTrainer._get_per_token_logps_and_entropies", 5.1, 5.9),
+            ("GRPOTrainer._get_per_token_logps_and_entropies", 7.0, 8.0),
+        ],
+    }
     s = grpo_step.split_step(step)
     assert s["generation_s"] == 4.5 and s["training_s"] == 5.5 and s["reward_s"] == 0.5
     assert s["reference_forward_s"] == pytest.approx(0.8) and s["policy_forward_backward_s"] == 3.5
@@ -76,11 +86,27 @@ def test_step_split_and_ratios():
     no_profile = grpo_step.split_step({**step, "records": []})
     assert no_profile["generation_s"] == 6.0 and no_profile["generation_timing"] != "profiled"
     assert no_profile["reference_forward_s"] is None  # not profiled: unknown, not zero
-    rows = [{"backend": "hf", "status": "ok", "step_s": 30.0, "generation_s": 24.0, "training_s": 6.0,
-             "peak_gpu_mem_gib": 40.0, "completion_tokens_per_s": 1000.0},
-            {"backend": "unsloth", "status": "ok", "step_s": 15.0, "generation_s": 12.0, "training_s": 3.0,
-             "peak_gpu_mem_gib": 30.0, "completion_tokens_per_s": 2000.0},
-            {"backend": "unsloth-4bit", "status": "error", "error": "no bitsandbytes"}]  # fmt: skip
+    rows = [
+        {
+            "backend": "hf",
+            "status": "ok",
+            "step_s": 30.0,
+            "generation_s": 24.0,
+            "training_s": 6.0,
+            "peak_gpu_mem_gib": 40.0,
+            "completion_tokens_per_s": 1000.0,
+        },
+        {
+            "backend": "unsloth",
+            "status": "ok",
+            "step_s": 15.0,
+            "generation_s": 12.0,
+            "training_s": 3.0,
+            "peak_gpu_mem_gib": 30.0,
+            "completion_tokens_per_s": 2000.0,
+        },
+        {"backend": "unsloth-4bit", "status": "error", "error": "no bitsandbytes"},
+    ]
     r = grpo_step.ratios(rows)
     assert set(r) == {"unsloth/hf"}
     assert r["unsloth/hf"]["speedup"] == 2.0 and r["unsloth/hf"]["memory_saving"] == 0.25
@@ -115,11 +141,34 @@ def test_grpo_step_with_trained_weights_real_rows_and_the_cpu_profile(tmp_path):
     from opgrpo_lib.models import resolve
 
     rows = tmp_path / "train.parquet"
-    pd.DataFrame({"prompt": [f"Keeping a promise {i}" for i in range(8)],
-                  "answer": ["In the perspective of Honesty, a word given binds.\nIn the perspective of Care, others rely on it."] * 8}).to_parquet(rows)  # fmt: skip
+    pd.DataFrame(
+        {
+            "prompt": [f"Keeping a promise {i}" for i in range(8)],
+            "answer": [
+                "In the perspective of Honesty, a word given binds.\nIn the perspective of Care, others rely on it."
+            ]
+            * 8,
+        }
+    ).to_parquet(rows)
     out = tmp_path / "step.json"
-    res = run_json("grpo_step.py", "--device", "cpu", "--profile", "cpu", "--model", resolve("tiny:causal-lm"),
-                   "--data", str(rows), "--reward", "op", "--completion-length", "16", "--out", str(out), "--quiet")  # fmt: skip
+    res = run_json(
+        "grpo_step.py",
+        "--device",
+        "cpu",
+        "--profile",
+        "cpu",
+        "--model",
+        resolve("tiny:causal-lm"),
+        "--data",
+        str(rows),
+        "--reward",
+        "op",
+        "--completion-length",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     st = res["settings"]
     assert st["profile"].startswith("cpu") and st["model_weights"].startswith("trained") and st["rows"] == str(rows)
     assert st["finetuning"] == "full" and st["beta"] == 0.001 and st["shortened_for_cpu"]  # 16 of 320 tokens
@@ -130,11 +179,25 @@ def test_grpo_step_with_trained_weights_real_rows_and_the_cpu_profile(tmp_path):
 
 
 def _synthetic_result(shape, hf_s, un_s):
-    rows = [{"backend": "hf", "status": "ok", "step_s": hf_s, "generation_s": 0.8 * hf_s, "training_s": 0.2 * hf_s,
-             "peak_gpu_mem_gib": 40.0},
-            {"backend": "unsloth", "status": "ok", "step_s": un_s, "generation_s": 0.7 * un_s,
-             "training_s": 0.3 * un_s, "peak_gpu_mem_gib": 25.0},
-            {"backend": "unsloth-4bit", "status": "error", "error": "x"}]  # fmt: skip
+    rows = [
+        {
+            "backend": "hf",
+            "status": "ok",
+            "step_s": hf_s,
+            "generation_s": 0.8 * hf_s,
+            "training_s": 0.2 * hf_s,
+            "peak_gpu_mem_gib": 40.0,
+        },
+        {
+            "backend": "unsloth",
+            "status": "ok",
+            "step_s": un_s,
+            "generation_s": 0.7 * un_s,
+            "training_s": 0.3 * un_s,
+            "peak_gpu_mem_gib": 25.0,
+        },
+        {"backend": "unsloth-4bit", "status": "error", "error": "x"},
+    ]
     return {"shape": shape, "device": {"type": "cuda", "name": "NVIDIA H200"}, "rows": rows}
 
 

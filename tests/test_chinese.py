@@ -112,8 +112,15 @@ def test_each_check_drops_and_counts_its_row():
 
 def test_load_translations_refuses_count_drift(tmp_path):
     refs = [{"name": "Care", "explanation": "A."}, {"name": "Duty", "explanation": "B."}]
-    frame = pd.DataFrame({"prompt": ["S"], "split": ["5p"], "references": [refs], "situation_zh": ["情境"],
-                          "references_zh": [[{"name": "关怀", "explanation": "甲。"}]]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "prompt": ["S"],
+            "split": ["5p"],
+            "references": [refs],
+            "situation_zh": ["情境"],
+            "references_zh": [[{"name": "关怀", "explanation": "甲。"}]],
+        }
+    )
     (tmp_path / "translate").mkdir()
     frame.to_parquet(tmp_path / "translate" / "zh.parquet")
     with pytest.raises(ValueError, match="1 Chinese perspectives for 2 English ones"):
@@ -129,8 +136,15 @@ def _pairs() -> pd.DataFrame:
     for k in range(8):
         ref = f"In the perspective of value {k}, people care about honesty and trust number {k}."
         for cand in (ref.replace("people", "persons"), f"The weather {k} was sunny over the hills."):
-            rows.append({"situation": f"s{k}", "candidate_en": cand, "reference_en": ref, "candidate_zh": cand,
-                         "reference_zh": ref})  # fmt: skip
+            rows.append(
+                {
+                    "situation": f"s{k}",
+                    "candidate_en": cand,
+                    "reference_en": ref,
+                    "candidate_zh": cand,
+                    "reference_zh": ref,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -238,8 +252,13 @@ def test_llm_path_on_the_evaluation_situations_drops_and_counts_what_the_tiny_lm
     from opgrpo_lib.runs import run_paths
     from opgrpo_lib.steps import data, translate
 
-    over = {"translate.source": "eval", "translate.model": "tiny:causal-lm", "translate.max_new_tokens": 6,
-            "translate.split_rows": 2, "translate.splits": ["5p", "gt10p"]}  # fmt: skip
+    over = {
+        "translate.source": "eval",
+        "translate.model": "tiny:causal-lm",
+        "translate.max_new_tokens": 6,
+        "translate.split_rows": 2,
+        "translate.splits": ["5p", "gt10p"],
+    }
     cfg = load_profile("tiny", over)
     paths = run_paths(cfg, tmp_path / "run")
     data.run(cfg, paths)

@@ -28,12 +28,35 @@ def test_bad_settings_exit_2_with_one_line(args, message, tmp_path):
 
 
 def test_reward_cli_rejects_non_finite_weights(tmp_path, opv2_dir):
-    out = _run("reward", "--profile", "tiny", "--references", str(opv2_dir / "test_5p.csv"), "--completions",
-               str(opv2_dir / "test_5p.csv"), "--completion-column", "answer", "--weights", "nan,inf",
-               "--out", str(tmp_path / "s.csv"))  # fmt: skip
+    out = _run(
+        "reward",
+        "--profile",
+        "tiny",
+        "--references",
+        str(opv2_dir / "test_5p.csv"),
+        "--completions",
+        str(opv2_dir / "test_5p.csv"),
+        "--completion-column",
+        "answer",
+        "--weights",
+        "nan,inf",
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
     assert out.returncode == 2 and "finite" in out.stderr and "Traceback" not in out.stderr
-    unwritable = _run("reward", "--profile", "tiny", "--references", str(opv2_dir / "test_5p.csv"), "--completions",
-                      str(opv2_dir / "test_5p.csv"), "--completion-column", "answer", "--out", "/proc/no/s.csv")  # fmt: skip
+    unwritable = _run(
+        "reward",
+        "--profile",
+        "tiny",
+        "--references",
+        str(opv2_dir / "test_5p.csv"),
+        "--completions",
+        str(opv2_dir / "test_5p.csv"),
+        "--completion-column",
+        "answer",
+        "--out",
+        "/proc/no/s.csv",
+    )
     assert unwritable.returncode == 2 and "--out" in unwritable.stderr and "Traceback" not in unwritable.stderr
 
 
@@ -47,8 +70,16 @@ def test_yaml_error_names_the_file(tmp_path):
 def test_unavailable_model_and_missing_cuda_are_one_line(tmp_path, opv2_dir, capsys):
     import torch
 
-    args = ["eval", "sbert", "--references", str(opv2_dir / "test_5p.csv"), "--candidates",
-            str(opv2_dir / "test_5p.csv"), "--candidate-column", "answer"]  # fmt: skip
+    args = [
+        "eval",
+        "sbert",
+        "--references",
+        str(opv2_dir / "test_5p.csv"),
+        "--candidates",
+        str(opv2_dir / "test_5p.csv"),
+        "--candidate-column",
+        "answer",
+    ]
     assert main([*args, "--model", "no-such-org/no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("opgrpo: error:") and len(err.strip().splitlines()) == 1
@@ -79,11 +110,32 @@ def test_empty_and_undecodable_files_are_named(tmp_path, opv2_dir):
     binary.write_bytes(b"prompt,answer\n\xff\xfe caf\xe9,x\n")
     ref = str(opv2_dir / "test_5p.csv")
     for bad, why in ((empty, "empty"), (binary, "not UTF-8")):
-        out = _run("reward", "--profile", "tiny", "--references", str(bad), "--completions", ref,
-                   "--completion-column", "answer", "--out", str(tmp_path / "s.csv"))  # fmt: skip
+        out = _run(
+            "reward",
+            "--profile",
+            "tiny",
+            "--references",
+            str(bad),
+            "--completions",
+            ref,
+            "--completion-column",
+            "answer",
+            "--out",
+            str(tmp_path / "s.csv"),
+        )
         _one_line_error(out, f"references {bad}", why)
-        out = _run("eval", "sbert", "--references", ref, "--candidates", str(bad), "--candidate-column", "x",
-                   "--model", "tiny:encoder")  # fmt: skip
+        out = _run(
+            "eval",
+            "sbert",
+            "--references",
+            ref,
+            "--candidates",
+            str(bad),
+            "--candidate-column",
+            "x",
+            "--model",
+            "tiny:encoder",
+        )
         _one_line_error(out, f"candidates {bad}", why)
     profile = tmp_path / "mine.yaml"
     profile.write_bytes(b"seed: 1\n# caf\xe9\n")

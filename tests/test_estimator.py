@@ -119,8 +119,13 @@ def test_two_step_finetune_changes_the_tiny_encoder(tmp_path, tiny_encoder_path)
     from opgrpo_lib.estimator import finetune
 
     cfg = load_profile("tiny", {"estimator.max_steps": 2, "estimator.batch_size": 4, "estimator.save_steps": 1})
-    trip = pd.DataFrame({"anchor": [f"a {i}" for i in range(8)], "positive": [f"p {i}" for i in range(8)],
-                         "negative": [f"n {i}" for i in range(8)]})  # fmt: skip
+    trip = pd.DataFrame(
+        {
+            "anchor": [f"a {i}" for i in range(8)],
+            "positive": [f"p {i}" for i in range(8)],
+            "negative": [f"n {i}" for i in range(8)],
+        }
+    )
     final = finetune(trip, str(tiny_encoder_path), tmp_path, cfg, device="cpu")
     before = SentenceTransformer(str(tiny_encoder_path), device="cpu").state_dict()
     after = SentenceTransformer(str(final), device="cpu").state_dict()
@@ -174,15 +179,23 @@ def test_reference_mining_output_is_pinned():
     out, rep = mine_triplets(frame, WordEncoder(), judge, threshold=0.5, cross_situation=True)
     assert _triplets(out) == [("s risk", "safety risk", "safety risk risk", "kind", "within")]
     assert (rep.triplets, rep.judge_calls) == (1, 5) and judge.calls == [3, 1, 1]
-    assert rep.skipped == {"fewer than 2 sentences": 1, "judge confirmed no pair": 1, "no pair >= threshold": 2,
-                           "judge rejected no sentence": 1}  # fmt: skip
+    assert rep.skipped == {
+        "fewer than 2 sentences": 1,
+        "judge confirmed no pair": 1,
+        "no pair >= threshold": 2,
+        "judge rejected no sentence": 1,
+    }
 
 
 # ---------------------------------------------------------------- typed pieces and the released-outputs pool
 def test_judge_rounds_equal_a_sequential_scan_with_one_call_per_round():
     judge = ScriptedJudge({frozenset(("b", "x")), frozenset(("d", "x"))})
-    queues = [[("", "a", "", "x"), ("", "b", "", "x"), ("", "c", "", "x")], [], [("", "d", "", "x")],
-              [("", "e", "", "x"), ("", "f", "", "x")]]  # fmt: skip
+    queues = [
+        [("", "a", "", "x"), ("", "b", "", "x"), ("", "c", "", "x")],
+        [],
+        [("", "d", "", "x")],
+        [("", "e", "", "x"), ("", "f", "", "x")],
+    ]
     rep = MiningReport("scripted")
     assert judge_rounds(judge, queues, True, rep) == [1, None, 0, None]
     assert judge.calls == [3, 2] and rep.judge_calls == 5  # round 0: queues 0, 2, 3; round 1: queues 0, 3
@@ -190,8 +203,10 @@ def test_judge_rounds_equal_a_sequential_scan_with_one_call_per_round():
 
 
 def test_output_lines_use_the_reward_segmentation_and_strip_the_prefix():
-    core = ("In the perspective of Honesty, Telling the truth\\nmatters.\\nFrom the perspective of Right to safety, "
-            "People must be safe.\\nsome trailing words\\nIn the perspective of Care and concern for others")  # fmt: skip
+    core = (
+        "In the perspective of Honesty, Telling the truth\\nmatters.\\nFrom the perspective of Right to safety, "
+        "People must be safe.\\nsome trailing words\\nIn the perspective of Care and concern for others"
+    )
     core = core.replace("\\n", "\n")
     lines = output_lines(core)
     assert [(ln.name, ln.text) for ln in lines] == [
@@ -265,13 +280,19 @@ def test_reference_output_pairs_views_and_separation():
     frame["answer"] = "In the perspective of Honesty, truth honest\nIn the perspective of Kindness, kind feelings"
     outputs = outputs_of({"Lying": [("honesty", "Lying is honest truth"), ("Law", "law")]})
     pairs = reference_output_pairs(frame, outputs, "mining")
-    assert pairs[["ref", "line", "matched"]].values.tolist() == [[0, 0, True], [0, 1, False], [1, 0, False],
-                                                                 [1, 1, False]]  # fmt: skip
+    assert pairs[["ref", "line", "matched"]].values.tolist() == [
+        [0, 0, True],
+        [0, 1, False],
+        [1, 0, False],
+        [1, 1, False],
+    ]
     assert pairs.iloc[0][["reference", "candidate"]].tolist() == ["truth honest", "[KW] is honest truth"]
     reward = reference_output_pairs(frame, outputs, "reward", keyword_text=lambda s: f"Topic: {s}")
     # the reward compares the whole reference line with the whole masked output segment
     assert reward.iloc[0][["reference", "candidate"]].tolist() == [
-        "In the perspective of Honesty, truth honest", "In the perspective of honesty [KW] is honest truth"]  # fmt: skip
+        "In the perspective of Honesty, truth honest",
+        "In the perspective of honesty [KW] is honest truth",
+    ]
     sep = separation(WordEncoder(), pairs, 0.7)
     assert (sep["pairs_matched"], sep["pairs_unmatched"]) == (1, 3) and sep["auc"] == 1.0
     assert sep["matched_at_0.7"] == 1.0 and sep["unmatched_at_0.7"] == 0.0  # cos 0.82 vs ~0
@@ -294,8 +315,9 @@ def test_released_loader_checks_hashes(tmp_path, released_dir, monkeypatch):
     with pytest.raises(DataIntegrityError, match="sha256"):
         load_released_outputs(load_profile("tiny", {"estimator.released_dir": str(tmp_path), "data.download": False}))
     with pytest.raises(FileNotFoundError, match="data.download is false"):
-        load_released_outputs(load_profile("tiny", {"estimator.released_dir": str(tmp_path / "no"),
-                                                    "data.download": False}))  # fmt: skip
+        load_released_outputs(
+            load_profile("tiny", {"estimator.released_dir": str(tmp_path / "no"), "data.download": False})
+        )
 
 
 def _real_split(split, opv2_dir, released_dir, monkeypatch):
@@ -319,7 +341,10 @@ def test_released_outputs_name_coverage(split, matched, refs, sits, opv2_dir, re
     test, outputs = _real_split(split, opv2_dir, released_dir, monkeypatch)
     _, rep = mine_triplets(test, ConstantEncoder(), NameJudge(), cross_situation=False, outputs=outputs)
     assert (rep.references_name_matched, rep.references_with_outputs, rep.situations_name_matched) == (
-        matched, refs, sits)  # fmt: skip
+        matched,
+        refs,
+        sits,
+    )
     assert rep.output_lines_unnamed == 0 and rep.situations_with_outputs == 300
 
 

@@ -47,8 +47,15 @@ class TableEncoder:
 
 
 def test_sbert_coverage_hand_computed():
-    enc = TableEncoder({"alpha": [1, 0, 0, 0], "beta": [0, 1, 0, 0], "gamma": [0, 0, 1, 0], "delta": [0, 0, 1, 0.2],
-                        "eps": [0, 1, 0, 0]})  # fmt: skip
+    enc = TableEncoder(
+        {
+            "alpha": [1, 0, 0, 0],
+            "beta": [0, 1, 0, 0],
+            "gamma": [0, 0, 1, 0],
+            "delta": [0, 0, 1, 0.2],
+            "eps": [0, 1, 0, 0],
+        }
+    )
     cands = pd.DataFrame(
         {
             "prompt": ["s1", "s2", "s2", "zzz"],
@@ -176,29 +183,47 @@ def test_eval_cli_json(opv2_dir, released_dir, tmp_path, minilm_path):
     cands.to_csv(tmp_path / "c.csv", index=False)
     base = [sys.executable, "-m", "opgrpo_lib.cli", "eval"]
     args = ["--references", str(opv2_dir / "test_5p.csv"), "--candidates", str(tmp_path / "c.csv"), "--json"]
-    out = subprocess.run(base + ["sbert", *args, "--candidate-column", "answer_p", "--model", minilm_path,
-                                 "--threshold", "0.7"], capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        base + ["sbert", *args, "--candidate-column", "answer_p", "--model", minilm_path, "--threshold", "0.7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["n"] == 20 and res["missing_candidates"] == 280 and "280 reference rows" in out.stderr
     assert {"n", "hit_all", "absolute_accuracy", "relative_accuracy"} <= set(res)
     assert res["absolute_accuracy"] == res["hit_all"] / 20
-    out = subprocess.run(base + ["nli", *args, "--candidate-column", "answers", "--model", "tiny:nli"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        base + ["nli", *args, "--candidate-column", "answers", "--model", "tiny:nli"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"n", "accuracy", "mean_score"} <= set(res) and res["n"] == 20  # the same policy as SBERT
     assert res["missing_candidates"] == 280
     bad = subprocess.run(base + ["sbert", *args, "--candidate-column", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing column" in bad.stderr
     for thr in ("1.5", "-0.5", "nan"):
-        bad = subprocess.run(base + ["sbert", *args, "--candidate-column", "answer_p", "--threshold", thr],
-                             capture_output=True, text=True)  # fmt: skip
+        bad = subprocess.run(
+            base + ["sbert", *args, "--candidate-column", "answer_p", "--threshold", thr],
+            capture_output=True,
+            text=True,
+        )
         assert bad.returncode == 2 and "[0, 1]" in bad.stderr and "Traceback" not in bad.stderr
-    encoder_as_nli = subprocess.run(base + ["nli", *args, "--candidate-column", "answers", "--model", "tiny:encoder"],
-                                    capture_output=True, text=True)  # fmt: skip
+    encoder_as_nli = subprocess.run(
+        base + ["nli", *args, "--candidate-column", "answers", "--model", "tiny:encoder"],
+        capture_output=True,
+        text=True,
+    )
     assert encoder_as_nli.returncode == 2 and "no entailment label" in encoder_as_nli.stderr
     assert "Traceback" not in encoder_as_nli.stderr
-    unwritable = subprocess.run(base + ["sbert", *args, "--candidate-column", "answer_p", "--model", minilm_path,
-                                        "--per-row", "/proc/nope/x.csv"], capture_output=True, text=True)  # fmt: skip
+    unwritable = subprocess.run(
+        base
+        + ["sbert", *args, "--candidate-column", "answer_p", "--model", minilm_path, "--per-row", "/proc/nope/x.csv"],
+        capture_output=True,
+        text=True,
+    )
     assert unwritable.returncode == 2 and "--per-row" in unwritable.stderr and "Traceback" not in unwritable.stderr
 
 
@@ -209,8 +234,17 @@ def test_paired_comparisons_per_split_and_pooled():
     for split in ("5p", "10p", "6p"):
         for i in range(10):
             for system, ratio in (("op_grpo", 0.6 + 0.01 * i), ("sft", 0.5)):
-                rows.append({"prompt": f"{split}-{i}", "split": split, "system": system, "ratio": ratio,
-                             "threshold": 0.7, "text": "core", "evaluator": "independent"})  # fmt: skip
+                rows.append(
+                    {
+                        "prompt": f"{split}-{i}",
+                        "split": split,
+                        "system": system,
+                        "ratio": ratio,
+                        "threshold": 0.7,
+                        "text": "core",
+                        "evaluator": "independent",
+                    }
+                )
     comp = paired_comparisons(pd.DataFrame(rows), pd.DataFrame(), "op_grpo", 200, 0)
     assert set(comp["split"]) == {"5p", "10p", "6p", "all", "5p+10p"}
     pooled = comp[comp["split"] == "5p+10p"].iloc[0]

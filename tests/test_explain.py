@@ -224,8 +224,19 @@ def _reward_cli(tmp_path, prompt, texts, minilm_path, opv2_dir, name="scores.csv
     comps = tmp_path / f"{name}.in.csv"
     pd.DataFrame({"prompt": [prompt] * len(texts), "completion": texts}).to_csv(comps, index=False)
     out = tmp_path / name
-    argv = ["reward", "--references", str(opv2_dir / "test_5p.csv"), "--completions", str(comps),
-            "--completion-column", "completion", "--estimator", minilm_path, "--out", str(out)]  # fmt: skip
+    argv = [
+        "reward",
+        "--references",
+        str(opv2_dir / "test_5p.csv"),
+        "--completions",
+        str(comps),
+        "--completion-column",
+        "completion",
+        "--estimator",
+        minilm_path,
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     return pd.read_csv(out, keep_default_na=False)
 
@@ -260,8 +271,19 @@ def test_cli_explain_equals_cli_reward(tmp_path, capsys, opv2_dir, released_dir,
         assert cli.main(argv) == 0
         _same(json.loads(capsys.readouterr().out), scores.iloc[i])
     fig = tmp_path / "both.png"
-    argv = ["explain", "--situation", "5p:0", "--response-file", str(tmp_path / "released-0.txt"),
-            "--response-file2", str(tmp_path / "no-tags.txt"), "--encoder", minilm_path, "--figure", str(fig)]  # fmt: skip
+    argv = [
+        "explain",
+        "--situation",
+        "5p:0",
+        "--response-file",
+        str(tmp_path / "released-0.txt"),
+        "--response-file2",
+        str(tmp_path / "no-tags.txt"),
+        "--encoder",
+        minilm_path,
+        "--figure",
+        str(fig),
+    ]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "released-0.txt" in text and "no-tags.txt" in text and "total = " in text and fig.stat().st_size > 0
@@ -272,10 +294,22 @@ def test_notebook_runs_under_papermill_and_equals_cli_reward(tmp_path, opv2_dir,
     import papermill as pm
 
     run = tmp_path / "run"
-    params = {"profile": "tiny", "run_dir": str(run), "situation": "5p:1", "responses": ["released", "released:5p:2"],
-              "encoder": minilm_path, "interactive": False}  # fmt: skip
-    pm.execute_notebook(str(NOTEBOOK), str(tmp_path / "00.ipynb"), parameters=params, kernel_name="python3",
-                        progress_bar=False, cwd=str(NOTEBOOK.parent))  # fmt: skip
+    params = {
+        "profile": "tiny",
+        "run_dir": str(run),
+        "situation": "5p:1",
+        "responses": ["released", "released:5p:2"],
+        "encoder": minilm_path,
+        "interactive": False,
+    }
+    pm.execute_notebook(
+        str(NOTEBOOK),
+        str(tmp_path / "00.ipynb"),
+        parameters=params,
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(NOTEBOOK.parent),
+    )
     assert (run / "explain" / "explanation.png").stat().st_size > 0
     assert (run / "explain" / "explanation.txt").exists()
     exps = json.loads((run / "explain" / "explanation.json").read_text())

@@ -13,43 +13,73 @@ from opgrpo_lib import figures, plots
 from opgrpo_lib.config import SPLITS
 
 
+def _metric_rows(system: str, split: str, rel: float) -> list[dict]:
+    """The four metrics.csv rows of one system and split, around its relative accuracy ``rel``."""
+    base = {"system": system, "split": split, "prompt_style": "default", "n": 100}
+    sbert = {"threshold": 0.7, "hit_all": 10, "absolute_accuracy": 0.1, "relative_accuracy": rel}
+    cis = {"relative_ci_low": rel - 0.05, "relative_ci_high": rel + 0.05, "absolute_ci_low": 0.05}
+    nli = {"accuracy": rel / 2, "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0, "mean_score": 0.3}
+    return [
+        {**base, "metric": "sbert", **sbert, **cis, "absolute_ci_high": 0.15, "std": 0.2, "std_error": 0.02},
+        {**base, "metric": "sbert_summary", "threshold": 0.7, "relative_accuracy": rel - 0.1},
+        {**base, "metric": "nli", **nli},
+        {**base, "metric": "tokens", "mean_tokens": 300.0, "mean_words": 200.0},
+    ]
+
+
+def _comparison_rows() -> list[dict]:
+    """op_grpo against three baselines, all splits and pooled 5p+10p, under both evaluators."""
+    return [
+        {
+            "metric": "sbert",
+            "split": split,
+            "evaluator": ev,
+            "threshold": 0.7,
+            "system": "op_grpo",
+            "baseline": base,
+            "n": 200 if split == "5p+10p" else 300,
+            "diff": d,
+            "ci_low": d - 0.03,
+            "ci_high": d + 0.03,
+            "p_value": 0.01,
+        }
+        for split in ("all", "5p+10p")
+        for ev in ("independent", "estimator")
+        for base, d in (("sft", -0.04), ("base_implicit", 0.12), ("modplural", 0.2))
+    ]
+
+
+def _estimator_files(root) -> None:
+    (root / "estimator").mkdir()
+    models, thresholds = ("base", "fine-tuned"), (0.6, 0.7, 0.8)
+    cal = pd.DataFrame(
+        [{"threshold": t, "precision": 0.8, "recall": 0.6, "model": m} for m in models for t in thresholds]
+    )
+    cal.to_csv(root / "estimator" / "calibration.csv", index=False)
+    (root / "estimator" / "metrics.json").write_text(
+        json.dumps({"triplet_accuracy_base": 0.6, "triplet_accuracy_finetuned": 0.8, "heldout_triplets": 50})
+    )
+
+
 def synthetic_results(root):
     rng = np.random.default_rng(0)
     rows = []
     for system in ("op_grpo", "sft", "base_implicit", "modplural"):
         for split in SPLITS:
-            rel = float(rng.uniform(0.1, 0.8))
-            rows.append({"system": system, "split": split, "metric": "sbert", "threshold": 0.7, "prompt_style": "default",
-                         "n": 100, "hit_all": 10, "absolute_accuracy": 0.1, "relative_accuracy": rel,
-                         "relative_ci_low": rel - 0.05, "relative_ci_high": rel + 0.05, "absolute_ci_low": 0.05,
-                         "absolute_ci_high": 0.15, "std": 0.2, "std_error": 0.02})  # fmt: skip
-            rows.append({"system": system, "split": split, "metric": "sbert_summary", "threshold": 0.7,
-                         "prompt_style": "default", "n": 100, "relative_accuracy": rel - 0.1})  # fmt: skip
-            rows.append({"system": system, "split": split, "metric": "nli", "prompt_style": "default", "n": 100,
-                         "accuracy": rel / 2, "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0, "mean_score": 0.3})  # fmt: skip
-            rows.append({"system": system, "split": split, "metric": "tokens", "prompt_style": "default", "n": 100,
-                         "mean_tokens": 300.0, "mean_words": 200.0})  # fmt: skip
+            rows += _metric_rows(system, split, float(rng.uniform(0.1, 0.8)))
     (root / "eval").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(root / "eval" / "metrics.csv", index=False)
-    judge = {"status": "ran", "model": "judge", "systems": {"op_grpo": {a: 4.0 for a in ("helpfulness", "clarity",
-             "factuality", "depth", "engagement")}}}  # fmt: skip
+    judge = {
+        "status": "ran",
+        "model": "judge",
+        "systems": {"op_grpo": {a: 4.0 for a in ("helpfulness", "clarity", "factuality", "depth", "engagement")}},
+    }
     (root / "eval" / "eval_summary.json").write_text(json.dumps({"judge": judge, "eval_encoder": "x/indep"}))
-    comps = [{"metric": "sbert", "split": split, "evaluator": ev, "threshold": 0.7, "system": "op_grpo",
-              "baseline": base, "n": 200 if split == "5p+10p" else 300, "diff": d, "ci_low": d - 0.03,
-              "ci_high": d + 0.03, "p_value": 0.01}
-             for split in ("all", "5p+10p") for ev in ("independent", "estimator")
-             for base, d in (("sft", -0.04), ("base_implicit", 0.12), ("modplural", 0.2))]  # fmt: skip
-    pd.DataFrame(comps).to_csv(root / "eval" / "comparisons.csv", index=False)
+    pd.DataFrame(_comparison_rows()).to_csv(root / "eval" / "comparisons.csv", index=False)
     steps = np.arange(1, 21)
     log = pd.DataFrame({"step": steps, **{f"op_reward/{c}": rng.uniform(0, 1, 20) for c in figures.COMPONENTS}})
     log.to_csv(root / "train_log.csv", index=False)
-    (root / "estimator").mkdir()
-    cal = pd.DataFrame([{"threshold": t, "precision": 0.8, "recall": 0.6, "model": m} for m in ("base", "fine-tuned")
-                        for t in (0.6, 0.7, 0.8)])  # fmt: skip
-    cal.to_csv(root / "estimator" / "calibration.csv", index=False)
-    (root / "estimator" / "metrics.json").write_text(
-        json.dumps({"triplet_accuracy_base": 0.6, "triplet_accuracy_finetuned": 0.8, "heldout_triplets": 50})
-    )
+    _estimator_files(root)
     return pd.DataFrame(rows)
 
 
@@ -83,8 +113,17 @@ def test_headline_uses_nli_and_lists_paper_claims(tmp_path):
 def test_every_figure_builds_and_missing_inputs_are_named(tmp_path):
     synthetic_results(tmp_path / "results")
     statuses = {s.name: s for s in figures.build_all(tmp_path / "results", tmp_path / "figs", None)}
-    for name in ("headline comparisons", "main coverage table", "coverage vs perspectives", "training dynamics", "similarity estimator",
-                 "core vs summary", "token efficiency", "LLM judge", "headline gains"):  # fmt: skip
+    for name in (
+        "headline comparisons",
+        "main coverage table",
+        "coverage vs perspectives",
+        "training dynamics",
+        "similarity estimator",
+        "core vs summary",
+        "token efficiency",
+        "LLM judge",
+        "headline gains",
+    ):
         assert statuses[name].status == "written", statuses[name]
     assert statuses["reward ablation"].status == "missing inputs" and "ablations" in statuses["reward ablation"].note
     assert (tmp_path / "figs" / "coverage_vs_perspectives.pdf").exists()
@@ -175,15 +214,20 @@ def test_headline_figure_draws_every_comparison_with_its_ci_in_the_systems_colou
     comps = pd.read_csv(tmp_path / "results" / "eval" / "comparisons.csv")
     fig = figures.fig_comparisons(comps, {"eval_encoder": "x/indep"})
     axes = fig.axes
-    assert [a.get_title().split("\n")[0] for a in axes] == ["SBERT @ 0.7: independent evaluator",
-                                                            "SBERT @ 0.7: the reward's own estimator"]  # fmt: skip
+    assert [a.get_title().split("\n")[0] for a in axes] == [
+        "SBERT @ 0.7: independent evaluator",
+        "SBERT @ 0.7: the reward's own estimator",
+    ]
     assert "indep" in axes[0].get_title()
     for ax, ev in zip(axes, ("independent", "estimator")):
         labels = [t.get_text() for t in ax.texts]
         for r in comps[comps.evaluator == ev].itertuples():
             assert f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" in labels
-        colours = {tuple(c.get_color()) if not isinstance(c.get_color(), str) else c.get_color()
-                   for c in ax.lines if c.get_marker() == "o"}  # fmt: skip
+        colours = {
+            tuple(c.get_color()) if not isinstance(c.get_color(), str) else c.get_color()
+            for c in ax.lines
+            if c.get_marker() == "o"
+        }
         assert {figures.SYSTEM_COLORS[b].lower() for b in ("sft", "base_implicit", "modplural")} <= {
             matplotlib.colors.to_hex(c) for c in colours
         }
@@ -210,9 +254,17 @@ def test_one_colour_per_system_in_every_figure(tmp_path):
 
 def test_no_twin_axes_in_training_figures(tmp_path):
     synthetic_results(tmp_path / "results")
-    val = pd.DataFrame({"step": [0, 8, 16], "n": 40, "sbert_relative_accuracy": [0.302, 0.306, 0.3],
-                        "coverage_ladder": [0.95, 1.05, 1.1], "mean_tokens": [191.0, 203.0, 210.0],
-                        "clipped_ratio": [0.0, 0.0, 0.05], "valid_format_rate": [1.0, 1.0, 0.97]})  # fmt: skip
+    val = pd.DataFrame(
+        {
+            "step": [0, 8, 16],
+            "n": 40,
+            "sbert_relative_accuracy": [0.302, 0.306, 0.3],
+            "coverage_ladder": [0.95, 1.05, 1.1],
+            "mean_tokens": [191.0, 203.0, 210.0],
+            "clipped_ratio": [0.0, 0.0, 0.05],
+            "valid_format_rate": [1.0, 1.0, 0.97],
+        }
+    )
     fig = figures.fig_validation_curve(val)
     assert len(fig.axes) == 4 and all(len(a.lines) >= 1 for a in fig.axes)
     lo, hi = fig.axes[0].get_ylim()

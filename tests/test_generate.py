@@ -153,8 +153,13 @@ def test_compact_sampler_gives_lm_sample_texts(monkeypatch, temperature, top_p, 
     from opgrpo_lib.models import resolve
 
     model = lm.load(resolve("tiny:causal-lm"))
-    msgs = ["In the perspective of care, people", "A longer situation about honesty, duty and many other things", "x",
-            "Lying to protect a friend", "Eating meat"]  # fmt: skip
+    msgs = [
+        "In the perspective of care, people",
+        "A longer situation about honesty, duty and many other things",
+        "x",
+        "Lying to protect a friend",
+        "Eating meat",
+    ]
     seeds = [lm.row_seed(0, m) for m in msgs]
     free = lm.sample(model, msgs, 24, temperature, top_p, seeds=seeds)
     ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in free]

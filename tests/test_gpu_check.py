@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_check(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env}
-    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], capture_output=True, text=True,
-                          env=environ, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], capture_output=True, text=True, env=environ, cwd=ROOT
+    )
 
 
 def test_a_missing_tokenizer_is_an_error(tmp_path):

@@ -128,8 +128,11 @@ def _fake(monkeypatch, visible, usable, free=None, unsloth=True):
     monkeypatch.setattr(device, "cuda_usable", lambda: usable)
     monkeypatch.setattr(device, "gpu_name", lambda: visible or "?")
     monkeypatch.setattr(device, "free_gib", lambda: free)
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: (object() if unsloth else None) if name == "unsloth" else real(name, *a))  # fmt: skip
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if unsloth else None) if name == "unsloth" else real(name, *a),
+    )
 
 
 def test_auto_stops_on_a_visible_gpu_torch_cannot_use(monkeypatch):
@@ -138,9 +141,17 @@ def test_auto_stops_on_a_visible_gpu_torch_cannot_use(monkeypatch):
         pipeline.default_profile()
 
 
-@pytest.mark.parametrize(("card", "free", "want"), [("T4", 14.7, "gpu-small"), ("L4", 22.0, "gpu-small"),
-                                                    ("A100-40G", 39.0, "gpu-small"), ("A100-80G", 78.0, "paper"),
-                                                    ("H200", 139.0, "paper"), ("busy", 5.0, "cpu")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("card", "free", "want"),
+    [
+        ("T4", 14.7, "gpu-small"),
+        ("L4", 22.0, "gpu-small"),
+        ("A100-40G", 39.0, "gpu-small"),
+        ("A100-80G", 78.0, "paper"),
+        ("H200", 139.0, "paper"),
+        ("busy", 5.0, "cpu"),
+    ],
+)
 def test_auto_picks_what_fits_the_free_memory(monkeypatch, card, free, want):
     _fake(monkeypatch, card, usable=True, free=free)
     profile, why = pipeline.default_profile()
@@ -159,10 +170,13 @@ def test_cli_says_why_in_one_line_on_a_visible_unusable_gpu(tmp_path):
     """``opgrpo reproduce`` (PROFILE=auto) and a GPU step (``opgrpo grpo --profile paper``), with a GPU simulated as
     visible (``OPGRPO_FAKE_VISIBLE_GPU``) while this CPU-only torch cannot use it."""
     env = {**os.environ, "OPGRPO_FAKE_VISIBLE_GPU": "Tesla T4 (driver 470.82)", "PYTHONPATH": str(ROOT)}
-    for args in (["reproduce", "--profile", "auto", "--run-dir", str(tmp_path)],
-                 ["grpo", "--profile", "paper", "--run-dir", str(tmp_path)]):  # fmt: skip
-        out = subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", *args], capture_output=True, text=True, env=env,
-                             cwd=ROOT)  # fmt: skip
+    for args in (
+        ["reproduce", "--profile", "auto", "--run-dir", str(tmp_path)],
+        ["grpo", "--profile", "paper", "--run-dir", str(tmp_path)],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "opgrpo_lib.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT
+        )
         assert out.returncode == 2, out.stderr[-2000:]
         lines = [x for x in out.stderr.splitlines() if x.strip()]
         assert len(lines) == 1 and "is visible but torch cannot use it" in lines[0] and "CPU-only build" in lines[0]

@@ -33,9 +33,9 @@ def _leaves(obj, prefix=""):
             yield key, value, f
 
 
-def _mutate(cfg, key, value, f):
-    """A different value for ``key`` that passes validation."""
-    special = {
+def _special_mutations(cfg, value) -> dict:
+    """Hand-chosen valid changes for the keys a generic rule cannot mutate."""
+    return {
         "reward.weights": "early" if value != "early" else "final",
         "train.init": "policy" if value != "policy" else "run:sft",
         "reward.estimator": "sentence-transformers/all-MiniLM-L6-v2" if value == "run:estimator" else "run:estimator",
@@ -70,6 +70,11 @@ def _mutate(cfg, key, value, f):
         "translate.zh_evaluator": "tiny:encoder" if value != "tiny:encoder" else "intfloat/multilingual-e5-small",
         "translate.splits": ["5p"] if value != ["5p"] else ["10p"],
     }
+
+
+def _mutate(cfg, key, value, f):
+    """A different value for ``key`` that passes validation."""
+    special = _special_mutations(cfg, value)
     # TRL's rule (checked at load): the generation batch holds whole groups of num_generations completions
     if key in ("train.grpo.per_device_train_batch_size", "train.grpo.gradient_accumulation_steps"):
         return value * 2

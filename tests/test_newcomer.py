@@ -36,14 +36,25 @@ def execute(repo: Path, name: str, monkeypatch, **parameters) -> nbformat.Notebo
     monkeypatch.delenv("OPGRPO_RUN_DIR", raising=False)
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     out = repo.parent / f"{name}.out.ipynb"
-    pm.execute_notebook(str(repo / "notebooks" / f"{name}.ipynb"), str(out), parameters=parameters, cwd=str(repo),
-                        kernel_name="python3", progress_bar=False)  # fmt: skip
+    pm.execute_notebook(
+        str(repo / "notebooks" / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        cwd=str(repo),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return nbformat.read(out, as_version=4)
 
 
 def outputs(nb: nbformat.NotebookNode, mime: str) -> list[str]:
-    return [o["data"][mime] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if mime in o.get("data", {})]  # fmt: skip
+    return [
+        o["data"][mime]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if mime in o.get("data", {})
+    ]
 
 
 @pytest.mark.slow
@@ -69,8 +80,9 @@ def test_reward_explorer_notebook_on_a_fresh_clone(tmp_path, monkeypatch):
     if not (repo.parent / "shared" / "data" / "opv2").is_dir() and not os.environ.get("OPGRPO_DATA_DIR"):
         pytest.skip("OP-V2 data not available offline (../shared/data/opv2 or $OPGRPO_DATA_DIR)")
     monkeypatch.setenv("OPGRPO_MODELS_DIR", str(ROOT / "models"))  # the offline MiniLM, as `make models` builds it
-    nb = execute(repo, "00_explore_reward", monkeypatch, profile="cpu", run_dir=str(tmp_path / "run"),
-                 interactive=False)  # fmt: skip
+    nb = execute(
+        repo, "00_explore_reward", monkeypatch, profile="cpu", run_dir=str(tmp_path / "run"), interactive=False
+    )
     assert len(outputs(nb, "image/png")) == 1, "the similarity heatmap and weighted terms are shown"
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "5p:0" in text and "total" in text and "interactive explorer off" in text
@@ -104,8 +116,12 @@ def _run_bootstrap(tmp_path: Path, gpu: bool) -> tuple[str, list[str]]:
         f"exec(compile(open({str(tmp_path / 'cell.py')!r}).read(), 'bootstrap', 'exec'))\n"
     )
     (tmp_path / "cell.py").write_text(_bootstrap_source())
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OPGRPO_REPO": str(ROOT),
-           "OPGRPO_COLAB_DIR": str(tmp_path / "content" / "opgrpo")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "OPGRPO_REPO": str(ROOT),
+        "OPGRPO_COLAB_DIR": str(tmp_path / "content" / "opgrpo"),
+    }
     out = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     return out.stdout, log.read_text().splitlines() if log.exists() else []
@@ -121,8 +137,12 @@ def test_colab_bootstrap_is_idempotent_and_installs_gpu_only_with_a_gpu(tmp_path
     assert "no GPU" in second and len(pip) == 1, "the same commit with the same extras is not reinstalled"
     third, pip = _run_bootstrap(tmp_path, gpu=True)
     assert "GPU" in third and len(pip) == 2 and pip[1].endswith("[notebooks,models,gpu]"), pip
-    head = subprocess.run(["git", "-C", str(tmp_path / "content" / "opgrpo"), "rev-parse", "HEAD"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path / "content" / "opgrpo"), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert head == subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
@@ -130,9 +150,63 @@ def test_the_readme_colab_badge_opens_a_notebook_that_needs_no_run():
     """The badge opens one of the notebooks the tests above execute on a fresh clone with no run folder."""
     import re
 
-    badge = re.search(r"colab\.research\.google\.com/github/[^)]*/notebooks/([0-9a-z_]+)\.ipynb\)",
-                      (ROOT / "README.md").read_text())  # fmt: skip
+    badge = re.search(
+        r"colab\.research\.google\.com/github/[^)]*/notebooks/([0-9a-z_]+)\.ipynb\)", (ROOT / "README.md").read_text()
+    )
     assert badge and badge.group(1) in {"00_explore_reward", "07_figures"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_lab(repo: Path, port: int, tmp_path: Path):
+    """JupyterLab on ``repo`` at ``port`` with token ``t``, logging to ``tmp_path/jupyter.log``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(repo),
+        "OPGRPO_MODELS_DIR": str(ROOT / "models"),
+        "OPGRPO_RUN_DIR": str(tmp_path / "runs"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    log = open(tmp_path / "jupyter.log", "w")
+    lab = ["--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.token=t"]
+    lab += [f"--ServerApp.root_dir={repo}", "--LabApp.expose_app_in_browser=True", "--allow-root"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", *lab], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    return server, log
+
+
+def _wait_for_server(port: int) -> None:
+    import time
+    import urllib.request
+
+    for _ in range(240):  # the server is up when its API answers
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token=t", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+
+
+def _headless_chromium(webdriver, chromium: str, chromedriver: str):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1200",
+    ):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=webdriver.ChromeService(chromedriver), options=opts)
 
 
 @pytest.mark.slow
@@ -151,39 +225,12 @@ def test_explorer_widgets_in_jupyterlab_with_headless_chromium(tmp_path):
     repo = fresh_clone(tmp_path)
     if not (repo.parent / "shared" / "data" / "opv2").is_dir():
         pytest.skip("OP-V2 data not available offline")
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OPGRPO_MODELS_DIR": str(ROOT / "models"),
-           "OPGRPO_RUN_DIR": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
-    log = open(tmp_path / "jupyter.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-                               "--ServerApp.ip=127.0.0.1", "--ServerApp.token=t", f"--ServerApp.root_dir={repo}",
-                               "--LabApp.expose_app_in_browser=True", "--allow-root"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    port = _free_port()
+    server, log = _start_lab(repo, port, tmp_path)
     drv = None
     try:
-        for _ in range(240):  # the server is up when its API answers
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token=t", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = chromium
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--window-size=1400,1200",
-        ):
-            opts.add_argument(arg)
-        drv = webdriver.Chrome(service=webdriver.ChromeService(chromedriver), options=opts)
+        _wait_for_server(port)
+        drv = _headless_chromium(webdriver, chromium, chromedriver)
         drv.get(f"http://127.0.0.1:{port}/lab/tree/notebooks/00_explore_reward.ipynb?token=t")
         wait = WebDriverWait(drv, 600, poll_frequency=1)
         ready = "const a = window.jupyterapp; const w = a && a.shell.currentWidget; return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle')"

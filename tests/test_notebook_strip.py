@@ -26,8 +26,12 @@ def stored(path: Path) -> str:
 def lab_saved(text: str) -> str:
     """What JupyterLab writes after running every cell and saving (outputs, counts, kernel details, widget state)."""
     nb = json.loads(text)
-    nb["metadata"]["language_info"] = {"codemirror_mode": {"name": "ipython", "version": 3}, "name": "python",
-                                       "version": "3.11.9", "pygments_lexer": "ipython3"}  # fmt: skip
+    nb["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "name": "python",
+        "version": "3.11.9",
+        "pygments_lexer": "ipython3",
+    }
     nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
     for i, cell in enumerate(nb["cells"]):
         cell["metadata"]["jp-MarkdownHeadingCollapsed"] = True
@@ -73,8 +77,13 @@ def test_git_status_is_clean_after_a_lab_save(tmp_path):
     import sys
 
     def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                              capture_output=True, text=True).stdout  # fmt: skip
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     git("init", "-q")
     git("config", "filter.nbstrip.clean", f"{sys.executable} scripts/strip_notebook.py")

@@ -87,9 +87,14 @@ def test_colab_ref_resolves_in_this_repository():
         text = path.read_text()
         assert f'\\"origin\\", \\"{ref}\\"' in text and f"/blob/{ref}/notebooks/{path.name}" in text
     shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=root, capture_output=True, text=True)
-    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=root,
-                           capture_output=True, text=True)  # fmt: skip
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=root, capture_output=True, text=True
+    )
     if found.returncode != 0:
-        remote = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"origin/{ref}^{{commit}}"], cwd=root,
-                                capture_output=True, text=True)  # fmt: skip
+        remote = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"origin/{ref}^{{commit}}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
         assert remote.returncode == 0 or shallow.stdout.strip() == "true", f"Colab ref {ref!r} does not exist here"

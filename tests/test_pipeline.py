@@ -21,8 +21,9 @@ from opgrpo_lib.steps import sft as sft_step
 
 
 def _repo_results_state() -> str:
-    out = subprocess.run(["git", "status", "--porcelain", "--", "results", "figures"], cwd=REPO_ROOT,
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--", "results", "figures"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     return out.stdout
 
 
@@ -203,8 +204,11 @@ def _tree(root) -> dict[str, str]:
     import hashlib
     from pathlib import Path
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def _cli(*args, **kw):
@@ -339,9 +343,16 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     assert (work / "results" / "eval" / "nli_per_sample.parquet").exists()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
     systems = [s for s in load_profile("tiny").to_dict()["generate"]["systems"] if s["name"] != "modplural"]
-    cfg = load_profile("tiny", {"models.nli": None, "generate.systems": systems,
-                                "eval.judge.enabled": True, "eval.judge.base_url": "http://127.0.0.1:9/v1",
-                                "eval.judge.max_retries": 0})  # fmt: skip
+    cfg = load_profile(
+        "tiny",
+        {
+            "models.nli": None,
+            "generate.systems": systems,
+            "eval.judge.enabled": True,
+            "eval.judge.base_url": "http://127.0.0.1:9/v1",
+            "eval.judge.max_retries": 0,
+        },
+    )
     paths = run_paths(cfg, work)
     generate.run(cfg, paths, progress=False)
     styles.run(cfg, paths, progress=False)  # notebook 05 runs it after generate; the figures draw it

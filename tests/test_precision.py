@@ -12,9 +12,18 @@ from opgrpo_lib import train
 from opgrpo_lib.config import load_profile
 from opgrpo_lib.models import resolve
 
-SHORT = {"per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8,
-         "steps_per_generation": 1, "gradient_accumulation_steps": 1, "max_steps": 1, "gradient_checkpointing": False,
-         "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}  # fmt: skip
+SHORT = {
+    "per_device_train_batch_size": 4,
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "steps_per_generation": 1,
+    "gradient_accumulation_steps": 1,
+    "max_steps": 1,
+    "gradient_checkpointing": False,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "disable_tqdm": True,
+}
 
 
 def varied_reward(prompts, completions, completion_ids=None, **kw):
@@ -30,8 +39,9 @@ def one_grpo_step(precision: str, tmp_path: Path, backend: str = "hf", device: s
         train.ensure_unsloth()
     from trl import GRPOTrainer
 
-    cfg = load_profile("paper", {"device": device, "train.backend": backend, "train.precision": precision,
-                                 "train.grpo": SHORT})  # fmt: skip
+    cfg = load_profile(
+        "paper", {"device": device, "train.backend": backend, "train.precision": precision, "train.grpo": SHORT}
+    )
     assert cfg.train.grpo["learning_rate"] == 1e-6 and not cfg.train.lora.enabled  # the paper's rate, full FT
     plan = train.precision_plan(cfg, device="cuda", bf16_supported=True if device == "cpu" else None)
     args = train.grpo_config(cfg, tmp_path, plan)

@@ -92,7 +92,10 @@ def test_upstream_made_with_other_settings_is_refused(tmp_path):
 def test_changes_are_readable():
     assert changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == ["a.c: 2 -> 3"]
     assert json.loads(json.dumps(keys.step_inputs(load_profile("tiny"), "grpo")))["upstream"].keys() == {
-        "data", "estimator", "sft"}  # fmt: skip
+        "data",
+        "estimator",
+        "sft",
+    }
     assert set(STEPS) == set(ORDER)
 
 

@@ -160,8 +160,10 @@ def test_reward_options_equal_reference_tiny_encoder(tiny_encoder_path, mask_ref
     parts = OPRewardScorer(enc, cfg, [other] if agreeing else []).score(kts, comps, [REF] * len(comps))
     agree = (other.encode,) if agreeing else ()
     _check_equal(parts, kts, comps, [REF] * len(comps), enc.encode, mask_refs=mask_refs, agree=agree)
-    sims = [d.similarity for d in OPRewardScorer(enc, cfg, [other] if agreeing else []).score_detailed(
-        kts, comps, [REF] * len(comps))]  # fmt: skip
+    sims = [
+        d.similarity
+        for d in OPRewardScorer(enc, cfg, [other] if agreeing else []).score_detailed(kts, comps, [REF] * len(comps))
+    ]
     plain = [d.similarity for d in OPRewardScorer(enc).score_detailed(kts, comps, [REF] * len(comps))]
     assert any(not np.array_equal(a, b) for a, b in zip(sims, plain)), "the option changes what is compared"
 
@@ -266,8 +268,24 @@ def test_long_and_pathological_inputs(text):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(["<core perspectives>", "</core perspectives>", "<summary>", "</summary>", " ", "\n",
-                                 "\xa0", "x", "<Core  PERSPECTIVES>"]), max_size=10).map("".join))  # fmt: skip
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "<core perspectives>",
+                "</core perspectives>",
+                "<summary>",
+                "</summary>",
+                " ",
+                "\n",
+                "\xa0",
+                "x",
+                "<Core  PERSPECTIVES>",
+            ]
+        ),
+        max_size=10,
+    ).map("".join)
+)
 def test_linear_layout_check_equals_the_authors_regex(text):
     m = LAYOUT_RE.match(text)
     want = (
@@ -293,8 +311,14 @@ def test_trl_reward_function_contract():
     logged = {}
     prompts = [[{"role": "user", "content": "Provide ...: Telling a white lie\n\n"}]] * 2
     completions = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": "prose"}]]
-    out = reward(prompts, completions, reference=[REF, REF], log_metric=lambda k, v: logged.__setitem__(k, v),
-                 trainer_state=None, completion_ids=[[1], [2]])  # fmt: skip
+    out = reward(
+        prompts,
+        completions,
+        reference=[REF, REF],
+        log_metric=lambda k, v: logged.__setitem__(k, v),
+        trainer_state=None,
+        completion_ids=[[1], [2]],
+    )
     assert isinstance(out, list) and all(isinstance(x, float) for x in out) and len(out) == 2
     assert {f"op_reward/{c}" for c in COMPONENTS} <= set(logged)
     assert logged["op_reward/total"] == pytest.approx(sum(out) / 2)
@@ -326,9 +350,26 @@ def test_reward_cli_on_released_outputs(tmp_path, opv2_dir, released_dir, minilm
     comps.loc[5, "answer_p"] = ""  # an empty completion gets a documented score, not a crash
     comps.to_csv(tmp_path / "c.csv", index=False)
     out = tmp_path / "scores.csv"
-    cmd = [sys.executable, "-m", "opgrpo_lib.cli", "reward", "--references", str(opv2_dir / "test_5p.csv"),
-           "--completions", str(tmp_path / "c.csv"), "--completion-column", "answer_p", "--summary-column", "answers",
-           "--estimator", minilm_path, "--weights", "early", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "opgrpo_lib.cli",
+        "reward",
+        "--references",
+        str(opv2_dir / "test_5p.csv"),
+        "--completions",
+        str(tmp_path / "c.csv"),
+        "--completion-column",
+        "answer_p",
+        "--summary-column",
+        "answers",
+        "--estimator",
+        minilm_path,
+        "--weights",
+        "early",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     df = pd.read_csv(out)
     assert len(df) == 6 and set(COMPONENTS) <= set(df.columns)
@@ -336,10 +377,17 @@ def test_reward_cli_on_released_outputs(tmp_path, opv2_dir, released_dir, minilm
     assert df["total"].between(0, 2).all() and df.loc[5, "coverage"] == 0
     bad = subprocess.run(cmd[:5] + [str(opv2_dir / "test_10p.csv")] + cmd[6:], capture_output=True, text=True)
     assert bad.returncode == 2 and "no reference with the same prompt" in bad.stderr
-    opts = subprocess.run(cmd + ["--set", "reward.mask_references=true", "--set", f"reward.agree_with=[{minilm_path}]"],
-                          check=True, capture_output=True, text=True)  # fmt: skip
-    assert json.loads(opts.stdout)["options"] == {"mask_references": True, "agree_with": [minilm_path],
-                                                  "overlong_cache": 0}  # fmt: skip
+    opts = subprocess.run(
+        cmd + ["--set", "reward.mask_references=true", "--set", f"reward.agree_with=[{minilm_path}]"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(opts.stdout)["options"] == {
+        "mask_references": True,
+        "agree_with": [minilm_path],
+        "overlong_cache": 0,
+    }
     assert set(COMPONENTS) <= set(pd.read_csv(out).columns)
     off = subprocess.run(cmd + ["--set", "train.grpo.beta=0.1"], capture_output=True, text=True)
     assert off.returncode == 2 and "only reward.* settings apply here" in off.stderr

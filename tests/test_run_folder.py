@@ -20,8 +20,11 @@ from opgrpo_lib.lifecycle import LOCK_NAME, REPLACED, RunFolderBusy, commit_star
 
 def tree(root: Path) -> dict[str, str]:
     """Every file under ``root`` with its content hash (what "byte-identical" is checked against)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def _checkpoint(folder: Path) -> None:
@@ -92,8 +95,11 @@ def test_second_process_is_refused_with_the_holders_pid(tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        out = subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", "grpo", "--profile", "tiny", "--run-dir",
-                              str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "opgrpo_lib.cli", "grpo", "--profile", "tiny", "--run-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and f"in use by PID {holder.pid}" in out.stderr
         with pytest.raises(RunFolderBusy, match=str(holder.pid)):

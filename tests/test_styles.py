@@ -15,7 +15,10 @@ from opgrpo_lib.lm import chat_prompts
 from opgrpo_lib.prompts import STYLES, perspective_words_in, style_template
 
 # Written out again here (not imported): the rule a template must pass, English and Chinese.
-BANNED = re.compile(r"perspective|viewpoint|point of view|points of view|\bsides?\b|stance|angle|standpoint|视角|观点|角度|立场|方面|各方|看法", re.I)  # fmt: skip
+BANNED = re.compile(
+    r"perspective|viewpoint|point of view|points of view|\bsides?\b|stance|angle|standpoint|视角|观点|角度|立场|方面|各方|看法",
+    re.I,
+)
 
 
 @pytest.mark.parametrize("style", STYLES, ids=[s.name for s in STYLES])

@@ -13,8 +13,16 @@ from opgrpo_lib import figures, publish, sweep
 from opgrpo_lib.config import load_profile
 from opgrpo_lib.runs import run_paths
 
-GRPO = {"learning_rate": 1e-5, "beta": 0.001, "num_generations": 4, "per_device_train_batch_size": 8,
-        "max_steps": 16, "max_completion_length": 320, "temperature": 1.0, "loss_type": "dapo"}  # fmt: skip
+GRPO = {
+    "learning_rate": 1e-5,
+    "beta": 0.001,
+    "num_generations": 4,
+    "per_device_train_batch_size": 8,
+    "max_steps": 16,
+    "max_completion_length": 320,
+    "temperature": 1.0,
+    "loss_type": "dapo",
+}
 
 
 def fake_run(root, sbert, sft_key="s1", n=40, **grpo):
@@ -24,9 +32,18 @@ def fake_run(root, sbert, sft_key="s1", n=40, **grpo):
     (root / "grpo" / "fingerprint.json").write_text(json.dumps(fp))
     (root / "results").mkdir()
     steps = range(0, 8 * len(sbert), 8)
-    pd.DataFrame({"step": steps, "n": n, "mean_reward": 0.6, "coverage_ladder": [1.0 + s / 100 for s in steps],
-                  "sbert_relative_accuracy": sbert, "valid_format_rate": 1.0, "clipped_ratio": 0.0,
-                  "mean_tokens": 200.0}).to_csv(root / "results" / "validation_curve.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "step": steps,
+            "n": n,
+            "mean_reward": 0.6,
+            "coverage_ladder": [1.0 + s / 100 for s in steps],
+            "sbert_relative_accuracy": sbert,
+            "valid_format_rate": 1.0,
+            "clipped_ratio": 0.0,
+            "mean_tokens": 200.0,
+        }
+    ).to_csv(root / "results" / "validation_curve.csv", index=False)
     return root
 
 
@@ -95,6 +112,9 @@ def test_publish_keeps_the_committed_sweep(tmp_path, monkeypatch):
 
 def test_script_reports_a_bad_run_folder_in_one_line(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "validation_sweep.py"
-    out = subprocess.run([sys.executable, str(script), "--run", f"A={tmp_path / 'nowhere'}", "--out", str(tmp_path)],
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(script), "--run", f"A={tmp_path / 'nowhere'}", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "not a GRPO run folder" in out.stderr and "Traceback" not in out.stderr

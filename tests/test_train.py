@@ -86,12 +86,33 @@ def test_grpo_ddp_two_cpu_processes(tmp_path, opv2_dir):
     """The DDP path: torchrun with 2 CPU processes (gloo), 2 GRPO steps on the tiny model."""
     env = {**os.environ, "OPGRPO_DATA_DIR": str(opv2_dir), "OMP_NUM_THREADS": "1"}
     run = str(tmp_path / "run")
-    subprocess.run([sys.executable, "-m", "opgrpo_lib.cli", "data", "--profile", "tiny", "--run-dir", run],
-                   check=True, capture_output=True, env=env)  # fmt: skip
-    sets = ["train.init=tiny:causal-lm", "reward.estimator=tiny:encoder", "train.grpo.max_steps=2",
-            "train.grpo.save_steps=1", "train.grpo.per_device_train_batch_size=4"]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "opgrpo_lib.cli",
-           "grpo", "--profile", "tiny", "--run-dir", run] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "opgrpo_lib.cli", "data", "--profile", "tiny", "--run-dir", run],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    sets = [
+        "train.init=tiny:causal-lm",
+        "reward.estimator=tiny:encoder",
+        "train.grpo.max_steps=2",
+        "train.grpo.save_steps=1",
+        "train.grpo.per_device_train_batch_size=4",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "opgrpo_lib.cli",
+        "grpo",
+        "--profile",
+        "tiny",
+        "--run-dir",
+        run,
+    ] + [x for s in sets for x in ("--set", s)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
@@ -117,8 +138,10 @@ def test_compact_targets_keep_the_layout_and_every_name():
     from opgrpo_lib.sft_data import compact_target
     from opgrpo_lib.text import check_layout
 
-    persp = [{"name": "Honesty", "explanation": "Returning the wallet intact reflects truthfulness and integrity. More."},
-             {"name": "Duty to respect property", "explanation": "People have a duty not to keep what belongs to others"}]  # fmt: skip
+    persp = [
+        {"name": "Honesty", "explanation": "Returning the wallet intact reflects truthfulness and integrity. More."},
+        {"name": "Duty to respect property", "explanation": "People have a duty not to keep what belongs to others"},
+    ]
     text = compact_target(persp, words=5)
     assert check_layout(text).valid
     assert "In the perspective of Honesty, Returning the wallet intact reflects truthfulness." in text
@@ -160,8 +183,10 @@ def test_cpu_targets_over_every_training_situation_end_in_whole_clauses(tmp_path
     lines = 0
     for persp in train["perspectives"]:
         for p in persp:
-            line, first = short_sentence(p["explanation"], cfg.train.compact_words), _SENTENCE_END_RE.split(
-                p["explanation"].strip())[0].rstrip(".!?;:, ")  # fmt: skip
+            line, first = (
+                short_sentence(p["explanation"], cfg.train.compact_words),
+                _SENTENCE_END_RE.split(p["explanation"].strip())[0].rstrip(".!?;:, "),
+            )
             words = line.split()
             assert line == first or (len(words) >= 4 and words[-1].lower() not in FUNCTION_WORDS), line
             assert line.count("(") == line.count(")"), line
