@@ -639,11 +639,13 @@ def fig_comparisons(comparisons: pd.DataFrame, summary: dict[str, Any] | None = 
         sizes.update(_comparison_rows(ax, part, baselines, headline_pool))
         _comparison_axis(ax, part, (metric, evaluator), summary, ref)
         ax.set_ylim(-0.7, len(baselines) - 0.4)
-    axes[0][0].set_yticks(range(len(baselines)), [f"vs {b}" for b in baselines])
+    pooled = c[c.split == headline_pool].groupby("baseline")["n"].max()  # n differs per baseline
+    labels = [f"vs {b}" + (f"\n(n = {int(pooled[b])})" if b in pooled else "") for b in baselines]
+    axes[0][0].set_yticks(range(len(baselines)), labels)
     axes[0][0].invert_yaxis()
-    legend = f"filled = pooled {headline_pool} (n = {sizes.get(headline_pool, '?')} situations)"
+    legend = f"filled = pooled {headline_pool}, paired situations per baseline on the left"
     if headline_pool != "all" and "all" in sizes:
-        legend += f", hollow = all evaluated splits (n = {sizes['all']})"
+        legend += ", hollow = all evaluated splits"
     fig.suptitle(
         f"Headline: {ref} against each baseline on the same situations (paired bootstrap, 95 % CI)\n" + legend
     )
