@@ -33,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from opgrpo_lib.config import load_profile
     from opgrpo_lib.data import prepare
-    from opgrpo_lib.estimator import resolve_estimator
     from opgrpo_lib.evaluate import Evaluators, score_outputs
-    from opgrpo_lib.models import resolve
+    from opgrpo_lib.models import resolve, resolve_estimator
     from opgrpo_lib.reward import SentenceEncoder
     from opgrpo_lib.runs import run_paths
 
