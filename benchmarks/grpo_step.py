@@ -148,16 +148,10 @@ def trained_model(src: Path, dest: Path) -> dict:
     if not (src / "config.json").exists():
         raise SystemExit(f"--model {src}: no config.json there (a saved model folder, e.g. runs/cpu/sft/policy)")
     dest.symlink_to(src.resolve(), target_is_directory=True)
+    from shapes import SIZES
+
     conf = AutoConfig.from_pretrained(str(src))
-    keys = (
-        "model_type",
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-    )
+    keys = ("model_type", *SIZES)
     return {
         "weights": "trained",
         "config_source": str(src),

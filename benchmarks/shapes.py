@@ -34,7 +34,7 @@ QWEN25_COMMON: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
-_SIZES = (
+SIZES = (  # the size fields of a causal-LM config (also what grpo_step records of a trained model)
     "vocab_size",
     "hidden_size",
     "intermediate_size",
@@ -59,7 +59,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     # the Qwen2.5-*-Instruct sizes: opgrpo_lib.gpu.KNOWN (one copy of the config.json values), plus the fields only a
     # built model needs; max_window_layers is config.json's value (inert without a sliding window)
     **{
-        name: {**QWEN25_COMMON, **{k: getattr(KNOWN[hub_id], k) for k in _SIZES}, "max_window_layers": window}
+        name: {**QWEN25_COMMON, **{k: getattr(KNOWN[hub_id], k) for k in SIZES}, "max_window_layers": window}
         for name, hub_id, window in (
             ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 21),
             ("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 21),

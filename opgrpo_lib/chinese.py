@@ -333,8 +333,9 @@ def load_translations(root: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------- evaluator calibration
 def calibration_pairs(translations: pd.DataFrame) -> pd.DataFrame:
     """Parallel (candidate, reference) pairs of each translated situation, in English and in Chinese: every
-    perspective's explanation (a candidate sentence) against every perspective's reference sentence of the same
-    situation (its own: ``same``; the others: the hard negatives the evaluator must tell apart). Limitation
+    perspective's explanation (a candidate sentence) against every perspective's reference sentence (SBERT) and
+    explanation (``premise_*``: NLI) of the same situation (its own: ``same``; the others: the hard negatives the
+    evaluator must tell apart). Limitation
     (measured on the fixture): a ``same`` pair is a containment (the reference sentence holds the explanation), so it
     is easy and even an English-only encoder passes the kappa rule on Chinese; parallel pairs from real outputs
     (English output sentences and their translations) are the stronger test: :func:`calibrate` takes any pairs."""
@@ -348,12 +349,15 @@ def calibration_pairs(translations: pd.DataFrame) -> pd.DataFrame:
                         "situation": rec["prompt"],
                         "candidate_en": ce["explanation"],
                         "reference_en": EN_REFERENCE.format(**re_),
+                        "premise_en": re_["explanation"],
                         "candidate_zh": cz["explanation"],
                         "reference_zh": ZH_REFERENCE.format(**rz),
+                        "premise_zh": rz["explanation"],
                         "same": i == j,
                     }
                 )
-    cols = ["situation", "candidate_en", "reference_en", "candidate_zh", "reference_zh", "same"]
+    cols = ["situation", "candidate_en", "reference_en", "premise_en", "candidate_zh", "reference_zh", "premise_zh"]
+    cols.append("same")
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -440,3 +444,46 @@ def _half(target: np.ndarray, cos: np.ndarray, threshold: float | None, situatio
         "agreement": float(np.mean(pred == target)) if target.size else None,
         "kappa": cohen_kappa(target, pred) if threshold is not None else None,
     }
+
+
+# ---------------------------------------------------------------- NLI on Chinese
+def load_nli(name: str | None, device: str | None, batch_size: int) -> tuple[Any, str]:
+    """(the NLI model or None, what happened: "ran with <name>" or why it is skipped)."""
+    if not name:
+        return None, "skipped: no NLI model named in the profile"
+    from .nli import NLIModel, NLIUnavailable
+
+    try:
+        return NLIModel(name, device=device, batch_size=batch_size), f"ran with {name}"
+    except NLIUnavailable as exc:
+        return None, f"skipped: {exc}"
+
+
+def nli_agreement(en_nli: Any, zh_nli: Any, pairs: pd.DataFrame, min_kappa: float = 0.6) -> dict[str, Any]:
+    """The multilingual NLI model's decisions on the Chinese pairs against the English NLI model's on their English
+    originals (premise: a reference explanation; hypothesis: a candidate explanation; decision: P(entailment) above
+    the protocol's threshold, so nothing is fitted and every pair counts as held out). ``validated`` (fixed in
+    advance): Cohen's kappa >= ``min_kappa``; else the Chinese NLI numbers are flagged unvalidated."""
+    from .nli import NLI_THRESHOLD
+
+    if pairs.empty:
+        return {"validated": False, "reason": "no calibration pairs"}
+    en = en_nli.entailment(pairs["premise_en"].tolist(), pairs["candidate_en"].tolist()) > NLI_THRESHOLD
+    zh = zh_nli.entailment(pairs["premise_zh"].tolist(), pairs["candidate_zh"].tolist()) > NLI_THRESHOLD
+    kappa = cohen_kappa(en, zh)
+    out: dict[str, Any] = {
+        "criterion": "cohen_kappa",
+        "threshold": NLI_THRESHOLD,
+        "min_kappa": min_kappa,
+        "situations": int(pairs["situation"].nunique()),
+        "pairs": int(len(pairs)),
+        "en_entailed": int(en.sum()),
+        "zh_entailed": int(zh.sum()),
+        "agreement": float(np.mean(en == zh)),
+        "kappa": kappa,
+        "validated": kappa is not None and kappa >= min_kappa,
+    }
+    if not out["validated"]:
+        why = "undefined" if kappa is None else f"{kappa:.3f} < {min_kappa}"
+        out["reason"] = f"kappa {why}: the Chinese NLI numbers are unvalidated"
+    return out

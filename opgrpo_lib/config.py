@@ -338,6 +338,14 @@ MULTILINGUAL_ENCODERS = (
     "BAAI/bge-m3",
 )
 
+# NLI classifiers trained on XNLI (Chinese among its 15 languages): the Chinese arm's NLI protocol needs one of them
+# (or tiny:nli); the paper's English MNLI model reads Chinese as noise.
+MULTILINGUAL_NLI = (
+    "MoritzLaurer/mDeBERTa-v3-base-xnli-multilingual-nli-2mil7",
+    "MoritzLaurer/mDeBERTa-v3-base-mnli-xnli",
+    "joeddav/xlm-roberta-large-xnli",
+)
+
 
 @dataclass(frozen=True)
 class TranslateCfg:
@@ -345,7 +353,8 @@ class TranslateCfg:
     ``splits``, translated by ``model`` field by field (situation, each perspective's name and explanation), greedy,
     thinking off; rows failing a check (back-translation similarity under ``models.eval_encoder``, share of Chinese
     characters, perspective count) are dropped and counted. ``zh_evaluator`` is calibrated against the English
-    evaluator on the translated references; below ``min_kappa`` the Chinese numbers are flagged unvalidated."""
+    evaluator on the translated references, and ``zh_nli``'s decisions are compared with ``models.nli``'s; below
+    ``min_kappa`` the Chinese numbers of that protocol are flagged unvalidated."""
 
     source: str = "eval"  # eval (the evaluation situations) | a parallel JSONL fixture (repo-relative path; tiny)
     model: str = "Qwen/Qwen3-8B"  # hub id / path, or fixture:<JSONL> (its human translations stand in for the LLM)
@@ -357,6 +366,9 @@ class TranslateCfg:
     zh_share_min: float = unit(0.60)  # min share of CJK characters among the letters of the translated fields
     zh_evaluator: str = "sentence-transformers/paraphrase-multilingual-mpnet-base-v2"
     min_kappa: float = bounded(0.6, -1.0, 1.0)  # Cohen's kappa on the held-out half below this: unvalidated
+    # NLI on Chinese outputs (premise: the translated explanation; hypothesis: a Chinese-split output sentence); its
+    # entailment decisions are checked against ``models.nli``'s on the English pairs. None: no Chinese NLI.
+    zh_nli: str | None = "MoritzLaurer/mDeBERTa-v3-base-xnli-multilingual-nli-2mil7"
 
 
 @dataclass(frozen=True)
@@ -826,7 +838,7 @@ def chinese_arm(cfg: RunConfig) -> bool:
 
 def _check_translate(cfg: RunConfig) -> None:
     """The Chinese arm's form: fixtures exist, a fixture translator only reads its own English, a multilingual
-    evaluator for Chinese text (never the English-only evaluator)."""
+    evaluator and NLI model for Chinese text (never the English-only ones)."""
     tc = cfg.translate
     if not chinese_arm(cfg):
         return
@@ -839,13 +851,18 @@ def _check_translate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"translate.model: {tc.model!r} translates only its own English: set translate.source to the same file"
         )
-    if tc.zh_evaluator.startswith("tiny:") or tc.zh_evaluator in MULTILINGUAL_ENCODERS:
-        return
-    which = " (models.eval_encoder)" if tc.zh_evaluator == cfg.models.eval_encoder else ""
-    raise ConfigError(
-        f"translate.zh_evaluator: {tc.zh_evaluator!r}{which} is not a known multilingual encoder and cannot score "
-        f"Chinese; use one of {list(MULTILINGUAL_ENCODERS)}"
-    )
+    english = {"models.eval_encoder": cfg.models.eval_encoder, "models.nli": cfg.models.nli}
+    for key, name, known, same in (
+        ("translate.zh_evaluator", tc.zh_evaluator, MULTILINGUAL_ENCODERS, "models.eval_encoder"),
+        ("translate.zh_nli", tc.zh_nli, MULTILINGUAL_NLI, "models.nli"),
+    ):
+        if name is None or name.startswith("tiny:") or name in known:
+            continue
+        which = f" ({same})" if name == english[same] else ""
+        raise ConfigError(
+            f"{key}: {name!r}{which} is not a known multilingual model and cannot read Chinese; "
+            f"use one of {list(known)}"
+        )
 
 
 def _check_agreement(cfg: RewardCfg) -> None:

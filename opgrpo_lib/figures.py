@@ -576,18 +576,19 @@ def _comparison_point(ax: Any, r: pd.Series, y: float, color: str, filled: bool)
 
 
 def _comparison_rows(ax: Any, part: pd.DataFrame, baselines: list[str], headline_pool: str) -> dict[str, int]:
-    """Every baseline's headline-pool point (filled) and all-splits point (hollow); {pool: situations}."""
+    """Every baseline's headline-pool point (filled) and all-splits point (hollow, left out where every evaluated
+    situation is in the pool: it would repeat the filled one); {pool: situations}."""
     sizes: dict[str, int] = {}
     for y, base in enumerate(baselines):
-        for pool, dy, filled in ((headline_pool, 0.12, True), ("all", -0.18, False)):
-            if pool == "all" and headline_pool == "all" and not filled:
-                continue
-            row = part[(part.baseline == base) & (part.split == pool)]
-            if row.empty:
-                continue
-            r = row.iloc[0]
+        rows = [part[(part.baseline == base) & (part.split == pool)] for pool in dict.fromkeys((headline_pool, "all"))]
+        rows = [r.iloc[0] for r in rows if not r.empty]
+        if len(rows) == 2 and rows[0]["split"] == headline_pool and int(rows[1]["n"]) == int(rows[0]["n"]):
+            rows = rows[:1]
+        for r in rows:
+            filled = r["split"] == headline_pool
+            dy = 0.0 if len(rows) == 1 else (0.12 if filled else -0.18)
             _comparison_point(ax, r, y + dy, system_color(base), filled)
-            sizes[pool] = int(r["n"])
+            sizes[str(r["split"])] = int(r["n"])
     return sizes
 
 
@@ -823,7 +824,7 @@ def fig_styles(summary: pd.DataFrame, comps: pd.DataFrame) -> plt.Figure:
         "; .zh: multilingual evaluator, calibrated)" if (summary["language"] == "zh").any() else ")"
     )
     ax.set_xlabel(f"{what}\nn = {n} situations per cell, 95 % CI")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(systems), fontsize=8, frameon=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(systems), fontsize=8, frameon=False)
     for k, base in enumerate(list(dict.fromkeys(comps["baseline"]))):
         part = comps[comps["baseline"] == base].set_index("condition").reindex(conds)
         off = (k - 0.5) * 0.25
@@ -832,7 +833,7 @@ def fig_styles(summary: pd.DataFrame, comps: pd.DataFrame) -> plt.Figure:
         diff.errorbar(part["diff"], y + off, xerr=err, fmt="s", color=system_color(base), label=f"{ref} − {base}")
     diff.axvline(0, color="#999999", linewidth=1)
     diff.set_xlabel("paired difference on the same situations\n(95 % CI)")
-    diff.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
+    diff.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     fig.suptitle("Beyond the training prompt: coverage per prompt style and system message (ours, pre-registered)")
     return fig
 

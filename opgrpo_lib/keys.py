@@ -4,7 +4,8 @@ A step's key hashes (1) the config keys that step reads (its registry entry), mi
 sizes of encoders and of per-row seeded generation, worker counts: ``config.throughput`` /
 ``config.TRAINER_THROUGHPUT``), (2) the keys of its upstream steps, (3) the *behaviour* of the library code it
 imports: the transitive import closure of its entry module, each module as its syntax tree without docstrings
-(comments, docstrings and formatting do not count), and (4) the versions of the numerical packages. Keys depend on
+(comments, docstrings and formatting do not count; of the settings module only the code a step runs:
+``SETTINGS_MODULE``), and (4) the versions of the numerical packages. Keys depend on
 inputs only, so they are known before anything runs: ``opgrpo reproduce`` decides what to skip up front, and a step
 refuses an upstream output that was made with other settings. Each step folder holds ``fingerprint.json`` (key,
 status, the inputs behind the key).
@@ -32,6 +33,11 @@ FINGERPRINT = "fingerprint.json"
 # (and what they import is not followed). ``gpu`` is the memory/disk model: it refuses a start or picks a profile
 # (which is in the key), it computes nothing a step writes.
 NEUTRAL_MODULES = frozenset({"registry", "keys", "lifecycle", "manifest", "progress", "paths", "gpu"})
+# The settings module is keyed through the values a step reads (its registry entry), not as a whole: a new setting,
+# another default or a load-time check changes no step that does not read that setting. Its code that a step runs is
+# what the step's modules import from it (helpers such as ``trl_value``, ``weight_pair``, constants) and the methods
+# of its settings classes, each with the module-level names it uses; field declarations and loading are left out.
+SETTINGS_MODULE = "config"
 
 
 class StaleUpstream(RuntimeError):
@@ -142,14 +148,60 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 
 
 @functools.lru_cache(maxsize=512)
-def _parsed(name: str, package_dir: str, source: str) -> tuple[str, frozenset[str]]:
-    """(digest of the module's syntax tree without docstrings, the library modules it imports)."""
+def _parsed(name: str, package_dir: str, source: str) -> tuple[str, frozenset[str], frozenset[str]]:
+    """(digest of the module's syntax tree without docstrings, the library modules it imports, the names it
+    imports from the settings module)."""
     tree = ast.parse(source)
     imports = frozenset(_local_imports(tree, name, Path(package_dir)))
-    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest(), imports
+    settings = frozenset(_names_from_settings(tree, name, Path(package_dir)))
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest(), imports, settings
 
 
-def _module(name: str, package_dir: Path) -> tuple[str, frozenset[str]]:
+def _names_from_settings(tree: ast.AST, name: str, package_dir: Path) -> set[str]:
+    """The names a module imports from the settings module (``from .config import trl_value``)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1] == SETTINGS_MODULE:
+            if _local_imports(ast.Module(body=[node], type_ignores=[]), name, package_dir) == {SETTINGS_MODULE}:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def _defined(node: ast.stmt) -> list[str]:
+    """The module-level names a statement defines."""
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return [node.name]
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def _is_settings_class(node: ast.stmt) -> bool:
+    return isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_digest(source: str, names: frozenset[str]) -> str:
+    """Digest of the settings module's code a step runs: ``names`` (what its modules import) and every settings
+    class's methods, with the module-level definitions they use, transitively; field declarations left out."""
+    tree = _strip_docstrings(ast.parse(source))
+    defs = {name: node for node in tree.body for name in _defined(node)}
+    methods = {
+        name: ast.Module([b for b in node.body if not isinstance(b, ast.AnnAssign)], [])
+        for name, node in defs.items()
+        if _is_settings_class(node) and any(not isinstance(b, ast.AnnAssign) for b in node.body)
+    }
+    keep: dict[str, ast.AST] = {}
+    todo = sorted(names | set(methods))
+    while todo:
+        n = todo.pop()
+        if n in keep or n not in defs:
+            continue
+        keep[n] = methods.get(n, defs[n])
+        todo += sorted({x.id for x in ast.walk(keep[n]) if isinstance(x, ast.Name)} & set(defs) - set(keep))
+    return hashlib.sha256("".join(f"{n}\0{ast.dump(keep[n])}\0" for n in sorted(keep)).encode()).hexdigest()
+
+
+def _module(name: str, package_dir: Path) -> tuple[str, frozenset[str], frozenset[str]]:
     path = module_path(name, package_dir)
     if path is None:
         raise KeyError(f"{name}: no such library module under {package_dir}")
@@ -176,9 +228,14 @@ def code_hash(module: str, package_dir: Path | None = None) -> str:
     neutral modules left out) and of the packaged resources (stopword list...)."""
     package_dir = package_dir or PACKAGE_DIR
     h = hashlib.sha256()
-    for m in code_closure(module, package_dir):
-        if m not in NEUTRAL_MODULES:
-            h.update(f"{m}\0{_module(m, package_dir)[0]}\0".encode())
+    closure = [m for m in code_closure(module, package_dir) if m not in NEUTRAL_MODULES]
+    for m in closure:
+        if m == SETTINGS_MODULE:
+            names = frozenset().union(*(_module(o, package_dir)[2] for o in closure))
+            digest = _settings_digest(module_path(m, package_dir).read_text(), names)
+        else:
+            digest = _module(m, package_dir)[0]
+        h.update(f"{m}\0{digest}\0".encode())
     resources = package_dir / "resources"
     for f in sorted(resources.glob("*")) if resources.is_dir() else []:
         if f.is_file() and f.suffix != ".pyc":

@@ -120,8 +120,9 @@ _ALIGNMENT = ("seed", "device", "alignment", "reward", "models.encoder", "models
               "train.grpo.top_p")  # fmt: skip
 
 
-# What the prompt-style check reads: the sampling, the systems and their policies, its settings, the evaluator.
-_STYLES = ("seed", "device", "models.policy", "models.eval_encoder", "generate", "styles", "eval.sbert_thresholds")
+# What the prompt-style check reads: the sampling, the systems and their policies, its settings, the evaluators.
+_STYLES = ("seed", "device", "models.policy", "models.eval_encoder", "generate", "styles", "eval.sbert_thresholds",
+           "models.nli", "eval.nli_text")  # fmt: skip
 
 
 def _styles_keys(cfg: RunConfig) -> tuple[str, ...]:
@@ -142,8 +143,8 @@ def _alignment_upstream(cfg: RunConfig) -> tuple[str, ...]:
 
 
 # What the Chinese arm's translations read: its settings, the English evaluator (back-translation check) and its
-# threshold (the calibration target).
-_TRANSLATE = ("seed", "device", "translate", "models.eval_encoder", "eval.sbert_thresholds")
+# threshold (the calibration target), the English NLI model (the NLI check's target).
+_TRANSLATE = ("seed", "device", "translate", "models.eval_encoder", "eval.sbert_thresholds", "models.nli")
 
 
 def _translate_upstream(cfg: RunConfig) -> tuple[str, ...]:

@@ -117,11 +117,47 @@ def per_sample_zh(
     return pd.concat(frames, ignore_index=True)
 
 
+def per_sample_nli(
+    outputs: pd.DataFrame, premises: dict[str, list[str]], model, column: str, split, progress: bool = False
+) -> pd.DataFrame:
+    """One row per (condition, system, situation of ``premises``) under the NLI protocol of step 06: premise = a
+    reference explanation, hypothesis = an output sentence (``split`` of the system's ``column``: English or
+    Chinese sentence ends); ``score`` = mean over references of the best entailment, ``covered`` = score above
+    :data:`nli.NLI_THRESHOLD`; an empty output scores 0. Every distinct pair of every cell is scored once."""
+    import numpy as np
+
+    from .nli import NLI_THRESHOLD, situation_score
+
+    pairs: dict[tuple[str, str], int] = {}
+    cells = {}
+    for (label, system), grp in outputs.groupby(["condition", "system"], sort=False):
+        lookup = grp.drop_duplicates("prompt").set_index("prompt")
+        cell = {}
+        for prompt in (p for p in lookup.index if p in premises):
+            text = lookup[column].get(prompt)
+            sents = split(text) if isinstance(text, str) else []
+            cell[prompt] = [[pairs.setdefault((e, h), len(pairs)) for h in sents] for e in premises[prompt]]
+        cells[label, system] = (lookup, cell)
+    probs = model.entailment(*map(list, zip(*pairs)), progress=progress) if pairs else np.zeros(0)
+    frames = []
+    for (label, system), (lookup, cell) in cells.items():
+        rows = []
+        for prompt, idx in cell.items():
+            score = situation_score(probs[np.asarray(idx, dtype=int)] if idx and idx[0] else np.zeros((0, 0)))
+            rows.append((prompt, score, len(idx), len(idx[0]) if idx else 0, score > NLI_THRESHOLD))
+        per = pd.DataFrame(rows, columns=["prompt", "score", "n_references", "n_sentences", "covered"])
+        frames.append(_annotate(per, lookup, label, system))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["condition", "system", "score"])
+
+
+_SCORE_COLUMNS = ("prompt", "matched", "n_references", "ratio", "score", "n_sentences", "covered")
+
+
 def _annotate(per: pd.DataFrame, lookup: pd.DataFrame, label: str, system: str) -> pd.DataFrame:
     """The per-situation scores with their condition, system, split, layout validity and Chinese share."""
     from .chinese import zh_share
 
-    per = per[["prompt", "matched", "n_references", "ratio"]].assign(condition=label, system=system)
+    per = per[[c for c in per.columns if c in _SCORE_COLUMNS]].assign(condition=label, system=system)
     per["split"] = per["prompt"].map(lookup["split"])
     per["valid_format"] = per["prompt"].map(lookup["valid_format"]).astype(bool)
     per["zh_share"] = per["prompt"].map(lookup["text"]).map(lambda t: zh_share(t) if isinstance(t, str) else 0.0)
@@ -129,19 +165,26 @@ def _annotate(per: pd.DataFrame, lookup: pd.DataFrame, label: str, system: str) 
 
 
 def summarize(
-    per: pd.DataFrame, order: list[Condition], reps: int, seed: int, zh_min: float = 0.6, validated: bool = True
+    per: pd.DataFrame,
+    order: list[Condition],
+    reps: int,
+    seed: int,
+    zh_min: float = 0.6,
+    validated: bool = True,
+    value: str = "ratio",
 ) -> pd.DataFrame:
     """Per (condition, system): situations, mean with its bootstrap CI, the share of valid layouts, the ratio of the
     mean to the same system's mean under the control (same language); for Chinese, the share of outputs written in
     Chinese (Chinese-character share >= ``zh_min``), the mean over those only, and whether the multilingual
-    evaluator passed its calibration rule (``validated``; else the Chinese numbers are flagged)."""
+    evaluator passed its calibration rule (``validated``; else the Chinese numbers are flagged). ``value``: the
+    score averaged (``ratio``: SBERT; ``score``: NLI, whose frame also gives Accuracy@0.33 with its CI)."""
     rows = []
     for cond in order:
         control = Condition(cond.language, "control", "default").label
         for system, grp in per[per["condition"] == cond.label].groupby("system", sort=False):
-            base = per[(per["condition"] == control) & (per["system"] == system)]["ratio"].mean()
-            lo, hi = bootstrap_ci(grp["ratio"].to_numpy(), reps=reps, seed=seed)
-            mean = float(grp["ratio"].mean())
+            base = per[(per["condition"] == control) & (per["system"] == system)][value].mean()
+            lo, hi = bootstrap_ci(grp[value].to_numpy(), reps=reps, seed=seed)
+            mean = float(grp[value].mean())
             rows.append(
                 {
                     "condition": cond.label,
@@ -155,7 +198,8 @@ def summarize(
                     "ci_high": hi,
                     "ratio_to_control": mean / base if base else float("nan"),
                     "valid_format_rate": float(grp["valid_format"].mean()),
-                    **_language(grp, cond.language, zh_min),
+                    **_language(grp, cond.language, zh_min, value),
+                    **_accuracy(grp, reps, seed),
                 }
             )
     out = pd.DataFrame(rows)
@@ -163,18 +207,29 @@ def summarize(
     return out
 
 
-def _language(grp: pd.DataFrame, language: str, zh_min: float) -> dict[str, float]:
+def _accuracy(grp: pd.DataFrame, reps: int, seed: int) -> dict[str, float]:
+    """NLI cells: Accuracy@0.33 (the share of situations covered) with its bootstrap CI."""
+    if "covered" not in grp:
+        return {}
+    covered = grp["covered"].astype(float).to_numpy()
+    lo, hi = bootstrap_ci(covered, reps=reps, seed=seed)
+    return {"accuracy": float(covered.mean()), "accuracy_ci_low": lo, "accuracy_ci_high": hi}
+
+
+def _language(grp: pd.DataFrame, language: str, zh_min: float, value: str = "ratio") -> dict[str, float]:
     """The response language of a cell: the share written in Chinese and the mean over those (Chinese only)."""
     if language != "zh":
         return {"chinese_rate": float("nan"), "mean_chinese_only": float("nan")}
     chinese = grp["zh_share"] >= zh_min
     return {
         "chinese_rate": float(chinese.mean()),
-        "mean_chinese_only": float(grp.loc[chinese, "ratio"].mean()) if chinese.any() else float("nan"),
+        "mean_chinese_only": float(grp.loc[chinese, value].mean()) if chinese.any() else float("nan"),
     }
 
 
-def comparisons(per: pd.DataFrame, order: list[Condition], reference: str, reps: int, seed: int) -> pd.DataFrame:
+def comparisons(
+    per: pd.DataFrame, order: list[Condition], reference: str, reps: int, seed: int, value: str = "ratio"
+) -> pd.DataFrame:
     """``reference`` − every other system per condition, on the situations both scored (paired bootstrap), with
     the paired SD and the minimum detectable effect at 80 % power, and the pre-registered verdicts."""
     rows = []
@@ -182,7 +237,7 @@ def comparisons(per: pd.DataFrame, order: list[Condition], reference: str, reps:
         part = per[per["condition"] == cond.label]
         named = {"condition": cond.label, "language": cond.language, "style": cond.style, "mode": cond.mode}
         rows += [
-            {**named, **r, "above_zero": r["ci_low"] > 0} for r in paired_against(part, reference, "ratio", reps, seed)
+            {**named, **r, "above_zero": r["ci_low"] > 0} for r in paired_against(part, reference, value, reps, seed)
         ]
     return pd.DataFrame(rows)
 

@@ -293,21 +293,23 @@ notebook(
             "## Chinese situations\n\nWith `zh` in `styles.languages` (tiny: a synthetic parallel fixture; paper: Qwen3-8B): "
             "the evaluation situations translated field by field (situation, each perspective's name and explanation), "
             "rows failing a check (perspective count, share of Chinese characters, back-translation similarity) dropped "
-            "and counted, and the Chinese evaluator calibrated against the English one (Cohen's kappa on held-out "
-            "situations; below `translate.min_kappa` the Chinese numbers are unvalidated). The text stays in "
+            "and counted, the Chinese evaluator calibrated against the English one (Cohen's kappa on held-out "
+            "situations) and the Chinese NLI model's decisions compared with the English one's (below "
+            "`translate.min_kappa` that protocol's Chinese numbers are unvalidated). The text stays in "
             "`R/translate/`; `R/results/translate/report.json` holds counts only.",
         ),
         (
             "code",
             "from opgrpo_lib.steps import translate\n\nzh = translate.run(cfg, paths)\n"
-            'zh and {k: zh["report"][k] for k in ("rows", "kept", "dropped", "calibration")}',
+            'zh and {k: zh["report"][k] for k in ("rows", "kept", "dropped", "calibration", "nli_calibration")}',
         ),
         (
             "md",
             '## Beyond the training prompt\n\nWith `styles.styles` set (ours, pre-registered: README "Beyond the '
             'training prompt"): every prompt style (none mentions perspectives) and, on the training prompt, every '
             "system-message mode, for OP-GRPO, SFT and the base model on the same held-out situations with the same "
-            "per-row seeds, scored by the independent evaluator. `verdicts` applies the rules fixed in advance.",
+            "per-row seeds, scored by the independent evaluator (and under the NLI protocol where an NLI model "
+            "loads: `nli_summary`). `verdicts` applies the rules fixed in advance.",
         ),
         (
             "code",

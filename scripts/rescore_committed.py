@@ -6,7 +6,9 @@ Reads only ``results/<profile>/generations/*.jsonl`` and OP-V2 (the evaluation s
 profile's data settings), scores them with step 06's own code (``evaluate.score_outputs``) and compares every row of
 ``results/<profile>/eval/sbert_per_sample.parquet`` (matched, references, candidate sentences). The independent
 evaluator is always re-scored; the reward's fine-tuned estimator only with ``--run-dir`` (its weights are not
-committed). Exit 1 when any row differs or is missing.
+committed). Where the profile ran the prompt-style test, its English outputs (``results/<profile>/styles/
+generations.jsonl``) are re-scored the same way and every row of ``per_sample.csv`` compared, and ``summary.csv``,
+``comparisons.csv`` and ``verdicts.csv`` are recomputed from the re-scored rows. Exit 1 when anything differs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from opgrpo_lib.data import prepare
     from opgrpo_lib.evaluate import Evaluators, score_outputs
     from opgrpo_lib.models import resolve, resolve_estimator
-    from opgrpo_lib.reward import SentenceEncoder
+    from opgrpo_lib.reward import CachedEncoder, SentenceEncoder
     from opgrpo_lib.runs import run_paths
 
     cfg = load_profile(args.profile)
@@ -54,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         committed = committed[committed["evaluator"] == "independent"]
-    evs = Evaluators(
-        SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size),
-        AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer)),
-        None, "not re-scored", estimator,
-    )  # fmt: skip
+    encoder = CachedEncoder(SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size))
+    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
+    evs = Evaluators(encoder, tokenizer, None, "not re-scored", estimator)
     _, fresh, _ = score_outputs(cfg, outputs, ev, evs, {})
     both = committed.merge(fresh, on=KEYS, how="outer", suffixes=("_committed", "_rescored"), indicator=True)
     missing = both[both["_merge"] != "both"]
@@ -72,10 +72,61 @@ def main(argv: list[str] | None = None) -> int:
             f"{evaluator}: {ok} of {len(grp)} per-sample rows re-score exactly "
             f"({len(gen_files)} systems, {outputs['prompt'].nunique()} situations)"
         )
+    status = 0
     if len(missing) or len(differ):
         print(both[~same][KEYS + [f"{v}_{s}" for v in VALUES for s in ("committed", "rescored")]].head(20))
-        return 1
-    return 0
+        status = 1
+    if (results / "styles" / "per_sample.csv").exists():
+        status = max(status, rescore_styles(cfg, results / "styles", ev, encoder))
+    return status
+
+
+def rescore_styles(cfg, folder: Path, ev: pd.DataFrame, encoder) -> int:
+    """The prompt-style test's English rows re-scored with the step's code, then its tables recomputed."""
+    from opgrpo_lib import styles as st
+
+    outputs = pd.read_json(folder / "generations.jsonl", lines=True)
+    order = [c for c in st.conditions(cfg) if c.language == "en"]
+    outputs = outputs[outputs["condition"].isin({c.label for c in order})]
+    columns = {s.name: s.score_column for s in st.systems(cfg)}
+    refs = ev[ev["prompt"].isin(set(outputs["prompt"]))]
+    fresh = st.per_sample(outputs, refs, encoder, cfg.eval.sbert_thresholds[0], columns)
+    committed = pd.read_csv(folder / "per_sample.csv")
+    committed = committed[committed["condition"].isin({c.label for c in order})]
+    keys, values = ["condition", "system", "prompt"], ["matched", "n_references"]
+    both = committed.merge(fresh, on=keys, how="outer", suffixes=("_committed", "_rescored"), indicator=True)
+    same = both["_merge"] == "both"
+    for v in values:
+        same &= both[f"{v}_committed"] == both[f"{v}_rescored"]
+    print(f"styles: {int(same.sum())} of {len(both)} per-sample rows re-score exactly ({len(order)} conditions)")
+    reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
+    summary = st.summarize(fresh, order, reps, cfg.seed, cfg.translate.zh_share_min)
+    comps = st.comparisons(fresh, order, ref, reps, cfg.seed)
+    base, sft = ({s.policy: s.name for s in st.systems(cfg)}.get(p, "") for p in ("policy", "run:sft"))
+    tables = {"summary": summary, "comparisons": comps, "verdicts": st.verdicts(summary, comps, ref, base, sft)}
+    ok = bool(same.all())
+    for name, table in tables.items():
+        saved = pd.read_csv(folder / f"{name}.csv")
+        saved = saved[saved["language"] == "en"].reset_index(drop=True) if "language" in saved else saved
+        equal = _same_table(saved, table.reset_index(drop=True))
+        print(f"styles/{name}.csv: {'recomputed exactly' if equal else 'DIFFERS'} ({len(saved)} rows)")
+        ok &= equal
+    return 0 if ok else 1
+
+
+def _same_table(saved: pd.DataFrame, fresh: pd.DataFrame) -> bool:
+    """Equal columns of the committed table and its recomputation: numbers to 1e-9, the rest exactly."""
+    if len(saved) != len(fresh):
+        return False
+    for col in saved.columns.intersection(fresh.columns):
+        a, b = saved[col], fresh[col]
+        numeric = [pd.api.types.is_numeric_dtype(x) and not pd.api.types.is_bool_dtype(x) for x in (a, b)]
+        if all(numeric):
+            if not ((a - b).abs().le(1e-9) | (a.isna() & b.isna())).all():
+                return False
+        elif not (a.astype(str) == b.astype(str)).all():
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -335,41 +335,14 @@ def test_compare_cli_end_to_end_with_a_tiny_encoder(tmp_path):
         {"prompt": test5.prompt[4], "out": "a"},
         {"prompt": test5.prompt[4], "out": "b"},
     ]
-    pd.DataFrame(rows).to_csv(tmp_path / "outs.csv", index=False)
-    res = _cli(
-        "compare",
-        "--profile",
-        "tiny",
-        "--candidates",
-        str(tmp_path / "outs.csv"),
-        "--candidate-column",
-        "out",
-        "--evaluator",
-        "tiny:encoder",
-        "--out",
-        str(tmp_path / "cmp"),
-        "--no-profile-systems",
-    )
+    res = _compare_cli(tmp_path, rows, "--evaluator", "tiny:encoder")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "3 OP-V2 situations matched" in res.stdout
     assert "'duplicate_prompt_rows': 2, 'empty_outputs': 1, 'not_opv2_prompts': 1" in res.stdout
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert not table.empty and (table.n == 3).all() and (tmp_path / "cmp" / "compare_figure.png").exists()
     # no matching prompt: one line, no traceback
-    pd.DataFrame({"prompt": ["nothing here"], "out": ["x"]}).to_csv(tmp_path / "none.csv", index=False)
-    bad = _cli(
-        "compare",
-        "--profile",
-        "tiny",
-        "--candidates",
-        str(tmp_path / "none.csv"),
-        "--candidate-column",
-        "out",
-        "--evaluator",
-        "tiny:encoder",
-        "--out",
-        str(tmp_path / "cmp2"),
-    )
+    bad = _compare_cli(tmp_path, [{"prompt": "nothing here", "out": "x"}], "--evaluator", "tiny:encoder")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "none of its 1 rows has a prompt that is an OP-V2 test situation" in bad.stderr
 

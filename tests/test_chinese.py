@@ -168,7 +168,9 @@ def test_cohen_kappa_by_hand():
 
 def test_profile_checks_of_the_chinese_arm():
     english = "sentence-transformers/all-mpnet-base-v2"
-    with pytest.raises(ConfigError, match=r"translate.zh_evaluator: .*\(models.eval_encoder\) is not a known multi"):
+    with pytest.raises(
+        ConfigError, match=r"translate.zh_evaluator: .*\(models.eval_encoder\) is not a known multilingual"
+    ):
         load_profile("tiny", {"models.eval_encoder": english, "translate.zh_evaluator": english})
     with pytest.raises(ConfigError, match="translate.zh_evaluator"):
         load_profile("paper", {"translate.zh_evaluator": "sentence-transformers/paraphrase-mpnet-base-v2"})
@@ -178,6 +180,10 @@ def test_profile_checks_of_the_chinese_arm():
         load_profile("tiny", {"translate.source": "nowhere.jsonl", "translate.model": "Qwen/Qwen3-8B"})
     with pytest.raises(ConfigError, match="translate.min_kappa"):
         load_profile("tiny", {"translate.min_kappa": 1.5})
+    with pytest.raises(ConfigError, match=r"translate.zh_nli: .*\(models.nli\) is not a known multilingual") as err:
+        load_profile("paper", {"translate.zh_nli": load_profile("paper").models.nli})  # the English MNLI model
+    assert "\n" not in str(err.value)
+    assert load_profile("paper", {"translate.zh_nli": None}).translate.zh_nli is None  # Chinese NLI off
     ok = load_profile("paper", {"translate.zh_evaluator": "intfloat/multilingual-e5-small"})
     assert chinese_arm(ok) and not chinese_arm(load_profile("cpu"))
     load_profile("cpu", {"translate.zh_evaluator": "sentence-transformers/all-MiniLM-L6-v2"})  # off: not checked
@@ -269,3 +275,38 @@ def test_llm_path_on_the_evaluation_situations_drops_and_counts_what_the_tiny_lm
     report = out["report"]
     assert report["rows"] == 4 and report["kept"] == 0 and sum(report["dropped"].values()) == 4
     assert load_translations(paths.root).empty and not report["calibration"]["validated"]
+
+
+class OverlapNLI:
+    """P(entailment): share of the premise's characters found in the hypothesis."""
+
+    def entailment(self, premises, hypotheses, progress=False):
+        return np.array([len(set(p) & set(h)) / len(set(p)) for p, h in zip(premises, hypotheses)])
+
+
+class NeverNLI:
+    def entailment(self, premises, hypotheses, progress=False):
+        return np.zeros(len(premises))
+
+
+def test_nli_agreement_known_answers():
+    pairs = chinese.calibration_pairs(load_translations_fixture())
+    assert {"premise_en", "premise_zh"} <= set(pairs.columns)
+    same = chinese.nli_agreement(OverlapNLI(), OverlapNLI(), pairs)
+    assert same["en_entailed"] >= pairs["same"].sum() and same["pairs"] == len(pairs)
+    assert 0 < same["agreement"] <= 1 and same["situations"] == pairs["situation"].nunique()
+    blind = chinese.nli_agreement(OverlapNLI(), NeverNLI(), pairs)
+    assert not blind["validated"] and "unvalidated" in blind["reason"] and blind["zh_entailed"] == 0
+    assert not chinese.nli_agreement(OverlapNLI(), OverlapNLI(), pairs.iloc[:0])["validated"]
+
+
+def load_translations_fixture() -> pd.DataFrame:
+    """The fixture's rows whose every perspective has both translations (as the translate step keeps them)."""
+    par = read_parallel(FIXTURE)
+    keep = [all(p.get("name_zh") and p.get("explanation_zh") for p in r) for r in par["references"]]
+    par = par[keep].reset_index(drop=True)
+    par["references_zh"] = [
+        [{"name": p["name_zh"], "explanation": p["explanation_zh"]} for p in r] for r in par["references"]
+    ]
+    par["references"] = [[{"name": p["name"], "explanation": p["explanation"]} for p in r] for r in par["references"]]
+    return par

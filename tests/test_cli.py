@@ -27,36 +27,17 @@ def test_bad_settings_exit_2_with_one_line(args, message, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def _reward(references, completions, out, *extra: str):
+    """``opgrpo reward`` on the tiny profile, scoring the ``answer`` column of ``completions``."""
+    paths = ("--references", str(references), "--completions", str(completions), "--out", str(out))
+    return _run("reward", "--profile", "tiny", *paths, "--completion-column", "answer", *extra)
+
+
 def test_reward_cli_rejects_non_finite_weights(tmp_path, opv2_dir):
-    out = _run(
-        "reward",
-        "--profile",
-        "tiny",
-        "--references",
-        str(opv2_dir / "test_5p.csv"),
-        "--completions",
-        str(opv2_dir / "test_5p.csv"),
-        "--completion-column",
-        "answer",
-        "--weights",
-        "nan,inf",
-        "--out",
-        str(tmp_path / "s.csv"),
-    )
+    csv = opv2_dir / "test_5p.csv"
+    out = _reward(csv, csv, tmp_path / "s.csv", "--weights", "nan,inf")
     assert out.returncode == 2 and "finite" in out.stderr and "Traceback" not in out.stderr
-    unwritable = _run(
-        "reward",
-        "--profile",
-        "tiny",
-        "--references",
-        str(opv2_dir / "test_5p.csv"),
-        "--completions",
-        str(opv2_dir / "test_5p.csv"),
-        "--completion-column",
-        "answer",
-        "--out",
-        "/proc/no/s.csv",
-    )
+    unwritable = _reward(csv, csv, "/proc/no/s.csv")
     assert unwritable.returncode == 2 and "--out" in unwritable.stderr and "Traceback" not in unwritable.stderr
 
 
@@ -110,19 +91,7 @@ def test_empty_and_undecodable_files_are_named(tmp_path, opv2_dir):
     binary.write_bytes(b"prompt,answer\n\xff\xfe caf\xe9,x\n")
     ref = str(opv2_dir / "test_5p.csv")
     for bad, why in ((empty, "empty"), (binary, "not UTF-8")):
-        out = _run(
-            "reward",
-            "--profile",
-            "tiny",
-            "--references",
-            str(bad),
-            "--completions",
-            ref,
-            "--completion-column",
-            "answer",
-            "--out",
-            str(tmp_path / "s.csv"),
-        )
+        out = _reward(bad, ref, tmp_path / "s.csv")
         _one_line_error(out, f"references {bad}", why)
         out = _run(
             "eval",

@@ -68,6 +68,7 @@ def _special_mutations(cfg, value) -> dict:
         "translate.source": f"./{value}" if value != "eval" else "opgrpo_lib/resources/zh_parallel.jsonl",
         "translate.model": f"fixture:./{str(value)[8:]}" if str(value).startswith("fixture:") else f"{value}-other",
         "translate.zh_evaluator": "tiny:encoder" if value != "tiny:encoder" else "intfloat/multilingual-e5-small",
+        "translate.zh_nli": "tiny:nli" if value != "tiny:nli" else "joeddav/xlm-roberta-large-xnli",
         "translate.splits": ["5p"] if value != ["5p"] else ["10p"],
     }
 
@@ -243,10 +244,10 @@ def test_a_code_change_reruns_its_steps_and_downstream(package_copy, module):
         if set(spec.upstream(cfg)) & expected:
             expected.add(s)
     assert direct and {s for s in STEPS if before[s] != after[s]} == expected
-    if module == "evaluate":  # step 08 re-scores the authors' logs through nli / reward, not evaluate
-        assert expected == {"evaluate", "figures"}
-    if module == "nli":  # the NLI protocol shared by steps 06 and 08
-        assert expected == {"evaluate", "figures", "authors"}
+    if module == "evaluate":  # step 08 re-scores the authors' logs through nli / reward, not evaluate; the styles
+        assert expected == {"evaluate", "figures", "styles"}  # step splits English outputs with step 06's splitter
+    if module == "nli":  # the NLI protocol shared by steps 06 and 08, the style test and the Chinese arm's check
+        assert expected == {"evaluate", "figures", "authors", "styles", "translate"}
 
 
 def test_the_gpu_model_reruns_nothing_and_the_figures_code_step_07_only(package_copy):
@@ -260,6 +261,32 @@ def test_the_gpu_model_reruns_nothing_and_the_figures_code_step_07_only(package_
         after = step_keys(cfg)
         assert {s for s in STEPS if before[s] != after[s]} == expected, module
         before = after
+
+
+def test_a_new_setting_reruns_nothing_and_a_settings_helper_reruns_its_users(package_copy):
+    """The settings module is keyed through the values a step reads: a new setting, its default and its load-time
+    check change no key; an edit of a helper that step code imports from it (``trl_value``) reruns the steps whose
+    code imports it and what is downstream of them."""
+    cfg = load_profile("cpu")
+    before = step_keys(cfg)
+    path = keys.module_path("config", package_copy)
+    src = path.read_text()
+    field = "    min_kappa: float = bounded(0.6, -1.0, 1.0)"
+    call = "    _check_translate(cfg)\n"
+    assert field in src and call in src
+    src = src.replace(field, field + "\n    added_by_the_test: int = bounded(3, 0)")
+    src = src.replace(call, call + "    _check_added(cfg)\n")
+    src += "\n\ndef _check_added(cfg):\n    if cfg.translate.added_by_the_test > 9:\n        raise ConfigError('x')\n"
+    path.write_text(src)
+    assert step_keys(cfg) == before
+    head = "def trl_value(section: dict[str, Any], section_name: str, key: str) -> Any:\n"
+    path.write_text(src.replace(head, head + "    assert section_name, 'changed by the test'\n"))
+    expected = {"sft_validation", "alignment", "grpo_validation"}
+    for s, spec in STEPS.items():
+        if set(spec.upstream(cfg)) & expected:
+            expected.add(s)
+    after = step_keys(cfg)
+    assert {s for s in STEPS if before[s] != after[s]} == expected
 
 
 def test_the_scoring_code_of_the_validation_points_retrains_nothing(package_copy):
@@ -333,6 +360,7 @@ NOT_KEYED = {
     "profile": "the profile's name (folders, messages)",
     "translate.zh_share_min@steps.styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
     "translate.zh_evaluator@steps.styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
+    "translate.zh_nli@steps.styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
     "train.validation_every": "switches the curve / the sft_validation step on (StepSpec.enabled, the curve keys)",
 }
 

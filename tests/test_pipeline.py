@@ -67,6 +67,11 @@ def test_chain_runs_every_notebook(chain):
     styles = pd.read_csv(run / "results" / "styles" / "summary.csv")  # every style, mode and language ran
     assert {"control", "bare", "control+empty", "control.zh", "dilemma.zh"} <= set(styles["condition"])
     assert set(styles["system"]) == set(cfg.styles.systems) and (run / "figures" / "prompt_styles.png").exists()
+    nli = pd.read_csv(run / "results" / "styles" / "nli_summary.csv")  # the NLI protocol in both languages
+    assert set(nli["condition"]) == set(styles["condition"]) and nli["accuracy"].between(0, 1).all()
+    check = json.loads((run / "results" / "translate" / "report.json").read_text())["nli_calibration"]
+    assert {"agreement", "kappa"} <= set(check)  # the Chinese NLI rows carry that check's verdict
+    assert set(nli.loc[nli["language"] == "zh", "evaluator_validated"]) == {check["validated"]}
     assert (run / "results" / "translate" / "report.json").exists() and not (
         run / "results" / "translate" / "zh.parquet"
     ).exists()
@@ -334,7 +339,7 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     ``checkpoint_coverage.csv``, but switching that off changes GRPO's key since it decides which checkpoints are
     kept, so it retrains first); every judge request failing is reported as a failure and its figure panel is
     skipped with the reason."""
-    from opgrpo_lib.steps import evaluate, figures, styles
+    from opgrpo_lib.steps import evaluate, figures, styles, translate
 
     run, _ = chain
     work = tmp_path / "X"
@@ -355,7 +360,10 @@ def test_disabled_features_and_a_failing_judge_leave_no_stale_outputs(chain, tmp
     )
     paths = run_paths(cfg, work)
     generate.run(cfg, paths, progress=False)
+    translate.run(cfg, paths)  # its NLI check reads models.nli
     styles.run(cfg, paths, progress=False)  # notebook 05 runs it after generate; the figures draw it
+    nli = pd.read_csv(work / "results" / "styles" / "nli_summary.csv")
+    assert set(nli["language"]) == {"zh"}, "without models.nli only the Chinese rows (translate.zh_nli) are scored"
     assert not (work / "results" / "generations" / "modplural.jsonl").exists(), "a removed system's texts go"
     evaluate.run(cfg, paths, progress=False)
     eval_dir = work / "results" / "eval"

@@ -146,3 +146,61 @@ def test_summary_comparisons_and_verdicts_by_hand():
     v = st.verdicts(summary, comps, "op", "base", "sft").set_index("condition")
     assert v.loc["control", "beats_base"] and v.loc["control", "keeps_level"]
     assert not v.loc["bare", "beats_base"] and not v.loc["bare", "keeps_level"]  # 0.5 < RETENTION_MIN
+
+
+class WordNLI:
+    """P(entailment) = share of the premise's words found in the hypothesis (characters for Chinese); records every
+    call so a test can see each distinct pair scored once."""
+
+    def __init__(self):
+        self.calls = []
+
+    def entailment(self, premises, hypotheses, progress=False):
+        self.calls.append(list(zip(premises, hypotheses)))
+        tokens = lambda t: set(t.split()) if " " in t else set(t)  # noqa: E731
+        return np.array([len(tokens(p) & tokens(h)) / len(tokens(p)) for p, h in zip(premises, hypotheses)])
+
+
+def test_nli_per_sample_by_hand_english_and_chinese():
+    from opgrpo_lib.chinese import split_sentences_zh
+
+    outputs = pd.DataFrame(
+        {
+            "condition": ["control", "control", "bare", "control.zh"],
+            "system": ["op", "base", "op", "op"],
+            "prompt": ["s1", "s1", "s1", "s1"],
+            "split": ["5p"] * 4,
+            "valid_format": [True, False, True, True],
+            "text": ["Honesty matters here. Loyalty too.", "", "Honesty matters here.", "诚实很重要。忠诚也是！"],
+        }
+    )
+    en = {"s1": ["Honesty matters here.", "Loyalty too."]}
+    model = WordNLI()
+    per = st.per_sample_nli(outputs[outputs["condition"] != "control.zh"], en, model, "text", str.split)
+    assert len(model.calls) == 1, "one batch for every cell"
+    assert len(model.calls[0]) == len(set(model.calls[0])), "each distinct pair once"
+    got = per.set_index(["condition", "system"])
+    assert got.loc[("control", "base"), "score"] == 0.0 and not got.loc[("control", "base"), "covered"]
+    assert got.loc[("control", "op"), "n_references"] == 2 and got.loc[("control", "op"), "split"] == "5p"
+    split = lambda t: [s.strip() for s in t.replace("Loyalty", "|Loyalty").split("|")]  # noqa: E731
+    per = st.per_sample_nli(outputs[outputs["condition"] == "control"], en, WordNLI(), "text", split)
+    assert per.set_index("system").loc["op", "score"] == pytest.approx(1.0)  # each reference entailed by a sentence
+    zh = st.per_sample_nli(
+        outputs[outputs["condition"] == "control.zh"],
+        {"s1": ["诚实很重要。", "忠诚也是！"]},
+        WordNLI(),
+        "text",
+        split_sentences_zh,
+    )
+    assert (
+        zh.iloc[0]["n_sentences"] == 2 and zh.iloc[0]["score"] == pytest.approx(1.0) and zh.iloc[0]["zh_share"] == 1.0
+    )
+
+
+def test_nli_summary_adds_accuracy():
+    order = [st.Condition("en", "control", "default")]
+    per = _per({("control", "op"): [0.9, 0.2, 0.5, 0.1]}).rename(columns={"ratio": "score"})
+    per["covered"] = per["score"] > 0.33
+    row = st.summarize(per, order, reps=200, seed=0, value="score").iloc[0]
+    assert row["mean"] == pytest.approx(0.425) and row["accuracy"] == pytest.approx(0.5)
+    assert row["accuracy_ci_low"] <= 0.5 <= row["accuracy_ci_high"] and row["ratio_to_control"] == pytest.approx(1.0)

@@ -23,13 +23,15 @@ from ..runs import RunPaths, atomic_write_text
 def run(cfg: RunConfig, paths: RunPaths, progress: bool = True, force: bool = False) -> dict[str, Any] | None:
     """``results/styles/``: ``generations.jsonl`` (every output), ``per_sample.csv`` (the evaluator's score of
     each), ``summary.csv`` (per condition and system), ``comparisons.csv`` (paired differences with CI and the
-    minimum detectable effect), ``verdicts.csv`` (the pre-registered reading) and ``settings.json``."""
+    minimum detectable effect), ``verdicts.csv`` (the pre-registered reading) and ``settings.json``; where an NLI
+    model loads, the same three under the NLI protocol (``nli_per_sample.csv``, ``nli_summary.csv``,
+    ``nli_comparisons.csv``; settings.json says which ran and why not)."""
     if not cfg.styles.styles or not rank0():
         return None
     out = paths.results / "styles"
     with step_run(cfg, paths, "styles", force) as step:
         if step.done and (out / "summary.csv").exists():
-            return {"summary": pd.read_csv(out / "summary.csv"), "skipped": True}
+            return {**_read_tables(out), "skipped": True}
         _, ev = load_prepared(paths.data)
         zh = _chinese(cfg, paths)
         items = {"en": st.items(ev, cfg), "zh": list(zip(zh[0]["prompt"], zh[0]["split"])) if zh else []}
@@ -38,28 +40,54 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True, force: bool = Fa
         outputs = _generate(cfg, paths, items, order, out_dir, device, step, progress, zh)
         with step.timed("score"):
             per = _score(cfg, ev, items, outputs, zh, device)
+        with step.timed("nli"):
+            per_nli, nli_status = _score_nli(cfg, ev, outputs, zh, device, progress)
         reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
         validated = bool(zh and zh[1]["validated"])
         summary = st.summarize(per, order, reps, cfg.seed, cfg.translate.zh_share_min, validated)
         comps = st.comparisons(per, order, ref, reps, cfg.seed)
         verdicts = st.verdicts(summary, comps, ref, *_baselines(cfg))
+        frames = {"per_sample": per, "summary": summary, "comparisons": comps, "verdicts": verdicts}
+        frames |= _nli_tables(cfg, per_nli, order, bool(zh and zh[2].get("validated")))
+        for name in NLI_FILES:
+            (out / f"{name}.csv").unlink(missing_ok=True)  # a rerun without NLI leaves no stale NLI table
         atomic_write_text(out / "generations.jsonl", outputs.to_json(orient="records", lines=True, force_ascii=False))
-        for name, frame in (("per_sample", per), ("summary", summary), ("comparisons", comps), ("verdicts", verdicts)):
+        for name, frame in frames.items():
             atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
-        atomic_write_text(out / "settings.json", json.dumps(_settings(cfg, order, items, zh), indent=2))
+        settings = _settings(cfg, order, items, zh) | {"nli": nli_status}
+        atomic_write_text(out / "settings.json", json.dumps(settings, indent=2))
         step.extra = {"outputs": len(outputs), "conditions": len(order)}
-    return {"summary": summary, "comparisons": comps, "verdicts": verdicts}
+    return {"summary": summary, "comparisons": comps, "verdicts": verdicts, "nli_summary": frames.get("nli_summary")}
 
 
-def _chinese(cfg: RunConfig, paths: RunPaths) -> tuple[pd.DataFrame, dict] | None:
-    """(translations, calibration) of the translate step when the Chinese arm is on."""
+NLI_FILES = ("nli_per_sample", "nli_summary", "nli_comparisons")
+
+
+def _read_tables(out) -> dict[str, pd.DataFrame | None]:
+    """What :func:`run` returns, read back from a finished step's tables."""
+    names = ("summary", "comparisons", "verdicts", "nli_summary")
+    return {n: pd.read_csv(out / f"{n}.csv") if (out / f"{n}.csv").exists() else None for n in names}
+
+
+def _nli_tables(cfg: RunConfig, per: pd.DataFrame | None, order, validated: bool) -> dict[str, pd.DataFrame]:
+    """The NLI protocol's per-sample scores, summary and paired comparisons ({} when no NLI model ran)."""
+    if per is None:
+        return {}
+    reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
+    summary = st.summarize(per, order, reps, cfg.seed, cfg.translate.zh_share_min, validated, value="score")
+    comps = st.comparisons(per, order, ref, reps, cfg.seed, value="score")
+    return dict(zip(NLI_FILES, (per, summary, comps)))
+
+
+def _chinese(cfg: RunConfig, paths: RunPaths) -> tuple[pd.DataFrame, dict, dict] | None:
+    """(translations, SBERT calibration, NLI check) of the translate step when the Chinese arm is on."""
     if "zh" not in cfg.styles.languages:
         return None
     from ..chinese import load_translations
 
     translations = load_translations(paths.root)  # names `opgrpo translate` when it has not run
     report = json.loads((paths.root / "translate" / "report.json").read_text())
-    return translations, report["calibration"]
+    return translations, report["calibration"], report.get("nli_calibration", {})
 
 
 def _score(cfg, ev, items, outputs, zh, device) -> pd.DataFrame:
@@ -71,11 +99,33 @@ def _score(cfg, ev, items, outputs, zh, device) -> pd.DataFrame:
     refs = ev[ev["prompt"].isin({p for p, _ in items["en"]})]
     frames = [st.per_sample(outputs[lang == "en"], refs, encoder, cfg.eval.sbert_thresholds[0], columns)]
     if zh:
-        translations, calibration = zh
+        translations, calibration, _ = zh
         threshold = calibration["zh_threshold"] or cfg.eval.sbert_thresholds[0]
         zh_encoder = CachedEncoder(SentenceEncoder(cfg.translate.zh_evaluator, device=device))
         frames.append(st.per_sample_zh(outputs[lang == "zh"], translations, zh_encoder, threshold, columns))
     return pd.concat(frames, ignore_index=True)
+
+
+def _score_nli(cfg, ev, outputs, zh, device, progress) -> tuple[pd.DataFrame | None, dict[str, str]]:
+    """Per-situation NLI scores (English outputs under ``models.nli`` against the English explanations, Chinese
+    ones under ``translate.zh_nli`` against the translated ones, split at Chinese sentence ends) and, per language,
+    whether its model ran or why not."""
+    from ..chinese import load_nli, split_sentences_zh
+    from ..evaluate import split_output_sentences
+
+    lang = outputs["condition"].map({c.label: c.language for c in st.conditions(cfg)})
+    arms = {"en": (cfg.models.nli, dict(zip(ev["prompt"], ev["perspectives"])), split_output_sentences)}
+    if zh:
+        arms["zh"] = (cfg.translate.zh_nli, dict(zip(zh[0]["prompt"], zh[0]["references_zh"])), split_sentences_zh)
+    frames, status = [], {}
+    for language, (name, references, split) in arms.items():
+        cells = outputs[lang == language]
+        model, status[language] = load_nli(name, device, cfg.eval.nli_batch_size)
+        if model is None or cells.empty:
+            continue
+        premises = {p: [r["explanation"] for r in references[p]] for p in set(cells["prompt"]) if p in references}
+        frames.append(st.per_sample_nli(cells, premises, model, cfg.eval.nli_text, split, progress))
+    return (pd.concat(frames, ignore_index=True) if frames else None), status
 
 
 def _generate(cfg, paths, items, order, out_dir, device, step, progress, zh) -> pd.DataFrame:
@@ -138,5 +188,12 @@ def _settings(cfg: RunConfig, order: list[st.Condition], items: dict, zh) -> dic
         "evaluator": cfg.models.eval_encoder,
         "threshold": cfg.eval.sbert_thresholds[0],
         "retention_min": st.RETENTION_MIN,
-        "chinese": None if not zh else {"evaluator": cfg.translate.zh_evaluator, "calibration": zh[1]},
+        "chinese": None
+        if not zh
+        else {
+            "evaluator": cfg.translate.zh_evaluator,
+            "calibration": zh[1],
+            "nli": cfg.translate.zh_nli,
+            "nli_calibration": zh[2],
+        },
     }

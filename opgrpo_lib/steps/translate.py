@@ -18,7 +18,9 @@ from ..chinese import (
     calibrate,
     calibration_pairs,
     check_rows,
+    load_nli,
     load_translations,
+    nli_agreement,
     read_parallel,
     source_rows,
     translate_rows,
@@ -58,11 +60,14 @@ def run(cfg: RunConfig, paths: RunPaths, force: bool = False) -> dict[str, Any] 
             pairs = calibration_pairs(kept)
             thr = cfg.eval.sbert_thresholds[0]
             report["calibration"] = calibrate(en_encoder, zh_encoder, pairs, thr, cfg.seed, tc.min_kappa)
+            report["nli_calibration"] = _nli_calibration(cfg, pairs, device)
         report |= {
             "model": tc.model,
             "source": tc.source,
             "en_evaluator": cfg.models.eval_encoder,
             "zh_evaluator": tc.zh_evaluator,
+            "en_nli": cfg.models.nli,
+            "zh_nli": tc.zh_nli,
         }
         atomic_write_parquet(kept, paths.root / TRANSLATIONS)
         atomic_write_parquet(checks, out / "checks.parquet")
@@ -92,3 +97,16 @@ def _translator(cfg: RunConfig, device: str) -> Translator:
     from ..models import resolve
 
     return LLMTranslator(load(resolve(tc.model), device), tc.max_new_tokens, tc.batch_size)
+
+
+def _nli_calibration(cfg: RunConfig, pairs: pd.DataFrame, device: str) -> dict[str, Any]:
+    """``zh_nli``'s decisions against ``models.nli``'s on the parallel pairs (or why there are none)."""
+    statuses = {}
+    models = []
+    for key, name in (("models.nli", cfg.models.nli), ("translate.zh_nli", cfg.translate.zh_nli)):
+        model, statuses[key] = load_nli(name, device, cfg.eval.nli_batch_size)
+        models.append(model)
+    if None in models:
+        why = "; ".join(f"{k}: {v}" for k, v in statuses.items() if not v.startswith("ran"))
+        return {"validated": False, "reason": f"no NLI check ({why})"}
+    return nli_agreement(*models, pairs, cfg.translate.min_kappa)
