@@ -701,6 +701,7 @@ class Inputs:
     alignment: pd.DataFrame | None = None
     styles: pd.DataFrame | None = None
     style_comparisons: pd.DataFrame | None = None
+    style_nli: pd.DataFrame | None = None
 
     @classmethod
     def load(cls, results: Path, logged: pd.DataFrame | None) -> Inputs:
@@ -721,6 +722,7 @@ class Inputs:
             alignment=_read_csv(results / "alignment" / "summary.csv"),
             styles=_read_csv(results / "styles" / "summary.csv"),
             style_comparisons=_read_csv(results / "styles" / "comparisons.csv"),
+            style_nli=_read_csv(results / "styles" / "nli_summary.csv"),
         )
 
     def need(self, name: str, what: str) -> Any:
@@ -841,9 +843,15 @@ def fig_styles(summary: pd.DataFrame, comps: pd.DataFrame) -> plt.Figure:
 def _styles_outputs(inp: Inputs, out: Path) -> list[Path]:
     summary = inp.need("styles", "results/styles/summary.csv: notebook 05 with styles.styles")
     comps = inp.need("style_comparisons", "results/styles/comparisons.csv: notebook 05 with styles.styles")
-    return save_figure(fig_styles(summary, comps), out / "prompt_styles") + write_table(
+    paths = save_figure(fig_styles(summary, comps), out / "prompt_styles") + write_table(
         comps, out / "tables" / "prompt_styles", "Per prompt condition: reference − baseline, paired 95 % CI, MDE"
     )
+    if inp.style_nli is not None:  # where an NLI model ran (not offline)
+        cols = ["condition", "system", "n", "mean", "accuracy", "accuracy_ci_low", "accuracy_ci_high"]
+        cols += ["ratio_to_control", "evaluator_validated"]
+        caption = "Per prompt condition and system: NLI score and Accuracy@0.33 (95 % CI), ratio to the control"
+        paths += write_table(inp.style_nli[cols], out / "tables" / "prompt_styles_nli", caption)
+    return paths
 
 
 FIGURES: list[tuple[str, Any]] = [

@@ -69,6 +69,7 @@ def test_chain_runs_every_notebook(chain):
     assert set(styles["system"]) == set(cfg.styles.systems) and (run / "figures" / "prompt_styles.png").exists()
     nli = pd.read_csv(run / "results" / "styles" / "nli_summary.csv")  # the NLI protocol in both languages
     assert set(nli["condition"]) == set(styles["condition"]) and nli["accuracy"].between(0, 1).all()
+    assert (run / "figures" / "tables" / "prompt_styles_nli.md").exists(), "step 07 tabulates them"
     check = json.loads((run / "results" / "translate" / "report.json").read_text())["nli_calibration"]
     assert {"agreement", "kappa"} <= set(check)  # the Chinese NLI rows carry that check's verdict
     assert set(nli.loc[nli["language"] == "zh", "evaluator_validated"]) == {check["validated"]}
