@@ -331,6 +331,18 @@ def load_translations(root: Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- evaluator calibration
+PAIR_COLUMNS = [
+    "situation",
+    "candidate_en",
+    "reference_en",
+    "premise_en",
+    "candidate_zh",
+    "reference_zh",
+    "premise_zh",
+    "same",
+]
+
+
 def calibration_pairs(translations: pd.DataFrame) -> pd.DataFrame:
     """Parallel (candidate, reference) pairs of each translated situation, in English and in Chinese: every
     perspective's explanation (a candidate sentence) against every perspective's reference sentence (SBERT) and
@@ -356,9 +368,7 @@ def calibration_pairs(translations: pd.DataFrame) -> pd.DataFrame:
                         "same": i == j,
                     }
                 )
-    cols = ["situation", "candidate_en", "reference_en", "premise_en", "candidate_zh", "reference_zh", "premise_zh"]
-    cols.append("same")
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
 def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -448,7 +458,8 @@ def _half(target: np.ndarray, cos: np.ndarray, threshold: float | None, situatio
 
 # ---------------------------------------------------------------- NLI on Chinese
 def load_nli(name: str | None, device: str | None, batch_size: int) -> tuple[Any, str]:
-    """(the NLI model or None, what happened: "ran with <name>" or why it is skipped)."""
+    """(the NLI model or None, what happened: "ran with <name>" or why it is skipped); for the style step's two
+    languages and the translate step's check."""
     if not name:
         return None, "skipped: no NLI model named in the profile"
     from .nli import NLIModel, NLIUnavailable
