@@ -457,19 +457,6 @@ def _half(target: np.ndarray, cos: np.ndarray, threshold: float | None, situatio
 
 
 # ---------------------------------------------------------------- NLI on Chinese
-def load_nli(name: str | None, device: str | None, batch_size: int) -> tuple[Any, str]:
-    """(the NLI model or None, what happened: "ran with <name>" or why it is skipped); for the style step's two
-    languages and the translate step's check."""
-    if not name:
-        return None, "skipped: no NLI model named in the profile"
-    from .nli import NLIModel, NLIUnavailable
-
-    try:
-        return NLIModel(name, device=device, batch_size=batch_size), f"ran with {name}"
-    except NLIUnavailable as exc:
-        return None, f"skipped: {exc}"
-
-
 def nli_agreement(en_nli: Any, zh_nli: Any, pairs: pd.DataFrame, min_kappa: float = 0.6) -> dict[str, Any]:
     """The multilingual NLI model's decisions on the Chinese pairs against the English NLI model's on their English
     originals (premise: a reference explanation; hypothesis: a candidate explanation; decision: P(entailment) above

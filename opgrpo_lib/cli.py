@@ -355,7 +355,8 @@ def cmd_eval_sbert(args) -> int:
 
 
 def cmd_eval_nli(args) -> int:
-    from .evaluate import NLIModel, nli_overton
+    from .evaluate import nli_overton
+    from .nli import NLIModel
 
     refs, cands = _eval_inputs(args)
     per, summary = nli_overton(refs, cands, NLIModel(args.model, device=args.device), progress=not args.json)

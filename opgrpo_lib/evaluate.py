@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .coverage import sbert_matches
-from .nli import NLI_THRESHOLD, NLIModel, NLIUnavailable, situation_score
+from .nli import NLI_THRESHOLD, load_nli, situation_score
 from .reward import CachedEncoder, Encoder
 from .stats import bootstrap_ci, describe
 from .text import MalformedReference, eval_candidate_sentences, eval_reference_sentences, parse_perspectives
@@ -184,13 +184,7 @@ def load_evaluators(cfg, paths=None) -> Evaluators:
     from .models import resolve
     from .reward import SentenceEncoder
 
-    nli_status, nli_model = "skipped: the profile names no NLI model (none can be obtained offline)", None
-    if cfg.models.nli:
-        try:
-            nli_model = NLIModel(cfg.models.nli, batch_size=cfg.eval.nli_batch_size)
-            nli_status = f"ran with {cfg.models.nli}"
-        except NLIUnavailable as exc:
-            nli_status = f"skipped: {exc}"
+    nli_model, nli_status = load_nli(cfg.models.nli, batch_size=cfg.eval.nli_batch_size)
     encoder = SentenceEncoder(cfg.models.eval_encoder, batch_size=cfg.reward.batch_size)
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
     estimator = None

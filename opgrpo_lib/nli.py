@@ -70,6 +70,17 @@ class NLIModel:
         return out
 
 
+def load_nli(name: str | None, device: str | None = None, batch_size: int = 32) -> tuple[NLIModel | None, str]:
+    """(the NLI model or None, what happened: "ran with <name>" or why NLI is skipped), for step 06, the prompt-style
+    test and the Chinese arm's check."""
+    if not name:
+        return None, "skipped: the profile names no NLI model (none can be obtained offline)"
+    try:
+        return NLIModel(name, device=device, batch_size=batch_size), f"ran with {name}"
+    except NLIUnavailable as exc:
+        return None, f"skipped: {exc}"
+
+
 def situation_score(entail: np.ndarray) -> float:
     """Mean over reference perspectives (rows) of the max over output sentences (columns); 0 if either is empty."""
     if entail.size == 0:

@@ -242,6 +242,22 @@ def comparisons(
     return pd.DataFrame(rows)
 
 
+def tables(
+    per: pd.DataFrame, order: list[Condition], cfg: RunConfig, validated: bool = True, value: str = "ratio"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(:func:`summarize`, :func:`comparisons`) of per-situation scores under the profile's bootstrap settings, the
+    first of ``styles.systems`` as the reference."""
+    reps = cfg.styles.bootstrap_reps
+    summary = summarize(per, order, reps, cfg.seed, cfg.translate.zh_share_min, validated, value)
+    return summary, comparisons(per, order, cfg.styles.systems[0], reps, cfg.seed, value)
+
+
+def baselines(cfg: RunConfig) -> tuple[str, str]:
+    """(base, sft) of the verdicts: the systems of ``styles.systems`` that generate from the base policy / SFT."""
+    by_policy = {s.policy: s.name for s in systems(cfg)}
+    return by_policy.get("policy", ""), by_policy.get("run:sft", "")
+
+
 def verdicts(summary: pd.DataFrame, comps: pd.DataFrame, reference: str, base: str, sft: str) -> pd.DataFrame:
     """The pre-registered reading per English style under the default mode: keeps the gain over ``base``, keeps
     RETENTION_MIN of its control level, beats ``sft``."""

@@ -60,12 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.models.tokenizer))
     evs = Evaluators(encoder, tokenizer, None, "not re-scored", estimator)
     _, fresh, _ = score_outputs(cfg, outputs, ev, evs, {})
-    both = committed.merge(fresh, on=KEYS, how="outer", suffixes=("_committed", "_rescored"), indicator=True)
-    missing = both[both["_merge"] != "both"]
-    same = both["_merge"] == "both"
-    for v in VALUES:
-        same &= both[f"{v}_committed"] == both[f"{v}_rescored"]
-    differ = both[(both["_merge"] == "both") & ~same]
+    both, same = _row_match(committed, fresh, KEYS, VALUES)
     for evaluator, grp in both.groupby("evaluator"):
         ok = int(same[grp.index].sum())
         print(
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({len(gen_files)} systems, {outputs['prompt'].nunique()} situations)"
         )
     status = 0
-    if len(missing) or len(differ):
+    if not same.all():
         print(both[~same][KEYS + [f"{v}_{s}" for v in VALUES for s in ("committed", "rescored")]].head(20))
         status = 1
     if (results / "styles" / "per_sample.csv").exists():
@@ -93,17 +88,11 @@ def rescore_styles(cfg, folder: Path, ev: pd.DataFrame, encoder) -> int:
     fresh = st.per_sample(outputs, refs, encoder, cfg.eval.sbert_thresholds[0], columns)
     committed = pd.read_csv(folder / "per_sample.csv")
     committed = committed[committed["condition"].isin({c.label for c in order})]
-    keys, values = ["condition", "system", "prompt"], ["matched", "n_references"]
-    both = committed.merge(fresh, on=keys, how="outer", suffixes=("_committed", "_rescored"), indicator=True)
-    same = both["_merge"] == "both"
-    for v in values:
-        same &= both[f"{v}_committed"] == both[f"{v}_rescored"]
+    both, same = _row_match(committed, fresh, ["condition", "system", "prompt"], ["matched", "n_references"])
     print(f"styles: {int(same.sum())} of {len(both)} per-sample rows re-score exactly ({len(order)} conditions)")
-    reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
-    summary = st.summarize(fresh, order, reps, cfg.seed, cfg.translate.zh_share_min)
-    comps = st.comparisons(fresh, order, ref, reps, cfg.seed)
-    base, sft = ({s.policy: s.name for s in st.systems(cfg)}.get(p, "") for p in ("policy", "run:sft"))
-    tables = {"summary": summary, "comparisons": comps, "verdicts": st.verdicts(summary, comps, ref, base, sft)}
+    summary, comps = st.tables(fresh, order, cfg)
+    verdicts = st.verdicts(summary, comps, cfg.styles.systems[0], *st.baselines(cfg))
+    tables = {"summary": summary, "comparisons": comps, "verdicts": verdicts}
     ok = bool(same.all())
     for name, table in tables.items():
         saved = pd.read_csv(folder / f"{name}.csv")
@@ -112,6 +101,15 @@ def rescore_styles(cfg, folder: Path, ev: pd.DataFrame, encoder) -> int:
         print(f"styles/{name}.csv: {'recomputed exactly' if equal else 'DIFFERS'} ({len(saved)} rows)")
         ok &= equal
     return 0 if ok else 1
+
+
+def _row_match(committed: pd.DataFrame, fresh: pd.DataFrame, keys: list[str], values: list[str]):
+    """(the outer join of both on ``keys``, True where a row is on both sides with equal ``values``)."""
+    both = committed.merge(fresh, on=keys, how="outer", suffixes=("_committed", "_rescored"), indicator=True)
+    same = both["_merge"] == "both"
+    for v in values:
+        same &= both[f"{v}_committed"] == both[f"{v}_rescored"]
+    return both, same
 
 
 def _same_table(saved: pd.DataFrame, fresh: pd.DataFrame) -> bool:

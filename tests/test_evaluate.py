@@ -8,8 +8,6 @@ import pytest
 
 from opgrpo_lib.evaluate import (
     CachedEncoder,
-    NLIModel,
-    NLIUnavailable,
     join_candidates,
     nli_overton,
     sbert_coverage,
@@ -18,6 +16,7 @@ from opgrpo_lib.evaluate import (
     split_output_sentences,
     token_stats,
 )
+from opgrpo_lib.nli import NLIModel, NLIUnavailable, load_nli
 from opgrpo_lib.stats import bootstrap_ci, describe, paired_bootstrap, relative_gain
 
 REFS = pd.DataFrame(
@@ -156,6 +155,11 @@ def test_tiny_nli_model_batched_equals_single():
 def test_missing_nli_model_is_a_clear_error():
     with pytest.raises(NLIUnavailable, match="no NLI weights"):
         NLIModel("microsoft/deberta-v2-xlarge-mnli")
+    model, status = load_nli("microsoft/deberta-v2-xlarge-mnli")  # steps report the reason instead of failing
+    assert model is None and status.startswith("skipped:") and "no NLI weights" in status
+    assert load_nli(None) == (None, "skipped: the profile names no NLI model (none can be obtained offline)")
+    model, status = load_nli("tiny:nli", batch_size=3)
+    assert isinstance(model, NLIModel) and status == "ran with tiny:nli"
 
 
 def test_token_stats():

@@ -358,7 +358,7 @@ def test_the_library_has_no_import_cycles():
 NOT_KEYED = {
     "train.grpo@steps.alignment": "read through trl_value for max_completion_length, temperature, top_p (declared)",
     "profile": "the profile's name (folders, messages)",
-    "translate.zh_share_min@steps.styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
+    "translate.zh_share_min@styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
     "translate.zh_evaluator@steps.styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
     "translate.zh_nli@steps.styles": "read for Chinese conditions only, and then keyed (registry._styles_keys)",
     "train.validation_every": "switches the curve / the sft_validation step on (StepSpec.enabled, the curve keys)",

@@ -42,13 +42,12 @@ def run(cfg: RunConfig, paths: RunPaths, progress: bool = True, force: bool = Fa
             per = _score(cfg, ev, items, outputs, zh, device)
         with step.timed("nli"):
             per_nli, nli_status = _score_nli(cfg, ev, outputs, zh, device, progress)
-        reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
-        validated = bool(zh and zh[1]["validated"])
-        summary = st.summarize(per, order, reps, cfg.seed, cfg.translate.zh_share_min, validated)
-        comps = st.comparisons(per, order, ref, reps, cfg.seed)
-        verdicts = st.verdicts(summary, comps, ref, *_baselines(cfg))
+        summary, comps = st.tables(per, order, cfg, validated=bool(zh and zh[1]["validated"]))
+        verdicts = st.verdicts(summary, comps, cfg.styles.systems[0], *st.baselines(cfg))
         frames = {"per_sample": per, "summary": summary, "comparisons": comps, "verdicts": verdicts}
-        frames |= _nli_tables(cfg, per_nli, order, bool(zh and zh[2].get("validated")))
+        if per_nli is not None:
+            nli_tables = st.tables(per_nli, order, cfg, bool(zh and zh[2].get("validated")), value="score")
+            frames |= dict(zip(NLI_FILES, (per_nli, *nli_tables)))
         for name in NLI_FILES:
             (out / f"{name}.csv").unlink(missing_ok=True)  # a rerun without NLI leaves no stale NLI table
         atomic_write_text(out / "generations.jsonl", outputs.to_json(orient="records", lines=True, force_ascii=False))
@@ -67,16 +66,6 @@ def _read_tables(out) -> dict[str, pd.DataFrame | None]:
     """What :func:`run` returns, read back from a finished step's tables."""
     names = ("summary", "comparisons", "verdicts", "nli_summary")
     return {n: pd.read_csv(out / f"{n}.csv") if (out / f"{n}.csv").exists() else None for n in names}
-
-
-def _nli_tables(cfg: RunConfig, per: pd.DataFrame | None, order, validated: bool) -> dict[str, pd.DataFrame]:
-    """The NLI protocol's per-sample scores, summary and paired comparisons ({} when no NLI model ran)."""
-    if per is None:
-        return {}
-    reps, ref = cfg.styles.bootstrap_reps, cfg.styles.systems[0]
-    summary = st.summarize(per, order, reps, cfg.seed, cfg.translate.zh_share_min, validated, value="score")
-    comps = st.comparisons(per, order, ref, reps, cfg.seed, value="score")
-    return dict(zip(NLI_FILES, (per, summary, comps)))
 
 
 def _chinese(cfg: RunConfig, paths: RunPaths) -> tuple[pd.DataFrame, dict, dict] | None:
@@ -110,8 +99,9 @@ def _score_nli(cfg, ev, outputs, zh, device, progress) -> tuple[pd.DataFrame | N
     """Per-situation NLI scores (English outputs under ``models.nli`` against the English explanations, Chinese
     ones under ``translate.zh_nli`` against the translated ones, split at Chinese sentence ends) and, per language,
     whether its model ran or why not."""
-    from ..chinese import load_nli, split_sentences_zh
+    from ..chinese import split_sentences_zh
     from ..evaluate import split_output_sentences
+    from ..nli import load_nli
 
     lang = outputs["condition"].map({c.label: c.language for c in st.conditions(cfg)})
     arms = {"en": (cfg.models.nli, dict(zip(ev["prompt"], ev["perspectives"])), split_output_sentences)}
@@ -166,12 +156,6 @@ def _once(factory):
         return made[0]
 
     return get
-
-
-def _baselines(cfg: RunConfig) -> tuple[str, str]:
-    """(base, sft) of the verdicts: the systems of ``styles.systems`` that generate from the base policy / SFT."""
-    by_policy = {s.policy: s.name for s in st.systems(cfg)}
-    return by_policy.get("policy", ""), by_policy.get("run:sft", "")
 
 
 def _settings(cfg: RunConfig, order: list[st.Condition], items: dict, zh) -> dict[str, Any]:

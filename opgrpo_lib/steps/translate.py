@@ -18,7 +18,6 @@ from ..chinese import (
     calibrate,
     calibration_pairs,
     check_rows,
-    load_nli,
     load_translations,
     nli_agreement,
     read_parallel,
@@ -29,6 +28,7 @@ from ..config import REPO_ROOT, ConfigError, RunConfig, chinese_arm
 from ..data import load_prepared
 from ..device import resolve_device
 from ..lifecycle import rank0, step_run
+from ..nli import load_nli
 from ..reward import SentenceEncoder
 from ..runs import RunPaths, atomic_write_parquet, atomic_write_text
 
