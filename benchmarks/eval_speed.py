@@ -26,7 +26,6 @@ from common import best_of  # noqa: E402
 
 from opgrpo_lib.evaluate import (  # noqa: E402
     CachedEncoder,
-    NLIModel,
     join_candidates,
     nli_overton,
     sbert_coverage,
@@ -34,6 +33,7 @@ from opgrpo_lib.evaluate import (  # noqa: E402
     situation_score,
     split_output_sentences,
 )
+from opgrpo_lib.nli import NLIModel  # noqa: E402
 from opgrpo_lib.reward import SentenceEncoder, greedy_matches  # noqa: E402
 from opgrpo_lib.text import eval_candidate_sentences, eval_reference_sentences, parse_perspectives  # noqa: E402
 
